@@ -1,0 +1,16 @@
+//! nodeplane-shared: what the dataplane and the control plane both use.
+//!
+//! Owns: packet views (`wire`), addressing helpers (`net`), the immutable table
+//! snapshot the control thread publishes (`snapshot`), Maglev tables (`maglev`),
+//! drop reasons and per-worker counters (`counters`). It does no I/O and holds no
+//! threads; nothing here may allocate on a per-packet path.
+
+pub mod counters;
+pub mod maglev;
+pub mod net;
+pub mod snapshot;
+pub mod wire;
+
+pub use counters::{Counters, DropReason};
+pub use net::{Ipv4Cidr, L4Proto, Mac};
+pub use snapshot::Snapshot;

@@ -1,0 +1,482 @@
+//! The tables the workers run on. The control plane produces a `TableSpec`
+//! (plain, comparable data: what Kubernetes says, already reduced) and
+//! `Snapshot::build` derives the lookup structures from it (frontend maps, Maglev
+//! tables, route tables). A `Snapshot` is immutable once built and shared behind
+//! an `Arc`; workers only read it.
+
+use std::net::Ipv4Addr;
+
+use hashbrown::{HashMap, HashSet};
+
+use crate::maglev::Maglev;
+use crate::net::{Ipv4Cidr, L4Proto, Mac};
+
+/// Default Maglev table size (prime), as in Cilium.
+pub const DEFAULT_MAGLEV_SIZE: u32 = 16381;
+/// kube-proxy's default ClientIP affinity timeout.
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10800;
+
+/// This node, as the dataplane needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    /// topology.kubernetes.io/zone of this node, for topology hints.
+    pub zone: Option<String>,
+    /// The uplink's IPv4 address: VXLAN source, masquerade address off-cluster.
+    pub underlay_ip: Option<Ipv4Addr>,
+    /// Every address NodePorts answer on (never 127.0.0.0/8).
+    pub node_ips: Vec<Ipv4Addr>,
+    /// This node's pod CIDR(s).
+    pub pod_cidrs: Vec<Ipv4Cidr>,
+    /// The uplink interface and its MAC (outer source MAC of encapsulated frames).
+    pub uplink_ifindex: u32,
+    pub uplink_mac: Mac,
+    /// This node's VTEP MAC (inner source MAC of frames it encapsulates).
+    pub vtep_mac: Mac,
+}
+
+impl NodeInfo {
+    /// The node's address inside the overlay, as flannel gives `flannel.1`: the
+    /// network address of the first pod CIDR. Used as the masquerade source for
+    /// traffic that stays in the cluster (NodePort to a remote backend, hairpin),
+    /// so replies come back over the overlay.
+    pub fn overlay_ip(&self) -> Option<Ipv4Addr> {
+        self.pod_cidrs.first().map(|c| c.network())
+    }
+}
+
+/// VXLAN parameters (flannel's defaults: VNI 1, port 8472).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlayConfig {
+    pub vni: u32,
+    pub port: u16,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig { vni: 1, port: 8472 }
+    }
+}
+
+/// A pod on this node: where to send frames for its IP.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodRoute {
+    pub ip: Ipv4Addr,
+    /// The pod's own MAC (inside its namespace).
+    pub mac: Mac,
+    /// The host-side interface of its veth pair, and that interface's MAC.
+    pub host_ifindex: u32,
+    pub host_mac: Mac,
+    /// namespace/name, for status output; may be empty.
+    pub name: String,
+}
+
+/// Another node of the overlay.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteNode {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: Mac,
+    pub pod_cidrs: Vec<Ipv4Cidr>,
+}
+
+/// One endpoint of a Service port as an EndpointSlice gives it, target port resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointSpec {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+    /// `conditions.ready` (unset counts as true).
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// `hints.forZones`; `None` when the endpoint has no hints.
+    pub hint_zones: Option<Vec<String>>,
+}
+
+/// One port of a Service with its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServicePortSpec {
+    /// The port's name ("" when unnamed).
+    pub name: String,
+    pub proto: L4Proto,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// A Service reduced to what the dataplane needs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePortSpec>,
+    /// `Some(timeout)` for sessionAffinity: ClientIP.
+    pub affinity_timeout_secs: Option<u32>,
+    /// externalTrafficPolicy: Local.
+    pub external_local: bool,
+    /// internalTrafficPolicy: Local.
+    pub internal_local: bool,
+    pub source_ranges: Vec<Ipv4Cidr>,
+    pub health_check_node_port: Option<u16>,
+}
+
+/// Everything the control plane decides; `Snapshot::build` derives the rest.
+/// Deterministic and comparable, so a resync that changes nothing can be detected.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TableSpec {
+    pub node: NodeInfo,
+    pub overlay: OverlayConfig,
+    pub service_cidrs: Vec<Ipv4Cidr>,
+    pub services: Vec<ServiceSpec>,
+    pub local_pods: Vec<PodRoute>,
+    pub remote_nodes: Vec<RemoteNode>,
+    /// Underlay neighbours (IP → MAC) for the uplink.
+    pub neighbors: Vec<(Ipv4Addr, Mac)>,
+    /// Default gateway on the uplink, for off-cluster destinations.
+    pub gateway: Option<Ipv4Addr>,
+    /// Masquerade source-port range (inclusive), outside the kernel's ephemeral range.
+    pub masquerade_ports: (u16, u16),
+    /// Maglev table size (prime); 0 means the default.
+    pub maglev_size: u32,
+}
+
+/// Which kind of address a frontend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// NodePort, externalIP and LoadBalancer traffic is "external" for eTP.
+    pub fn is_external(self) -> bool {
+        !matches!(self, FrontendKind::ClusterIp)
+    }
+}
+
+/// A frontend address resolves to one service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub kind: FrontendKind,
+    pub service_port: u32,
+}
+
+/// A backend the pipeline may choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// On this node.
+    pub local: bool,
+}
+
+/// namespace/name:port-name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServicePortName {
+    pub namespace: String,
+    pub service: String,
+    pub port: String,
+}
+
+impl std::fmt::Display for ServicePortName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.port.is_empty() {
+            write!(f, "{}/{}", self.namespace, self.service)
+        } else {
+            write!(f, "{}/{}:{}", self.namespace, self.service, self.port)
+        }
+    }
+}
+
+/// A Service port with its usable backends and their Maglev tables.
+#[derive(Clone, Debug)]
+pub struct ServicePort {
+    pub id: u32,
+    pub name: ServicePortName,
+    pub proto: L4Proto,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// Usable backends after §4 item 3 (ready, else serving+terminating; topology hints).
+    pub backends: Vec<Backend>,
+    /// Maglev over all of `backends` (entries index `backends`).
+    pub maglev: Maglev,
+    /// Maglev over the local ones only (entries index `backends`), built when a
+    /// traffic policy is Local.
+    pub maglev_local: Option<Maglev>,
+    pub local_backends: u32,
+    pub affinity_timeout_secs: Option<u32>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub source_ranges: Vec<Ipv4Cidr>,
+    pub health_check_node_port: Option<u16>,
+    /// How many endpoints the EndpointSlices listed before filtering.
+    pub total_endpoints: u32,
+}
+
+/// Key of the frontend map: destination IP, protocol number, destination port.
+pub type FrontendKey = (u32, u8, u16);
+
+/// The immutable tables of one generation.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub spec: TableSpec,
+    pub service_ports: Vec<ServicePort>,
+    frontends: HashMap<FrontendKey, Frontend>,
+    node_ports: HashMap<(u8, u16), u32>,
+    node_ips: Vec<u32>,
+    local_pods: HashMap<u32, PodRoute>,
+    /// (cidr, index into spec.remote_nodes), longest prefix first.
+    remote_routes: Vec<(Ipv4Cidr, usize)>,
+    neighbors: HashMap<u32, Mac>,
+    live_backends: HashSet<(u32, u16, u8)>,
+}
+
+impl Snapshot {
+    /// An empty snapshot (generation 0): nothing is programmed.
+    pub fn empty() -> Self {
+        Snapshot::build(TableSpec::default(), 0)
+    }
+
+    /// Derives every lookup structure from `spec`. Deterministic.
+    pub fn build(spec: TableSpec, generation: u64) -> Self {
+        let maglev_size = if spec.maglev_size == 0 {
+            DEFAULT_MAGLEV_SIZE
+        } else {
+            spec.maglev_size
+        };
+        let node_name = spec.node.name.clone();
+        let node_zone = spec.node.zone.clone();
+        let mut service_ports = Vec::new();
+        let mut frontends = HashMap::new();
+        let mut node_ports = HashMap::new();
+        let mut live_backends = HashSet::new();
+        for svc in &spec.services {
+            for p in &svc.ports {
+                let id = u32::try_from(service_ports.len()).unwrap_or(u32::MAX);
+                let backends = usable_backends(&p.endpoints, &node_name, node_zone.as_deref());
+                for b in &backends {
+                    live_backends.insert((u32::from(b.ip), b.port, p.proto.number()));
+                }
+                let keys: Vec<u64> = backends.iter().map(|b| backend_key(b.ip, b.port)).collect();
+                let maglev = Maglev::build(&keys, maglev_size);
+                let local_idx: Vec<u16> = backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.local)
+                    .map(|(i, _)| u16::try_from(i).unwrap_or(u16::MAX))
+                    .collect();
+                let maglev_local = if svc.external_local || svc.internal_local {
+                    let lkeys: Vec<u64> = local_idx
+                        .iter()
+                        .map(|&i| {
+                            let b = &backends[usize::from(i)];
+                            backend_key(b.ip, b.port)
+                        })
+                        .collect();
+                    Some(Maglev::build(&lkeys, maglev_size).remap(&local_idx))
+                } else {
+                    None
+                };
+                let proto = p.proto.number();
+                let fe = |kind| Frontend {
+                    kind,
+                    service_port: id,
+                };
+                for ip in &svc.cluster_ips {
+                    frontends.insert((u32::from(*ip), proto, p.port), fe(FrontendKind::ClusterIp));
+                }
+                for ip in &svc.external_ips {
+                    frontends.insert((u32::from(*ip), proto, p.port), fe(FrontendKind::ExternalIp));
+                }
+                for ip in &svc.load_balancer_ips {
+                    frontends
+                        .entry((u32::from(*ip), proto, p.port))
+                        .or_insert(fe(FrontendKind::LoadBalancer));
+                }
+                if let Some(np) = p.node_port {
+                    node_ports.insert((proto, np), id);
+                }
+                service_ports.push(ServicePort {
+                    id,
+                    name: ServicePortName {
+                        namespace: svc.namespace.clone(),
+                        service: svc.name.clone(),
+                        port: p.name.clone(),
+                    },
+                    proto: p.proto,
+                    port: p.port,
+                    node_port: p.node_port,
+                    local_backends: u32::try_from(local_idx.len()).unwrap_or(u32::MAX),
+                    backends,
+                    maglev,
+                    maglev_local,
+                    affinity_timeout_secs: svc.affinity_timeout_secs,
+                    external_local: svc.external_local,
+                    internal_local: svc.internal_local,
+                    source_ranges: svc.source_ranges.clone(),
+                    health_check_node_port: svc.health_check_node_port,
+                    total_endpoints: u32::try_from(p.endpoints.len()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        let node_ips = spec
+            .node
+            .node_ips
+            .iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| u32::from(*ip))
+            .collect();
+        let local_pods = spec
+            .local_pods
+            .iter()
+            .map(|p| (u32::from(p.ip), p.clone()))
+            .collect();
+        let mut remote_routes: Vec<(Ipv4Cidr, usize)> = spec
+            .remote_nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| n.pod_cidrs.iter().map(move |c| (*c, i)))
+            .collect();
+        remote_routes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.0.cmp(&b.0)));
+        let neighbors = spec
+            .neighbors
+            .iter()
+            .map(|(ip, mac)| (u32::from(*ip), *mac))
+            .collect();
+        Snapshot {
+            generation,
+            spec,
+            service_ports,
+            frontends,
+            node_ports,
+            node_ips,
+            local_pods,
+            remote_routes,
+            neighbors,
+            live_backends,
+        }
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.spec.node
+    }
+
+    pub fn overlay(&self) -> OverlayConfig {
+        self.spec.overlay
+    }
+
+    /// The frontend for a destination, if any: ClusterIP/externalIP/LB IP first,
+    /// then NodePort when the destination is one of this node's IPs.
+    #[inline]
+    pub fn frontend(&self, dst: u32, proto: u8, dport: u16) -> Option<Frontend> {
+        if let Some(f) = self.frontends.get(&(dst, proto, dport)) {
+            return Some(*f);
+        }
+        if self.node_ports.is_empty() || !self.is_node_ip(dst) {
+            return None;
+        }
+        self.node_ports.get(&(proto, dport)).map(|&id| Frontend {
+            kind: FrontendKind::NodePort,
+            service_port: id,
+        })
+    }
+
+    #[inline]
+    pub fn service_port(&self, id: u32) -> Option<&ServicePort> {
+        self.service_ports.get(id as usize)
+    }
+
+    /// One of this node's own addresses (NodePort addresses).
+    #[inline]
+    pub fn is_node_ip(&self, ip: u32) -> bool {
+        self.node_ips.contains(&ip)
+    }
+
+    /// Inside a Service CIDR (used to drop traffic to unallocated ClusterIPs).
+    #[inline]
+    pub fn in_service_cidr(&self, ip: u32) -> bool {
+        self.spec.service_cidrs.iter().any(|c| c.contains_u32(ip))
+    }
+
+    /// Inside one of this node's pod CIDRs.
+    #[inline]
+    pub fn in_local_pod_cidr(&self, ip: u32) -> bool {
+        self.spec.node.pod_cidrs.iter().any(|c| c.contains_u32(ip))
+    }
+
+    #[inline]
+    pub fn local_pod(&self, ip: u32) -> Option<&PodRoute> {
+        self.local_pods.get(&ip)
+    }
+
+    /// The remote node whose pod CIDR holds `ip` (longest prefix).
+    #[inline]
+    pub fn remote_node_for(&self, ip: u32) -> Option<&RemoteNode> {
+        self.remote_routes
+            .iter()
+            .find(|(c, _)| c.contains_u32(ip))
+            .and_then(|(_, i)| self.spec.remote_nodes.get(*i))
+    }
+
+    #[inline]
+    pub fn neighbor(&self, ip: u32) -> Option<Mac> {
+        self.neighbors.get(&ip).copied()
+    }
+
+    /// Is `ip:port` still a usable backend of some Service port with this protocol?
+    #[inline]
+    pub fn backend_alive(&self, ip: u32, port: u16, proto: u8) -> bool {
+        self.live_backends.contains(&(ip, port, proto))
+    }
+
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len() + self.node_ports.len() * self.node_ips.len()
+    }
+
+    pub fn local_pod_count(&self) -> usize {
+        self.local_pods.len()
+    }
+}
+
+/// Stable 64-bit identity of a backend for Maglev permutations.
+pub fn backend_key(ip: Ipv4Addr, port: u16) -> u64 {
+    (u64::from(u32::from(ip)) << 16) | u64::from(port)
+}
+
+/// kube-proxy's endpoint filtering (design §4 item 3): ready endpoints (unset =
+/// ready); if none, serving+terminating ones. Topology hints narrow the set only
+/// when every chosen endpoint has hints and at least one names this node's zone.
+/// Sorted and de-duplicated so the result is independent of slice order.
+pub fn usable_backends(endpoints: &[EndpointSpec], node_name: &str, zone: Option<&str>) -> Vec<Backend> {
+    let is_local = |e: &EndpointSpec| !node_name.is_empty() && e.node_name.as_deref() == Some(node_name);
+    let mut chosen: Vec<&EndpointSpec> = endpoints.iter().filter(|e| e.ready).collect();
+    if chosen.is_empty() {
+        chosen = endpoints.iter().filter(|e| e.serving && e.terminating).collect();
+    }
+    if let Some(z) = zone {
+        let all_hinted = !chosen.is_empty() && chosen.iter().all(|e| e.hint_zones.is_some());
+        let matches = |e: &&EndpointSpec| e.hint_zones.as_ref().is_some_and(|zs| zs.iter().any(|h| h == z));
+        if all_hinted && chosen.iter().any(matches) {
+            chosen.retain(matches);
+        }
+    }
+    let mut out: Vec<Backend> = chosen
+        .into_iter()
+        .map(|e| Backend {
+            ip: e.ip,
+            port: e.port,
+            local: is_local(e),
+        })
+        .collect();
+    out.sort_by_key(|b| (u32::from(b.ip), b.port, !b.local));
+    out.dedup_by_key(|b| (b.ip, b.port));
+    out
+}

@@ -1,0 +1,120 @@
+//! Internet checksum helpers: the full one's-complement sum for headers the
+//! dataplane writes from scratch, and RFC 1624 incremental updates
+//! (HC' = ~(~HC + ~m + m')) for fields it rewrites in place.
+
+/// One's-complement sum of `data` folded into 32 bits, big-endian 16-bit words;
+/// an odd trailing byte is padded with zero.
+pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+    }
+    if let [b] = chunks.remainder() {
+        acc = acc.wrapping_add(u32::from(*b) << 8);
+    }
+    acc
+}
+
+/// Folds a 32-bit sum to 16 bits (end-around carry).
+#[inline]
+pub fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The checksum field value for `data` (complement of the folded sum).
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(0, data))
+}
+
+/// RFC 1624 eqn. 3: a checksum after one 16-bit word changed from `old` to `new`.
+#[inline]
+pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
+    let acc = u32::from(!csum) + u32::from(!old) + u32::from(new);
+    !fold(acc)
+}
+
+/// A checksum after a 32-bit field (an IPv4 address) changed.
+#[inline]
+pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
+    let acc = u32::from(!csum)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!(old as u16))
+        + u32::from((new >> 16) as u16)
+        + u32::from(new as u16);
+    !fold(acc)
+}
+
+/// UDP's special case: a computed 0 is sent as 0xffff (0 means "no checksum").
+#[inline]
+pub fn udp_nonzero(c: u16) -> u16 {
+    if c == 0 {
+        0xffff
+    } else {
+        c
+    }
+}
+
+/// The IPv4 pseudo-header sum for an L4 checksum.
+pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> u32 {
+    let mut acc = sum(0, &src);
+    acc = sum(acc, &dst);
+    acc.wrapping_add(u32::from(proto)).wrapping_add(u32::from(l4_len))
+}
+
+/// Full L4 checksum over pseudo-header + segment (checksum field must be zero).
+pub fn l4_checksum(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
+    let len = u16::try_from(segment.len()).unwrap_or(u16::MAX);
+    !fold(sum(pseudo_header_sum(src, dst, proto, len), segment))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // RFC 1071 example words.
+    #[test]
+    fn rfc1071_example() {
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(0, &data)), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn ipv4_header_fixture() {
+        // 45 00 00 73 00 00 40 00 40 11 [b8 61] c0 a8 00 01 c0 a8 00 c7
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0,
+            0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&h), 0xb861);
+        h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+        assert_eq!(checksum(&h), 0);
+    }
+
+    proptest! {
+        /// Incremental update equals recomputation, for 16- and 32-bit fields.
+        #[test]
+        fn incremental_matches_full(mut words in proptest::collection::vec(any::<u16>(), 4..40),
+                                    idx in any::<prop::sample::Index>(), new16 in any::<u16>(), new32 in any::<u32>()) {
+            let bytes = |w: &Vec<u16>| w.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+            let c0 = checksum(&bytes(&words));
+            let i = idx.index(words.len() - 1);
+            let old = words[i];
+            words[i] = new16;
+            let c1 = checksum(&bytes(&words));
+            let inc = update16(c0, old, new16);
+            // 0x0000 and 0xffff are the same value in one's complement.
+            prop_assert!(inc == c1 || (inc == 0xffff && c1 == 0) || (inc == 0 && c1 == 0xffff));
+            let old32 = u32::from(words[i]) << 16 | u32::from(words[i + 1]);
+            words[i] = (new32 >> 16) as u16;
+            words[i + 1] = new32 as u16;
+            let c2 = checksum(&bytes(&words));
+            let inc2 = update32(c1, old32, new32);
+            prop_assert!(inc2 == c2 || (inc2 == 0xffff && c2 == 0) || (inc2 == 0 && c2 == 0xffff));
+        }
+    }
+}
