@@ -1,1 +1,18 @@
-//! nodeplane-dataplane
+//! nodeplane-dataplane: the data path.
+//!
+//! - `pipeline`: the per-packet stages as pure functions over a batch, an
+//!   immutable `Snapshot` and the worker's `FlowTable` (no I/O, no locks).
+//! - `flow`: the per-worker connection-tracking and NAT table.
+//! - `frame`: the frame handle the pipeline works on and the verdicts it returns.
+//! - `report`: what a worker publishes for the status endpoint.
+//! - `xdp`, `afxdp`, `worker`: the thin I/O adapter (XDP steering program, AF_XDP
+//!   sockets, pinned poll-mode threads) around the pipeline.
+
+pub mod flow;
+pub mod io;
+pub mod frame;
+pub mod pipeline;
+pub mod report;
+
+pub use frame::{Frame, Verdict};
+pub use pipeline::process_batch;

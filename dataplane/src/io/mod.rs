@@ -1,0 +1,1 @@
+//! (being written: XDP steering, AF_XDP sockets, workers)
