@@ -1,1 +1,379 @@
-//! (being written)
+//! The agent's settings: `nodeplane run` flags and the same settings as a YAML
+//! file (`--config FILE`, camelCase keys as in the DaemonSet's ConfigMap). Flags
+//! override the file; everything is validated here, before anything is attached,
+//! so a bad flag is a clear error and never a half-configured node.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use shared::{net::parse_mac, Ipv4Cidr, Mac};
+
+/// nodeplane: a Kubernetes node dataplane (kube-proxy + flannel VXLAN) on AF_XDP.
+#[derive(Parser, Debug)]
+#[command(name = "nodeplane", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent on this node.
+    Run(Box<RunArgs>),
+    /// Print the running agent's status.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// YAML file with the same settings (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name (as in its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The node's uplink interface (the NIC carrying the overlay).
+    #[arg(long, value_name = "IF")]
+    pub uplink: Option<String>,
+    /// Directory of Kubernetes manifests (Node, Service, EndpointSlice, Pod).
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// kubeconfig for the API server; `in-cluster` uses the pod's service account.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<String>,
+    /// Worker threads (each pinned to a core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// VXLAN UDP port (flannel: 8472; IANA: 4789).
+    #[arg(long)]
+    pub vxlan_port: Option<u16>,
+    /// VXLAN network identifier.
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// Status endpoint address.
+    #[arg(long, value_name = "ADDR")]
+    pub status_addr: Option<SocketAddr>,
+    /// Where nodeplane-cni registers pods.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Service CIDR(s); traffic to unallocated IPs inside them is dropped.
+    #[arg(long = "service-cidr", value_name = "CIDR")]
+    pub service_cidrs: Vec<String>,
+    /// This node's VTEP MAC (inner source MAC of encapsulated frames).
+    #[arg(long, value_name = "MAC")]
+    pub vtep_mac: Option<String>,
+    /// Flow-table capacity per worker (flows).
+    #[arg(long)]
+    pub flow_capacity: Option<usize>,
+    /// Masquerade source-port range, e.g. 61000-65535.
+    #[arg(long, value_name = "LO-HI")]
+    pub masquerade_ports: Option<String>,
+    /// Maglev table size (a prime).
+    #[arg(long)]
+    pub maglev_size: Option<u32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The agent's status endpoint.
+    #[arg(long, default_value = "127.0.0.1:10256")]
+    pub addr: String,
+    /// Output format: table (default) or json.
+    #[arg(short = 'o', long = "output", default_value = "table")]
+    pub output: String,
+}
+
+/// The YAML form of `RunArgs`.
+#[derive(serde::Deserialize, Debug, Default, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub node_name: Option<String>,
+    pub uplink: Option<String>,
+    pub manifests: Option<PathBuf>,
+    pub kubeconfig: Option<String>,
+    pub workers: Option<usize>,
+    pub vxlan_port: Option<u16>,
+    pub vni: Option<u32>,
+    pub status_addr: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub service_cidrs: Vec<String>,
+    pub vtep_mac: Option<String>,
+    pub flow_capacity: Option<usize>,
+    pub masquerade_ports: Option<String>,
+    pub maglev_size: Option<u32>,
+}
+
+/// Where Kubernetes objects come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Manifests(PathBuf),
+    /// `None` = in-cluster configuration.
+    ApiServer(Option<PathBuf>),
+}
+
+/// Validated settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub node_name: String,
+    pub uplink: String,
+    pub source: Source,
+    pub workers: usize,
+    pub vxlan_port: u16,
+    pub vni: u32,
+    pub status_addr: SocketAddr,
+    pub state_dir: PathBuf,
+    pub service_cidrs: Vec<Ipv4Cidr>,
+    pub vtep_mac: Mac,
+    pub flow_capacity: usize,
+    pub masquerade_ports: (u16, u16),
+    pub maglev_size: u32,
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
+pub const DEFAULT_FLOW_CAPACITY: usize = 262_144;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: serde_yaml::Error },
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
+    #[error("invalid {what} '{value}': {why}")]
+    Invalid { what: &'static str, value: String, why: String },
+}
+
+fn invalid(what: &'static str, value: impl ToString, why: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        what,
+        value: value.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// Reads a YAML config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A locally administered MAC derived from the node name (stable across restarts).
+pub fn derived_vtep_mac(node_name: &str) -> Mac {
+    let h = shared::snapshot::stable_id(node_name, "vtep", "", shared::L4Proto::Udp);
+    let b = h.to_be_bytes();
+    [0x0e, b[0], b[1], b[2], b[3], b[4]]
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| invalid("masquerade port range", s, "want LO-HI"))?;
+    let lo: u16 = a.trim().parse().map_err(|e| invalid("masquerade port range", s, e))?;
+    let hi: u16 = b.trim().parse().map_err(|e| invalid("masquerade port range", s, e))?;
+    if lo == 0 || lo > hi {
+        return Err(invalid("masquerade port range", s, "want 1 ≤ LO ≤ HI"));
+    }
+    Ok((lo, hi))
+}
+
+/// Merges flags over the file (if any) and validates.
+pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
+    let file = match &args.config {
+        Some(p) => read_file(p)?,
+        None => FileConfig::default(),
+    };
+    let node_name = args
+        .node_name
+        .clone()
+        .or(file.node_name)
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::Missing("--node-name (or NODE_NAME, or nodeName in the config file)"))?;
+    let uplink = args
+        .uplink
+        .clone()
+        .or(file.uplink)
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::Missing("--uplink (or uplink in the config file)"))?;
+    if uplink.len() > 15 || uplink.contains('/') {
+        return Err(invalid("uplink", &uplink, "not an interface name"));
+    }
+    let manifests = args.manifests.clone().or(file.manifests);
+    let kubeconfig = args.kubeconfig.clone().or(file.kubeconfig).filter(|s| !s.is_empty());
+    let source = match (manifests, kubeconfig) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "source",
+                "manifests + kubeconfig",
+                "choose one of --manifests and --kubeconfig",
+            ))
+        }
+        (Some(dir), None) => Source::Manifests(dir),
+        (None, Some(k)) if k == "in-cluster" => Source::ApiServer(None),
+        (None, Some(k)) => Source::ApiServer(Some(PathBuf::from(k))),
+        (None, None) => {
+            return Err(ConfigError::Missing(
+                "a source: --manifests DIR or --kubeconfig PATH|in-cluster",
+            ))
+        }
+    };
+    let workers = args.workers.or(file.workers).unwrap_or(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers == 0 || workers > cores.max(1) * 4 {
+        return Err(invalid("workers", workers, format!("want 1..={}", cores * 4)));
+    }
+    let vxlan_port = args.vxlan_port.or(file.vxlan_port).unwrap_or(8472);
+    if vxlan_port == 0 {
+        return Err(invalid("vxlan port", 0, "must be non-zero"));
+    }
+    let vni = args.vni.or(file.vni).unwrap_or(1);
+    if vni >= 1 << 24 {
+        return Err(invalid("vni", vni, "VNIs are 24 bits"));
+    }
+    let status_addr = args
+        .status_addr
+        .or(file.status_addr)
+        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 10256)));
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or(file.state_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let cidr_texts = if args.service_cidrs.is_empty() {
+        file.service_cidrs
+    } else {
+        args.service_cidrs.clone()
+    };
+    let mut service_cidrs = Vec::new();
+    for t in cidr_texts.iter().flat_map(|s| s.split(',')) {
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        service_cidrs.push(t.parse::<Ipv4Cidr>().map_err(|e| invalid("service CIDR", t, e))?);
+    }
+    let vtep_mac = match args.vtep_mac.clone().or(file.vtep_mac) {
+        Some(s) => parse_mac(&s).ok_or_else(|| invalid("VTEP MAC", &s, "want aa:bb:cc:dd:ee:ff"))?,
+        None => derived_vtep_mac(&node_name),
+    };
+    let flow_capacity = args
+        .flow_capacity
+        .or(file.flow_capacity)
+        .unwrap_or(DEFAULT_FLOW_CAPACITY);
+    if !(1024..=64 << 20).contains(&flow_capacity) {
+        return Err(invalid("flow capacity", flow_capacity, "want 1024..=67108864"));
+    }
+    let masquerade_ports = match args.masquerade_ports.clone().or(file.masquerade_ports) {
+        Some(s) => parse_port_range(&s)?,
+        None => dataplane::pipeline::DEFAULT_MASQ_PORTS,
+    };
+    let maglev_size = args
+        .maglev_size
+        .or(file.maglev_size)
+        .unwrap_or(shared::snapshot::DEFAULT_MAGLEV_SIZE);
+    if !(7..=1_000_003).contains(&maglev_size) {
+        return Err(invalid("maglev size", maglev_size, "want 7..=1000003 (a prime)"));
+    }
+    Ok(Settings {
+        node_name,
+        uplink,
+        source,
+        workers,
+        vxlan_port,
+        vni,
+        status_addr,
+        state_dir,
+        service_cidrs,
+        vtep_mac,
+        flow_capacity,
+        masquerade_ports,
+        maglev_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> RunArgs {
+        RunArgs {
+            node_name: Some("node-a".into()),
+            uplink: Some("eth0".into()),
+            manifests: Some("configs/demo".into()),
+            ..RunArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let s = resolve(&args()).unwrap();
+        assert_eq!(s.vxlan_port, 8472);
+        assert_eq!(s.vni, 1);
+        assert_eq!(s.workers, 1);
+        assert_eq!(s.status_addr.to_string(), "127.0.0.1:10256");
+        assert_eq!(s.source, Source::Manifests("configs/demo".into()));
+        assert_eq!(s.masquerade_ports, (61000, 65535));
+        assert_eq!(s.vtep_mac[0], 0x0e);
+        assert_eq!(s.vtep_mac, derived_vtep_mac("node-a"));
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        let mut a = args();
+        a.service_cidrs = vec!["198.18.96.0/33".into()];
+        assert!(resolve(&a).unwrap_err().to_string().contains("service CIDR"));
+        let mut a = args();
+        a.vni = Some(1 << 24);
+        assert!(resolve(&a).unwrap_err().to_string().contains("vni"));
+        let mut a = args();
+        a.vtep_mac = Some("zz".into());
+        assert!(resolve(&a).unwrap_err().to_string().contains("VTEP MAC"));
+        let mut a = args();
+        a.masquerade_ports = Some("70000-1".into());
+        assert!(resolve(&a).unwrap_err().to_string().contains("masquerade"));
+        let mut a = args();
+        a.manifests = None;
+        assert!(resolve(&a).unwrap_err().to_string().contains("source"));
+        let mut a = args();
+        a.node_name = None;
+        assert!(matches!(resolve(&a), Err(ConfigError::Missing(_))));
+        let mut a = args();
+        a.workers = Some(0);
+        assert!(resolve(&a).unwrap_err().to_string().contains("workers"));
+    }
+
+    #[test]
+    fn file_then_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "nodeName: node-b\nuplink: ens3\nkubeconfig: in-cluster\nvxlanPort: 4789\nvni: 42\nserviceCidrs: [\"10.96.0.0/12\"]\nvtepMac: \"02:00:00:00:03:01\"\n",
+        )
+        .unwrap();
+        let a = RunArgs {
+            config: Some(p.clone()),
+            vni: Some(7),
+            ..RunArgs::default()
+        };
+        let s = resolve(&a).unwrap();
+        assert_eq!(s.node_name, "node-b");
+        assert_eq!(s.uplink, "ens3");
+        assert_eq!(s.source, Source::ApiServer(None));
+        assert_eq!(s.vxlan_port, 4789);
+        assert_eq!(s.vni, 7);
+        assert_eq!(s.service_cidrs, vec!["10.96.0.0/12".parse().unwrap()]);
+        assert_eq!(s.vtep_mac, [2, 0, 0, 0, 3, 1]);
+        std::fs::write(&p, "nodeName: x\nbogusKey: 1\n").unwrap();
+        let err = resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("c.yaml") && err.contains("bogusKey"), "{err}");
+    }
+}

@@ -1,18 +1,868 @@
-//! (being written) per-worker flow table
-pub struct FlowTable {
-    capacity: usize,
+//! The per-worker flow table: connection tracking and NAT state for every flow
+//! a worker has seen. Owned by one worker, never shared: no locks, no atomics.
+//!
+//! Layout: a set-associative table (`WAYS` slots per set, like a CPU cache) of
+//! fixed size, allocated once. Each flow has two entries, the original direction
+//! and the reply direction, linked by slot index; the original-direction entry
+//! (the "master") carries the state and the expiry. A 32-bit tag array is scanned
+//! before any key is compared, so a lookup touches one tag line and one entry.
+//! Keys are hashed with a per-table random seed (attackers choose 5-tuples).
+//!
+//! Eviction policy (documented, counted): a new flow needs a free way in the set
+//! of each of its two keys. Expired entries are free. Otherwise the entry with the
+//! earliest expiry that is *not assured* (a TCP flow not yet established or a UDP
+//! flow that never saw a reply) is evicted, as Linux conntrack's early_drop does;
+//! `Counters::flow_evictions` counts it. If every candidate is assured and live,
+//! the new flow is refused (`DropReason::FlowTableFull`): established connections
+//! are never sacrificed to a flood of new ones. The total number of flows is also
+//! capped at the configured capacity by the same rule.
+
+use std::hash::BuildHasher;
+
+/// Ways per set.
+pub const WAYS: usize = 8;
+const NONE: u32 = u32::MAX;
+const NS: u64 = 1_000_000_000;
+
+/// A directional 5-tuple. Addresses are host-order `u32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
 }
+
+/// The tuple a packet of a flow is rewritten to (identity when no NAT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Rewrite {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl FlowKey {
+    /// The tuple after applying `rw`.
+    pub fn rewritten(&self, rw: &Rewrite) -> FlowKey {
+        FlowKey {
+            src: rw.src,
+            dst: rw.dst,
+            sport: rw.sport,
+            dport: rw.dport,
+            proto: self.proto,
+        }
+    }
+
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
+    pub fn identity(&self) -> Rewrite {
+        Rewrite {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+        }
+    }
+}
+
+/// Connection-tracking state of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FlowState {
+    /// UDP (or other) flow that has not seen a reply.
+    #[default]
+    UdpUnreplied,
+    /// UDP flow that has seen a reply (assured).
+    UdpReplied,
+    TcpSynSent,
+    TcpSynRecv,
+    /// Assured.
+    TcpEstablished,
+    /// One side sent FIN.
+    TcpFinWait,
+    /// The other side has closed its half but this one has not (CLOSE_WAIT).
+    TcpCloseWait,
+    /// Both sides sent FIN.
+    TcpTimeWait,
+    /// RST seen.
+    TcpClose,
+}
+
+impl FlowState {
+    pub fn is_assured(self) -> bool {
+        matches!(
+            self,
+            FlowState::UdpReplied
+                | FlowState::TcpEstablished
+                | FlowState::TcpFinWait
+                | FlowState::TcpCloseWait
+                | FlowState::TcpTimeWait
+        )
+    }
+}
+
+/// Timeouts in seconds, Linux/kube-proxy defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    /// kube-proxy sets nf_conntrack_tcp_timeout_established to 86400.
+    pub tcp_established: u32,
+    pub tcp_fin_wait: u32,
+    /// kube-proxy sets nf_conntrack_tcp_timeout_close_wait to 3600.
+    pub tcp_close_wait: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+    pub udp_stream: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 120,
+            tcp_syn_recv: 60,
+            tcp_established: 86400,
+            tcp_fin_wait: 120,
+            tcp_close_wait: 3600,
+            tcp_time_wait: 120,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 120,
+        }
+    }
+}
+
+impl Timeouts {
+    fn of(&self, s: FlowState) -> u64 {
+        u64::from(match s {
+            FlowState::UdpUnreplied => self.udp,
+            FlowState::UdpReplied => self.udp_stream,
+            FlowState::TcpSynSent => self.tcp_syn_sent,
+            FlowState::TcpSynRecv => self.tcp_syn_recv,
+            FlowState::TcpEstablished => self.tcp_established,
+            FlowState::TcpFinWait => self.tcp_fin_wait,
+            FlowState::TcpCloseWait => self.tcp_close_wait,
+            FlowState::TcpTimeWait => self.tcp_time_wait,
+            FlowState::TcpClose => self.tcp_close,
+        }) * NS
+    }
+}
+
+/// What the service stage decided for a flow, kept for later packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowMeta {
+    /// The backend a Service flow was sent to (ip, port); `None` for plain routing.
+    pub backend: Option<(u32, u16)>,
+    /// Source NAT was applied (masquerade).
+    pub snat: bool,
+}
+
+/// One direction of a flow.
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    key: FlowKey,
+    rewrite: Rewrite,
+    /// Slot of the other direction.
+    peer: u32,
+    /// True for the original direction (holds state/expiry).
+    master: bool,
+    state: FlowState,
+    /// Bit 0: FIN seen from the original side; bit 1: from the reply side.
+    fins: u8,
+    expires_ns: u64,
+    meta: FlowMeta,
+    /// Snapshot generation the backend was last checked against.
+    checked_gen: u64,
+}
+
+/// A lookup result: the slot hit and what to do with the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub slot: u32,
+    pub master: u32,
+    pub rewrite: Rewrite,
+    /// The packet travels in the reply direction.
+    pub is_reply: bool,
+    pub meta: FlowMeta,
+    pub checked_gen: u64,
+    pub state: FlowState,
+}
+
+/// Why a flow could not be inserted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// Every candidate way is assured and live.
+    Full,
+}
+
+/// TCP flag bits as they sit in the header.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The per-worker flow table.
+pub struct FlowTable {
+    /// 0 = empty, else (hash >> 32) | 1.
+    tags: Box<[u32]>,
+    entries: Box<[Entry]>,
+    set_mask: usize,
+    hasher: hashbrown::DefaultHashBuilder,
+    flows: usize,
+    capacity: usize,
+    timeouts: Timeouts,
+    evictions: u64,
+    /// ClientIP session affinity, owned by the same worker.
+    pub affinity: AffinityTable,
+}
+
+/// Stats a worker reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub flows: usize,
+    pub capacity: usize,
+    pub evictions: u64,
+}
+
 impl FlowTable {
+    /// A table for up to `capacity_flows` flows with default timeouts.
     pub fn new(capacity_flows: usize) -> Self {
-        FlowTable { capacity: capacity_flows }
+        Self::with_timeouts(capacity_flows, Timeouts::default())
     }
+
+    pub fn with_timeouts(capacity_flows: usize, timeouts: Timeouts) -> Self {
+        let capacity = capacity_flows.max(1);
+        // Two entries per flow; size the table at ≤ 50% load when full.
+        let slots = (capacity * 4).next_power_of_two().max(WAYS * 2);
+        let sets = slots / WAYS;
+        FlowTable {
+            tags: vec![0u32; slots].into_boxed_slice(),
+            entries: vec![Entry::default(); slots].into_boxed_slice(),
+            set_mask: sets - 1,
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            flows: 0,
+            capacity,
+            timeouts,
+            evictions: 0,
+            affinity: AffinityTable::new((capacity / 4).max(1024)),
+        }
+    }
+
     pub fn len(&self) -> usize {
-        0
+        self.flows
     }
+
     pub fn is_empty(&self) -> bool {
-        true
+        self.flows == 0
     }
+
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        FlowStats {
+            flows: self.flows,
+            capacity: self.capacity,
+            evictions: self.evictions,
+        }
+    }
+
+    #[inline]
+    fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    #[inline]
+    fn tag_of(h: u64) -> u32 {
+        ((h >> 32) as u32) | 1
+    }
+
+    #[inline]
+    fn set_base(&self, h: u64) -> usize {
+        ((h as usize) & self.set_mask) * WAYS
+    }
+
+    /// Hints the CPU to load the set `key` maps to (for batch prefetching).
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        let h = self.hash(key);
+        let base = self.set_base(h);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.tags[base..].as_ptr() as *const i8;
+            // SAFETY: prefetch is only a hint; the pointer is inside `tags`.
+            unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = base;
+    }
+
+    #[inline]
+    fn find(&self, key: &FlowKey) -> Option<usize> {
+        let h = self.hash(key);
+        let base = self.set_base(h);
+        let tag = Self::tag_of(h);
+        let tags = &self.tags[base..base + WAYS];
+        for (w, &t) in tags.iter().enumerate() {
+            if t == tag && self.entries[base + w].key == *key {
+                return Some(base + w);
+            }
+        }
+        None
+    }
+
+    /// Looks a packet's tuple up. Expired flows are removed and miss.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now_ns: u64) -> Option<Hit> {
+        let slot = self.find(key)?;
+        let e = &self.entries[slot];
+        let master = if e.master { slot } else { e.peer as usize };
+        let m = &self.entries[master];
+        if m.expires_ns <= now_ns {
+            self.remove(slot as u32);
+            return None;
+        }
+        Some(Hit {
+            slot: slot as u32,
+            master: master as u32,
+            rewrite: e.rewrite,
+            is_reply: !e.master,
+            meta: m.meta,
+            checked_gen: m.checked_gen,
+            state: m.state,
+        })
+    }
+
+    /// Is this tuple in the table (and live)? Does not touch state.
+    pub fn contains(&self, key: &FlowKey, now_ns: u64) -> bool {
+        self.find(key).is_some_and(|s| {
+            let e = &self.entries[s];
+            let m = if e.master { s } else { e.peer as usize };
+            self.entries[m].expires_ns > now_ns
+        })
+    }
+
+    /// Records that the flow's backend was checked against generation `g`.
+    #[inline]
+    pub fn set_checked(&mut self, hit: &Hit, g: u64) {
+        self.entries[hit.master as usize].checked_gen = g;
+    }
+
+    /// Advances the flow's state for a packet (TCP flags for TCP, 0 for UDP) and
+    /// refreshes its expiry.
+    #[inline]
+    pub fn on_packet(&mut self, hit: &Hit, tcp: Option<u8>, now_ns: u64) {
+        let m = &mut self.entries[hit.master as usize];
+        m.state = match tcp {
+            None => {
+                if hit.is_reply {
+                    FlowState::UdpReplied
+                } else {
+                    m.state
+                }
+            }
+            Some(f) => next_tcp_state(m.state, &mut m.fins, f, hit.is_reply),
+        };
+        m.expires_ns = now_ns.saturating_add(self.timeouts.of(m.state));
+    }
+
+    /// Inserts a new flow whose original-direction packets match `key` and are
+    /// rewritten to `rw`. The reply entry matches the reversed rewritten tuple
+    /// and restores the original. Returns the master slot.
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        rw: Rewrite,
+        meta: FlowMeta,
+        tcp: Option<u8>,
+        generation: u64,
+        now_ns: u64,
+    ) -> Result<u32, InsertError> {
+        let reply_key = key.rewritten(&rw).reversed();
+        let reply_rw = key.reversed().identity();
+        // Replace stale entries with the same keys (e.g. a port reused).
+        for k in [key, reply_key] {
+            if let Some(s) = self.find(&k) {
+                self.remove(s as u32);
+            }
+        }
+        if self.flows >= self.capacity {
+            // Bound the total: make room in the original key's set by the policy.
+            let h = self.hash(&key);
+            let base = self.set_base(h);
+            if !self.evict_one(base, now_ns, None) {
+                return Err(InsertError::Full);
+            }
+        }
+        let h1 = self.hash(&key);
+        let b1 = self.set_base(h1);
+        let s1 = self.free_way(b1, now_ns, None).ok_or(InsertError::Full)?;
+        // Reserve s1 so the reply's search cannot pick it.
+        self.tags[s1] = Self::tag_of(h1);
+        self.entries[s1].key = key;
+        let h2 = self.hash(&reply_key);
+        let b2 = self.set_base(h2);
+        let Some(s2) = self.free_way(b2, now_ns, Some(s1)) else {
+            self.tags[s1] = 0;
+            return Err(InsertError::Full);
+        };
+        let mut state = if tcp.is_some() {
+            FlowState::TcpSynSent
+        } else {
+            FlowState::UdpUnreplied
+        };
+        let mut fins = 0;
+        if let Some(f) = tcp {
+            state = next_tcp_state(FlowState::TcpSynSent, &mut fins, f, false);
+        }
+        let expires_ns = now_ns.saturating_add(self.timeouts.of(state));
+        self.entries[s1] = Entry {
+            key,
+            rewrite: rw,
+            peer: s2 as u32,
+            master: true,
+            state,
+            fins,
+            expires_ns,
+            meta,
+            checked_gen: generation,
+        };
+        self.tags[s2] = Self::tag_of(h2);
+        self.entries[s2] = Entry {
+            key: reply_key,
+            rewrite: reply_rw,
+            peer: s1 as u32,
+            master: false,
+            ..Entry::default()
+        };
+        self.flows += 1;
+        Ok(s1 as u32)
+    }
+
+    /// A free way in the set at `base`: empty, expired (reclaimed), or made free
+    /// by evicting per the policy. `keep` is a slot that must not be chosen.
+    fn free_way(&mut self, base: usize, now_ns: u64, keep: Option<usize>) -> Option<usize> {
+        for w in base..base + WAYS {
+            if Some(w) == keep {
+                continue;
+            }
+            if self.tags[w] == 0 {
+                return Some(w);
+            }
+        }
+        for w in base..base + WAYS {
+            if Some(w) == keep {
+                continue;
+            }
+            let m = self.master_of(w);
+            if self.entries[m].expires_ns <= now_ns {
+                self.remove(w as u32);
+                return Some(w);
+            }
+        }
+        if self.evict_one(base, now_ns, keep) {
+            (base..base + WAYS).find(|&w| self.tags[w] == 0 && Some(w) != keep)
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn master_of(&self, slot: usize) -> usize {
+        let e = &self.entries[slot];
+        if e.master {
+            slot
+        } else {
+            e.peer as usize
+        }
+    }
+
+    /// Evicts the unassured (or expired) flow with the earliest expiry in the set.
+    fn evict_one(&mut self, base: usize, now_ns: u64, keep: Option<usize>) -> bool {
+        let mut victim: Option<(usize, u64)> = None;
+        for w in base..base + WAYS {
+            if self.tags[w] == 0 || Some(w) == keep {
+                continue;
+            }
+            let m = self.master_of(w);
+            if keep.is_some_and(|k| self.master_of(k) == m) {
+                continue;
+            }
+            let e = &self.entries[m];
+            let candidate = e.expires_ns <= now_ns || !e.state.is_assured();
+            if candidate && victim.is_none_or(|(_, exp)| e.expires_ns < exp) {
+                victim = Some((w, e.expires_ns));
+            }
+        }
+        match victim {
+            Some((w, exp)) => {
+                if exp > now_ns {
+                    self.evictions += 1;
+                }
+                self.remove(w as u32);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes the flow that owns `slot` (both directions).
+    pub fn remove(&mut self, slot: u32) {
+        let s = slot as usize;
+        if s >= self.tags.len() || self.tags[s] == 0 {
+            return;
+        }
+        let peer = self.entries[s].peer as usize;
+        self.tags[s] = 0;
+        if peer < self.tags.len() && self.tags[peer] != 0 && self.entries[peer].peer as usize == s {
+            self.tags[peer] = 0;
+        }
+        self.entries[s].peer = NONE;
+        self.flows = self.flows.saturating_sub(1);
+    }
+
+    /// Evictions made to admit new flows since the table was created.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+}
+
+/// A compact TCP state machine after Linux conntrack's main transitions.
+fn next_tcp_state(s: FlowState, fins: &mut u8, flags: u8, reply: bool) -> FlowState {
+    use tcp_flags::*;
+    if flags & RST != 0 {
+        return FlowState::TcpClose;
+    }
+    if flags & FIN != 0 {
+        *fins |= if reply { 2 } else { 1 };
+        return if *fins == 3 {
+            FlowState::TcpTimeWait
+        } else if s == FlowState::TcpEstablished || s == FlowState::TcpFinWait || s == FlowState::TcpCloseWait {
+            if reply {
+                FlowState::TcpCloseWait
+            } else {
+                FlowState::TcpFinWait
+            }
+        } else {
+            s
+        };
+    }
+    match s {
+        FlowState::TcpSynSent if reply && flags & SYN != 0 && flags & ACK != 0 => FlowState::TcpSynRecv,
+        FlowState::TcpSynRecv if !reply && flags & ACK != 0 => FlowState::TcpEstablished,
+        // A flow picked up mid-stream (e.g. after an agent restart) is marked
+        // established once both sides have sent non-SYN segments.
+        FlowState::TcpSynSent if reply && flags & SYN == 0 && flags & ACK != 0 => FlowState::TcpEstablished,
+        FlowState::TcpClose if flags & SYN != 0 && !reply => FlowState::TcpSynSent,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_flags::*;
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn k(src: u32, sport: u16) -> FlowKey {
+        FlowKey {
+            src,
+            dst: 0xc612_600a,
+            sport,
+            dport: 80,
+            proto: 6,
+        }
+    }
+
+    fn dnat(key: &FlowKey) -> Rewrite {
+        Rewrite {
+            src: key.src,
+            sport: key.sport,
+            dst: 0xc613_010a,
+            dport: 8080,
+        }
+    }
+
+    #[test]
+    fn insert_lookup_both_directions() {
+        let mut t = FlowTable::new(16);
+        let key = k(0xc613_0105, 40000);
+        let rw = dnat(&key);
+        t.insert(key, rw, FlowMeta::default(), Some(SYN), 1, 0).unwrap();
+        let fwd = t.lookup(&key, 1).unwrap();
+        assert!(!fwd.is_reply);
+        assert_eq!(fwd.rewrite, rw);
+        let reply_key = key.rewritten(&rw).reversed();
+        let rev = t.lookup(&reply_key, 1).unwrap();
+        assert!(rev.is_reply);
+        // The reply is restored to the original tuple, reversed.
+        assert_eq!(reply_key.rewritten(&rev.rewrite), key.reversed());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn tcp_handshake_and_timeouts() {
+        let mut t = FlowTable::new(16);
+        let key = k(1, 1);
+        let rw = dnat(&key);
+        t.insert(key, rw, FlowMeta::default(), Some(SYN), 0, 0).unwrap();
+        let h = t.lookup(&key, 0).unwrap();
+        assert_eq!(h.state, FlowState::TcpSynSent);
+        let r = t.lookup(&key.rewritten(&rw).reversed(), 0).unwrap();
+        t.on_packet(&r, Some(SYN | ACK), 0);
+        let h = t.lookup(&key, 0).unwrap();
+        assert_eq!(h.state, FlowState::TcpSynRecv);
+        t.on_packet(&h, Some(ACK), 0);
+        let h = t.lookup(&key, 0).unwrap();
+        assert_eq!(h.state, FlowState::TcpEstablished);
+        // Established lives for a day; still there after an hour.
+        assert!(t.lookup(&key, 3600 * NS).is_some());
+        let h = t.lookup(&key, 3600 * NS).unwrap();
+        t.on_packet(&h, Some(FIN | ACK), 3600 * NS);
+        let r = t.lookup(&key.rewritten(&rw).reversed(), 3600 * NS).unwrap();
+        t.on_packet(&r, Some(FIN | ACK), 3600 * NS);
+        let h = t.lookup(&key, 3600 * NS).unwrap();
+        assert_eq!(h.state, FlowState::TcpTimeWait);
+        assert!(t.lookup(&key, 3600 * NS + 121 * NS).is_none());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn rst_closes_quickly_and_udp_times_out() {
+        let mut t = FlowTable::new(16);
+        let key = k(2, 2);
+        t.insert(key, key.identity(), FlowMeta::default(), Some(SYN), 0, 0).unwrap();
+        let h = t.lookup(&key, 0).unwrap();
+        t.on_packet(&h, Some(RST), 0);
+        assert!(t.lookup(&key, 11 * NS).is_none());
+        let mut u = k(3, 3);
+        u.proto = 17;
+        t.insert(u, u.identity(), FlowMeta::default(), None, 0, 0).unwrap();
+        assert!(t.lookup(&u, 29 * NS).is_some());
+        assert!(t.lookup(&u, 60 * NS).is_none());
+        // A UDP flow that saw a reply lives 120 s.
+        t.insert(u, u.identity(), FlowMeta::default(), None, 0, 0).unwrap();
+        let r = t.lookup(&u.reversed(), 1).unwrap();
+        t.on_packet(&r, None, 1);
+        assert!(t.lookup(&u, 100 * NS).is_some());
+    }
+
+    #[test]
+    fn full_table_evicts_unassured_never_established() {
+        let cap = 64;
+        let mut t = FlowTable::new(cap);
+        // Fill with established flows.
+        let mut established = Vec::new();
+        for i in 0..cap as u32 {
+            let key = k(i + 100, 1000);
+            if t.insert(key, key.identity(), FlowMeta::default(), Some(SYN), 0, 0).is_ok() {
+                let r = t.lookup(&key.reversed(), 0).unwrap();
+                t.on_packet(&r, Some(SYN | ACK), 0);
+                let h = t.lookup(&key, 0).unwrap();
+                t.on_packet(&h, Some(ACK), 0);
+                established.push(key);
+            }
+        }
+        assert!(t.len() <= cap);
+        // A flood of SYNs never pushes out established flows.
+        let mut refused = 0;
+        for i in 0..10_000u32 {
+            let key = k(i + 1_000_000, 2000);
+            if t.insert(key, key.identity(), FlowMeta::default(), Some(SYN), 0, 1).is_err() {
+                refused += 1;
+            }
+            assert!(t.len() <= cap);
+        }
+        for key in &established {
+            assert!(t.lookup(key, 2).is_some(), "established flow was evicted");
+        }
+        assert!(refused > 0 || established.len() < cap);
+    }
+
+    #[test]
+    fn syn_flood_evicts_older_syns_and_counts() {
+        let mut t = FlowTable::new(32);
+        for i in 0..1000u32 {
+            let key = k(i, 3000);
+            t.insert(key, key.identity(), FlowMeta::default(), Some(SYN), 0, u64::from(i)).unwrap();
+            assert!(t.len() <= 32);
+        }
+        assert!(t.evictions() > 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u8, u16),
+        Lookup(u8, u16),
+        Remove(u8, u16),
+        Advance(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..40, 0u16..4).prop_map(|(a, p)| Op::Insert(a, p)),
+            (0u8..40, 0u16..4).prop_map(|(a, p)| Op::Lookup(a, p)),
+            (0u8..40, 0u16..4).prop_map(|(a, p)| Op::Remove(a, p)),
+            (0u8..40).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Against a plain HashMap model (large capacity, so no evictions): UDP
+        /// flows with 30 s timeouts; inserts, lookups in both directions, removes.
+        #[test]
+        fn matches_reference_model(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut t = FlowTable::new(4096);
+            let mut model: HashMap<FlowKey, (Rewrite, u64)> = HashMap::new();
+            let mut now = 0u64;
+            let key = |a: u8, p: u16| FlowKey { src: u32::from(a), dst: 0xc612_600b, sport: p, dport: 53, proto: 17 };
+            let rw = |k: &FlowKey| Rewrite { src: k.src, sport: k.sport, dst: 0xc613_0300 + k.src, dport: 5353 };
+            for o in ops {
+                match o {
+                    Op::Insert(a, p) => {
+                        let kk = key(a, p);
+                        let r = rw(&kk);
+                        t.insert(kk, r, FlowMeta::default(), None, 0, now).unwrap();
+                        model.insert(kk, (r, now + 30 * NS));
+                    }
+                    Op::Lookup(a, p) => {
+                        let kk = key(a, p);
+                        let live = model.get(&kk).filter(|(_, e)| *e > now).copied();
+                        let got = t.lookup(&kk, now);
+                        prop_assert_eq!(got.map(|h| h.rewrite), live.map(|(r, _)| r));
+                        if let Some((r, _)) = live {
+                            let back = t.lookup(&kk.rewritten(&r).reversed(), now).unwrap();
+                            prop_assert!(back.is_reply);
+                            prop_assert_eq!(kk.rewritten(&r).reversed().rewritten(&back.rewrite), kk.reversed());
+                        }
+                    }
+                    Op::Remove(a, p) => {
+                        let kk = key(a, p);
+                        if let Some(h) = t.lookup(&kk, now) { t.remove(h.slot); }
+                        model.remove(&kk);
+                    }
+                    Op::Advance(s) => now += u64::from(s) * NS,
+                }
+                model.retain(|_, (_, e)| *e > now);
+                prop_assert!(t.len() >= model.len());
+            }
+        }
+    }
+}
+
+/// ClientIP session affinity: (client IP, service port) → backend, per worker,
+/// with the Service's timeout. Fixed size, set-associative like the flow table;
+/// when a set is full the entry closest to expiry is replaced.
+pub struct AffinityTable {
+    slots: Box<[AffinityEntry]>,
+    set_mask: usize,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct AffinityEntry {
+    client: u32,
+    service: u64,
+    backend: (u32, u16),
+    expires_ns: u64,
+}
+
+const AFF_WAYS: usize = 4;
+
+impl AffinityTable {
+    pub fn new(capacity: usize) -> Self {
+        let slots = capacity.max(AFF_WAYS * 2).next_power_of_two();
+        AffinityTable {
+            slots: vec![AffinityEntry::default(); slots].into_boxed_slice(),
+            set_mask: slots / AFF_WAYS - 1,
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        }
+    }
+
+    #[inline]
+    fn base(&self, client: u32, service: u64) -> usize {
+        ((self.hasher.hash_one((client, service)) as usize) & self.set_mask) * AFF_WAYS
+    }
+
+    /// The remembered backend, if the affinity has not expired.
+    #[inline]
+    pub fn get(&self, client: u32, service: u64, now_ns: u64) -> Option<(u32, u16)> {
+        let b = self.base(client, service);
+        self.slots[b..b + AFF_WAYS]
+            .iter()
+            .find(|e| e.client == client && e.service == service && e.expires_ns > now_ns)
+            .map(|e| e.backend)
+    }
+
+    /// Remembers (or refreshes) a client's backend for `timeout_secs`.
+    #[inline]
+    pub fn set(&mut self, client: u32, service: u64, backend: (u32, u16), timeout_secs: u32, now_ns: u64) {
+        let b = self.base(client, service);
+        let set = &mut self.slots[b..b + AFF_WAYS];
+        let idx = set
+            .iter()
+            .position(|e| e.client == client && e.service == service)
+            .or_else(|| set.iter().position(|e| e.expires_ns <= now_ns))
+            .unwrap_or_else(|| {
+                let mut min = 0;
+                for (i, e) in set.iter().enumerate() {
+                    if e.expires_ns < set[min].expires_ns {
+                        min = i;
+                    }
+                }
+                min
+            });
+        set[idx] = AffinityEntry {
+            client,
+            service,
+            backend,
+            expires_ns: now_ns.saturating_add(u64::from(timeout_secs) * NS),
+        };
+    }
+
+    /// Forgets a client's affinity (its backend went away).
+    pub fn forget(&mut self, client: u32, service: u64) {
+        let b = self.base(client, service);
+        for e in &mut self.slots[b..b + AFF_WAYS] {
+            if e.client == client && e.service == service {
+                e.expires_ns = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod affinity_tests {
+    use super::*;
+
+    #[test]
+    fn remembers_until_timeout() {
+        let mut a = AffinityTable::new(64);
+        a.set(1, 7, (10, 80), 10, 0);
+        assert_eq!(a.get(1, 7, 9 * NS), Some((10, 80)));
+        assert_eq!(a.get(1, 8, 0), None);
+        assert_eq!(a.get(2, 7, 0), None);
+        assert_eq!(a.get(1, 7, 11 * NS), None);
+        a.set(1, 7, (11, 80), 10, 0);
+        a.forget(1, 7);
+        assert_eq!(a.get(1, 7, 0), None);
     }
 }

@@ -1,9 +1,96 @@
-//! (being written) the pipeline
-use crate::flow::FlowTable;
+//! The per-packet pipeline: pure functions over a batch of frames, one immutable
+//! `Snapshot`, the worker's `FlowTable` and `now`. No I/O, no locks, no
+//! allocation, no logging. Every frame ends with a `Verdict`; a frame that fails
+//! a check is dropped with a `DropReason` and counted, nothing else.
+//!
+//! Stages (design §2), VPP-style over the whole batch:
+//! 1. classify: Ethernet/IPv4 checks, L4 ports, and VXLAN decapsulation (port and
+//!    VNI from the snapshot, flags exactly 0x08) with a second classify of the inner frame;
+//! 2. prefetch the flow-table sets of the whole batch;
+//! 3. conntrack fast path (a hit gives the rewrite), else the service stage
+//!    (frontend → backend by Maglev or ClientIP affinity → DNAT/SNAT, new flow) or
+//!    plain routing (with masquerade for pod traffic leaving the cluster);
+//! 4. rewrite with RFC 1624 incremental checksums and TTL decrement, then route:
+//!    local pod, remote node (VXLAN encap), host, or off-cluster via the uplink.
+
+use shared::counters::{Counters, DropReason};
+use shared::maglev::mix64;
+use shared::snapshot::{FrontendKind, RemoteNode, Snapshot};
+use shared::wire::checksum;
+use shared::wire::vxlan::{VxlanPacket, VxlanRepr};
+use shared::wire::{ETH_HLEN, VXLAN_OVERHEAD};
+
+use crate::flow::{tcp_flags, FlowKey, FlowMeta, FlowTable, Rewrite};
 use crate::frame::{Frame, Verdict};
-use shared::{Counters, Snapshot};
+
+/// Frames processed per stage pass.
+pub const BATCH: usize = 64;
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+/// Default masquerade port range: above Linux's ephemeral range (32768–60999),
+/// so the host's own connections never collide with nodeplane's.
+pub const DEFAULT_MASQ_PORTS: (u16, u16) = (61000, 65535);
+/// Outer UDP source ports for VXLAN, as Linux's vxlan driver picks them.
+const VXLAN_SPORT_RANGE: (u16, u16) = (32768, 60999);
+
+/// What classify learned about a frame. Offsets are into `Frame::data()`,
+/// whose first byte is the (inner, after decap) Ethernet header.
+#[derive(Clone, Copy, Debug, Default)]
+struct Parsed {
+    ihl: usize,
+    key: FlowKey,
+    tcp_flags: u8,
+    icmp_type: u8,
+    /// Came through the overlay.
+    decapped: bool,
+}
+
+impl Parsed {
+    #[inline]
+    fn l4(&self) -> usize {
+        ETH_HLEN + self.ihl
+    }
+    #[inline]
+    fn tcp(&self) -> Option<u8> {
+        (self.key.proto == PROTO_TCP).then_some(self.tcp_flags)
+    }
+}
+
+#[inline]
+fn rd16(b: &[u8], o: usize) -> u16 {
+    u16::from_be_bytes([b[o], b[o + 1]])
+}
+
+#[inline]
+fn rd32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+#[inline]
+fn wr16(b: &mut [u8], o: usize, v: u16) {
+    b[o..o + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+fn wr32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// A stable hash of a flow's 5-tuple: Maglev choice and VXLAN source port.
+#[inline]
+pub fn flow_hash(k: &FlowKey) -> u64 {
+    let a = (u64::from(k.src) << 32) | u64::from(k.dst);
+    let b = (u64::from(k.sport) << 24) | (u64::from(k.dport) << 8) | u64::from(k.proto);
+    mix64(a ^ mix64(b))
+}
 
 /// Runs every stage over a batch; `verdicts[i]` is set for `frames[i]`.
+/// Extra frames (beyond `verdicts.len()`) are left untouched.
 pub fn process_batch(
     frames: &mut [Frame<'_>],
     verdicts: &mut [Verdict],
@@ -12,5 +99,614 @@ pub fn process_batch(
     counters: &mut Counters,
     now_ns: u64,
 ) {
-    let _ = (frames, verdicts, snap, flows, counters, now_ns);
+    let n = frames.len().min(verdicts.len());
+    let mut start = 0;
+    while start < n {
+        let end = (start + BATCH).min(n);
+        run_chunk(&mut frames[start..end], &mut verdicts[start..end], snap, flows, counters, now_ns);
+        start = end;
+    }
+}
+
+fn run_chunk(
+    frames: &mut [Frame<'_>],
+    verdicts: &mut [Verdict],
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) {
+    let mut parsed = [Parsed::default(); BATCH];
+    let mut live = [false; BATCH];
+    // Stage 1: classify + decap.
+    for i in 0..frames.len() {
+        c.rx_packets += 1;
+        c.rx_bytes += frames[i].len() as u64;
+        match classify(&mut frames[i], snap, c) {
+            Ok(p) => {
+                parsed[i] = p;
+                live[i] = true;
+            }
+            Err(r) => verdicts[i] = Verdict::Drop(r),
+        }
+    }
+    // Stage 2: prefetch flow-table sets.
+    for i in 0..frames.len() {
+        if live[i] {
+            flows.prefetch(&parsed[i].key);
+        }
+    }
+    // Stage 3+4: conntrack / service / route / rewrite.
+    for i in 0..frames.len() {
+        if live[i] {
+            verdicts[i] = forward(&mut frames[i], &parsed[i], snap, flows, c, now);
+        }
+        match verdicts[i] {
+            Verdict::Drop(r) => c.drop(r),
+            Verdict::Pass => c.passed += 1,
+            Verdict::Tx { .. } => {
+                c.tx_packets += 1;
+                c.tx_bytes += frames[i].len() as u64;
+            }
+        }
+    }
+}
+
+/// Ethernet + IPv4 + L4 checks on `f.data()`; trims Ethernet padding.
+fn classify_l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
+    let d = f.data();
+    if d.len() < ETH_HLEN {
+        return Err(DropReason::Malformed);
+    }
+    if rd16(d, 12) != ETHERTYPE_IPV4 {
+        return Err(DropReason::UnsupportedEtherType);
+    }
+    if d.len() < ETH_HLEN + 20 {
+        return Err(DropReason::Malformed);
+    }
+    let ip = ETH_HLEN;
+    if d[ip] >> 4 != 4 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = usize::from(d[ip] & 0x0f) * 4;
+    let total = usize::from(rd16(d, ip + 2));
+    if ihl < 20 || total < ihl || ip + total > d.len() {
+        return Err(DropReason::Malformed);
+    }
+    if rd16(d, ip + 6) & 0x3fff != 0 {
+        return Err(DropReason::Fragment);
+    }
+    let proto = d[ip + 9];
+    let mut p = Parsed {
+        ihl,
+        key: FlowKey {
+            src: rd32(d, ip + 12),
+            dst: rd32(d, ip + 16),
+            sport: 0,
+            dport: 0,
+            proto,
+        },
+        ..Parsed::default()
+    };
+    let l4 = ip + ihl;
+    let l4len = total - ihl;
+    match proto {
+        PROTO_TCP => {
+            if l4len < 20 {
+                return Err(DropReason::MalformedL4);
+            }
+            let doff = usize::from(d[l4 + 12] >> 4) * 4;
+            if doff < 20 || doff > l4len {
+                return Err(DropReason::MalformedL4);
+            }
+            p.key.sport = rd16(d, l4);
+            p.key.dport = rd16(d, l4 + 2);
+            p.tcp_flags = d[l4 + 13];
+        }
+        PROTO_UDP => {
+            if l4len < 8 {
+                return Err(DropReason::MalformedL4);
+            }
+            let ulen = usize::from(rd16(d, l4 + 4));
+            if ulen < 8 || ulen > l4len {
+                return Err(DropReason::MalformedL4);
+            }
+            p.key.sport = rd16(d, l4);
+            p.key.dport = rd16(d, l4 + 2);
+        }
+        PROTO_ICMP => {
+            if l4len < 8 {
+                return Err(DropReason::MalformedL4);
+            }
+            p.icmp_type = d[l4];
+            // Echo: the identifier plays the port, on the side that makes
+            // request and reply mirror images of each other.
+            match p.icmp_type {
+                ICMP_ECHO_REQUEST => p.key.sport = rd16(d, l4 + 4),
+                ICMP_ECHO_REPLY => p.key.dport = rd16(d, l4 + 4),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    // Drop Ethernet padding so rewrites and encapsulation see the IP length.
+    let want = ip + total;
+    if f.len() > want {
+        f.set_len(want);
+    }
+    Ok(p)
+}
+
+/// Stage 1 for one frame: classify, and decapsulate VXLAN addressed to us.
+fn classify(f: &mut Frame<'_>, snap: &Snapshot, c: &mut Counters) -> Result<Parsed, DropReason> {
+    let p = classify_l3(f)?;
+    let overlay = snap.overlay();
+    if p.key.proto != PROTO_UDP || p.key.dport != overlay.port || !is_own_ip(snap, p.key.dst) {
+        return Ok(p);
+    }
+    let vx = p.l4() + 8;
+    let d = f.data();
+    let Ok(view) = VxlanPacket::new_checked(&d[vx.min(d.len())..]) else {
+        return Err(DropReason::MalformedL4);
+    };
+    match VxlanRepr::parse(&view) {
+        Err(_) => return Err(DropReason::VxlanBadFlags),
+        Ok(r) if r.vni != overlay.vni => return Err(DropReason::VxlanUnknownVni),
+        Ok(_) => {}
+    }
+    let inner = vx + 8;
+    if f.len() < inner + ETH_HLEN + 20 {
+        return Err(DropReason::VxlanShortInner);
+    }
+    f.pull(inner);
+    c.decapsulated += 1;
+    let mut q = classify_l3(f)?;
+    q.decapped = true;
+    Ok(q)
+}
+
+#[inline]
+fn is_own_ip(snap: &Snapshot, ip: u32) -> bool {
+    snap.is_node_ip(ip) || snap.node().underlay_ip.is_some_and(|u| u32::from(u) == ip)
+}
+
+/// Stage 3 for one frame.
+fn forward(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut FlowTable, c: &mut Counters, now: u64) -> Verdict {
+    let key = p.key;
+    if let Some(hit) = flows.lookup(&key, now) {
+        let mut live = true;
+        if hit.checked_gen != snap.generation {
+            match hit.meta.backend {
+                Some((ip, port)) if !snap.backend_alive(ip, port, key.proto) => {
+                    // The backend left the Service: flush the flow so the next
+                    // packet reaches a live backend or is rejected (§4 item 10).
+                    flows.remove(hit.slot);
+                    c.flows_flushed += 1;
+                    live = false;
+                }
+                _ => flows.set_checked(&hit, snap.generation),
+            }
+        }
+        if live {
+            flows.on_packet(&hit, p.tcp(), now);
+            c.flow_hits += 1;
+            return rewrite_and_route(f, p, &hit.rewrite, snap, c);
+        }
+        if hit.is_reply {
+            // A reply from a backend that is gone: nothing to translate it to.
+            return Verdict::Drop(DropReason::NoRoute);
+        }
+    }
+    new_flow(f, p, snap, flows, c, now)
+}
+
+fn new_flow(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut FlowTable, c: &mut Counters, now: u64) -> Verdict {
+    let key = p.key;
+    let l4_proxied = key.proto == PROTO_TCP || key.proto == PROTO_UDP;
+    if l4_proxied {
+        if let Some(fe) = snap.frontend(key.dst, key.proto, key.dport) {
+            return service(f, p, fe.kind, fe.service_port, snap, flows, c, now);
+        }
+    }
+    if snap.in_service_cidr(key.dst) {
+        return Verdict::Drop(DropReason::UnallocatedServiceIp);
+    }
+    if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod(key.src).is_some() {
+        return masquerade_out(f, p, snap, flows, c, now);
+    }
+    let rw = key.identity();
+    rewrite_and_route(f, p, &rw, snap, c)
+}
+
+#[inline]
+fn is_off_cluster(snap: &Snapshot, ip: u32) -> bool {
+    !snap.in_local_pod_cidr(ip) && snap.remote_node_for(ip).is_none() && !is_own_ip(snap, ip)
+}
+
+/// Pod traffic leaving the cluster: SNAT to the node's underlay IP with a port
+/// from the masquerade range (the XDP program steers replies to that range here).
+fn masquerade_out(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut FlowTable, c: &mut Counters, now: u64) -> Verdict {
+    let key = p.key;
+    let masq_icmp = key.proto == PROTO_ICMP && p.icmp_type == ICMP_ECHO_REQUEST;
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP && !masq_icmp {
+        return Verdict::Drop(DropReason::UnsupportedProtocol);
+    }
+    let Some(ip) = snap.node().underlay_ip else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let mut rw = key.identity();
+    rw.src = u32::from(ip);
+    let Some(port) = pick_port(flows, &key, &rw, snap, false, now) else {
+        return Verdict::Drop(DropReason::NoMasqueradePort);
+    };
+    rw.sport = port;
+    let meta = FlowMeta {
+        backend: None,
+        snat: true,
+    };
+    if flows.insert(key, rw, meta, p.tcp(), snap.generation, now).is_err() {
+        return Verdict::Drop(DropReason::FlowTableFull);
+    }
+    c.flows_created += 1;
+    c.masqueraded += 1;
+    rewrite_and_route(f, p, &rw, snap, c)
+}
+
+/// A source port for SNAT whose reply tuple is free. `keep_first` tries the
+/// client's own port first (used for in-cluster masquerade to the overlay IP).
+fn pick_port(flows: &FlowTable, key: &FlowKey, rw: &Rewrite, snap: &Snapshot, keep_first: bool, now: u64) -> Option<u16> {
+    let free = |port: u16| {
+        let reply = FlowKey {
+            src: rw.dst,
+            dst: rw.src,
+            sport: rw.dport,
+            dport: port,
+            proto: key.proto,
+        };
+        !flows.contains(&reply, now)
+    };
+    if keep_first && free(key.sport) {
+        return Some(key.sport);
+    }
+    let (lo, hi) = match snap.spec.masquerade_ports {
+        (0, 0) => DEFAULT_MASQ_PORTS,
+        r => r,
+    };
+    let (lo, hi) = (lo.min(hi), lo.max(hi));
+    let span = u64::from(hi - lo) + 1;
+    let start = flow_hash(key) % span;
+    (0..span.min(128))
+        .map(|i| lo + ((start + i) % span) as u16)
+        .find(|&port| free(port))
+}
+
+/// The service stage (§4 items 3–9) for a new flow to a frontend.
+#[allow(clippy::too_many_arguments)]
+fn service(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    kind: FrontendKind,
+    sp_id: u32,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
+    let key = p.key;
+    let Some(sp) = snap.service_port(sp_id) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    if kind == FrontendKind::LoadBalancer
+        && !sp.source_ranges.is_empty()
+        && !sp.source_ranges.iter().any(|r| r.contains_u32(key.src))
+    {
+        return Verdict::Drop(DropReason::SourceRangeDenied);
+    }
+    if sp.backends.is_empty() {
+        return reject(f, p, snap, c);
+    }
+    let from_local_pod = !p.decapped && snap.local_pod(key.src).is_some();
+    // eTP=Local applies to traffic from outside; pods on this node reaching an
+    // external frontend use the cluster-wide set, as kube-proxy does.
+    let local_only = if kind.is_external() {
+        sp.external_local && !from_local_pod
+    } else {
+        sp.internal_local
+    };
+    let table = if local_only {
+        match &sp.maglev_local {
+            Some(m) if sp.local_backends > 0 => m,
+            _ => return Verdict::Drop(DropReason::NoLocalEndpoint),
+        }
+    } else {
+        &sp.maglev
+    };
+    let mut chosen = None;
+    if sp.affinity_timeout_secs.is_some() {
+        if let Some((ip, port)) = flows.affinity.get(key.src, sp.stable_id, now) {
+            chosen = sp
+                .backends
+                .iter()
+                .find(|b| u32::from(b.ip) == ip && b.port == port && (b.local || !local_only))
+                .copied();
+        }
+    }
+    let backend = match chosen {
+        Some(b) => b,
+        None => match table.lookup(flow_hash(&key)).and_then(|i| sp.backends.get(usize::from(i))) {
+            Some(b) => *b,
+            None => return Verdict::Drop(DropReason::NoLocalEndpoint),
+        },
+    };
+    let bip = u32::from(backend.ip);
+    if let Some(t) = sp.affinity_timeout_secs {
+        flows.affinity.set(key.src, sp.stable_id, (bip, backend.port), t, now);
+    }
+    let mut rw = Rewrite {
+        src: key.src,
+        sport: key.sport,
+        dst: bip,
+        dport: backend.port,
+    };
+    let hairpin = bip == key.src;
+    let masq = hairpin || (kind.is_external() && !local_only && !backend.local);
+    if masq {
+        let node = snap.node();
+        let Some(ip) = node.overlay_ip().or(node.underlay_ip) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        rw.src = u32::from(ip);
+        let Some(port) = pick_port(flows, &key, &rw, snap, true, now) else {
+            return Verdict::Drop(DropReason::NoMasqueradePort);
+        };
+        rw.sport = port;
+        c.masqueraded += 1;
+    }
+    let meta = FlowMeta {
+        backend: Some((bip, backend.port)),
+        snat: masq,
+    };
+    if flows.insert(key, rw, meta, p.tcp(), snap.generation, now).is_err() {
+        return Verdict::Drop(DropReason::FlowTableFull);
+    }
+    c.flows_created += 1;
+    rewrite_and_route(f, p, &rw, snap, c)
+}
+
+/// Applies `rw` to the packet (addresses, ports, checksums), decrements TTL and routes.
+fn rewrite_and_route(f: &mut Frame<'_>, p: &Parsed, rw: &Rewrite, snap: &Snapshot, c: &mut Counters) -> Verdict {
+    let key = p.key;
+    let l4 = p.l4();
+    let d = f.data_mut();
+    let ip = ETH_HLEN;
+    let ttl = d[ip + 8];
+    if ttl <= 1 {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
+    let mut ipsum = rd16(d, ip + 10);
+    let old_ttl_word = u16::from_be_bytes([ttl, d[ip + 9]]);
+    d[ip + 8] = ttl - 1;
+    ipsum = checksum::update16(ipsum, old_ttl_word, u16::from_be_bytes([ttl - 1, d[ip + 9]]));
+    if rw.src != key.src || rw.dst != key.dst {
+        ipsum = checksum::update32(ipsum, key.src, rw.src);
+        ipsum = checksum::update32(ipsum, key.dst, rw.dst);
+        wr32(d, ip + 12, rw.src);
+        wr32(d, ip + 16, rw.dst);
+    }
+    wr16(d, ip + 10, ipsum);
+    let addr_changed = rw.src != key.src || rw.dst != key.dst;
+    let ports_changed = rw.sport != key.sport || rw.dport != key.dport;
+    if addr_changed || ports_changed {
+        match key.proto {
+            PROTO_TCP | PROTO_UDP => {
+                let cs_off = if key.proto == PROTO_TCP { l4 + 16 } else { l4 + 6 };
+                let mut cs = rd16(d, cs_off);
+                let udp_no_csum = key.proto == PROTO_UDP && cs == 0;
+                if !udp_no_csum {
+                    cs = checksum::update32(cs, key.src, rw.src);
+                    cs = checksum::update32(cs, key.dst, rw.dst);
+                    cs = checksum::update16(cs, key.sport, rw.sport);
+                    cs = checksum::update16(cs, key.dport, rw.dport);
+                    if key.proto == PROTO_UDP {
+                        cs = checksum::udp_nonzero(cs);
+                    }
+                    wr16(d, cs_off, cs);
+                }
+                wr16(d, l4, rw.sport);
+                wr16(d, l4 + 2, rw.dport);
+            }
+            PROTO_ICMP if ports_changed => {
+                let (old, new) = if p.icmp_type == ICMP_ECHO_REQUEST {
+                    (key.sport, rw.sport)
+                } else {
+                    (key.dport, rw.dport)
+                };
+                let cs = checksum::update16(rd16(d, l4 + 2), old, new);
+                wr16(d, l4 + 2, cs);
+                wr16(d, l4 + 4, new);
+            }
+            _ => {}
+        }
+    }
+    let out = key.rewritten(rw);
+    route(f, &out, snap, c)
+}
+
+/// Stage 4: where the (rewritten) packet goes.
+fn route(f: &mut Frame<'_>, out: &FlowKey, snap: &Snapshot, c: &mut Counters) -> Verdict {
+    let dst = out.dst;
+    if let Some(pod) = snap.local_pod(dst) {
+        let d = f.data_mut();
+        d[0..6].copy_from_slice(&pod.mac);
+        d[6..12].copy_from_slice(&pod.host_mac);
+        return Verdict::Tx {
+            ifindex: pod.host_ifindex,
+        };
+    }
+    if let Some(node) = snap.remote_node_for(dst) {
+        return encap(f, out, node, snap, c);
+    }
+    let own = snap.node();
+    if is_own_ip(snap, dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
+        return Verdict::Pass;
+    }
+    if snap.in_local_pod_cidr(dst) {
+        return Verdict::Drop(DropReason::NoRoute);
+    }
+    // Off-cluster: out of the uplink to the neighbour or the gateway.
+    let mac = snap
+        .neighbor(dst)
+        .or_else(|| snap.spec.gateway.and_then(|g| snap.neighbor(u32::from(g))));
+    let Some(mac) = mac else {
+        return Verdict::Drop(DropReason::NoNeighbor);
+    };
+    let d = f.data_mut();
+    d[0..6].copy_from_slice(&mac);
+    d[6..12].copy_from_slice(&own.uplink_mac);
+    Verdict::Tx {
+        ifindex: own.uplink_ifindex,
+    }
+}
+
+/// VXLAN encapsulation towards a remote node, flannel-compatible.
+fn encap(f: &mut Frame<'_>, out: &FlowKey, node: &RemoteNode, snap: &Snapshot, c: &mut Counters) -> Verdict {
+    let own = snap.node();
+    let Some(src_ip) = own.underlay_ip else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let Some(next_hop) = snap.neighbor(u32::from(node.underlay_ip)) else {
+        return Verdict::Drop(DropReason::NoNeighbor);
+    };
+    {
+        let d = f.data_mut();
+        d[0..6].copy_from_slice(&node.vtep_mac);
+        d[6..12].copy_from_slice(&own.vtep_mac);
+    }
+    let inner_len = f.len();
+    let Ok(total) = u16::try_from(inner_len + VXLAN_OVERHEAD - ETH_HLEN) else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    if !f.push(VXLAN_OVERHEAD) {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    let overlay = snap.overlay();
+    let (lo, hi) = VXLAN_SPORT_RANGE;
+    let sport = lo + (flow_hash(out) % u64::from(hi - lo + 1)) as u16;
+    let d = f.data_mut();
+    d[0..6].copy_from_slice(&next_hop);
+    d[6..12].copy_from_slice(&own.uplink_mac);
+    wr16(d, 12, ETHERTYPE_IPV4);
+    let ip = ETH_HLEN;
+    d[ip] = 0x45;
+    d[ip + 1] = 0;
+    wr16(d, ip + 2, total);
+    wr16(d, ip + 4, 0);
+    wr16(d, ip + 6, 0);
+    d[ip + 8] = 64;
+    d[ip + 9] = PROTO_UDP;
+    wr16(d, ip + 10, 0);
+    d[ip + 12..ip + 16].copy_from_slice(&src_ip.octets());
+    d[ip + 16..ip + 20].copy_from_slice(&node.underlay_ip.octets());
+    let cs = checksum::checksum(&d[ip..ip + 20]);
+    wr16(d, ip + 10, cs);
+    let udp = ip + 20;
+    wr16(d, udp, sport);
+    wr16(d, udp + 2, overlay.port);
+    wr16(d, udp + 4, total - 20);
+    wr16(d, udp + 6, 0);
+    let mut vx = VxlanPacket::new_unchecked(&mut d[udp + 8..]);
+    VxlanRepr { vni: overlay.vni }.emit(&mut vx);
+    c.encapsulated += 1;
+    Verdict::Tx {
+        ifindex: own.uplink_ifindex,
+    }
+}
+
+/// §4 item 7: a Service with no usable endpoint rejects — TCP RST for TCP,
+/// ICMP port unreachable for UDP — answered from the frontend address.
+fn reject(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, c: &mut Counters) -> Verdict {
+    let key = p.key;
+    let l4 = p.l4();
+    let mut scratch = [0u8; 128];
+    let len;
+    {
+        let d = f.data();
+        // Ethernet: back to the sender.
+        scratch[0..6].copy_from_slice(&d[6..12]);
+        scratch[6..12].copy_from_slice(&d[0..6]);
+        wr16(&mut scratch, 12, ETHERTYPE_IPV4);
+        let ip = ETH_HLEN;
+        let body = ip + 20;
+        if key.proto == PROTO_TCP {
+            let flags = p.tcp_flags;
+            if flags & tcp_flags::RST != 0 {
+                return Verdict::Drop(DropReason::NoRoute);
+            }
+            let seq = rd32(d, l4 + 4);
+            let ack = rd32(d, l4 + 8);
+            let doff = usize::from(d[l4 + 12] >> 4) * 4;
+            let seg_len = d.len().saturating_sub(l4 + doff) as u32
+                + u32::from(flags & tcp_flags::SYN != 0)
+                + u32::from(flags & tcp_flags::FIN != 0);
+            wr16(&mut scratch, body, key.dport);
+            wr16(&mut scratch, body + 2, key.sport);
+            if flags & tcp_flags::ACK != 0 {
+                wr32(&mut scratch, body + 4, ack);
+                wr32(&mut scratch, body + 8, 0);
+                scratch[body + 13] = tcp_flags::RST;
+            } else {
+                wr32(&mut scratch, body + 4, 0);
+                wr32(&mut scratch, body + 8, seq.wrapping_add(seg_len));
+                scratch[body + 13] = tcp_flags::RST | tcp_flags::ACK;
+            }
+            scratch[body + 12] = 5 << 4;
+            len = body + 20;
+            let cs = checksum::l4_checksum(key.dst.to_be_bytes(), key.src.to_be_bytes(), PROTO_TCP, &scratch[body..len]);
+            wr16(&mut scratch, body + 16, cs);
+            write_ipv4(&mut scratch[ip..body], key.dst, key.src, PROTO_TCP, 40);
+        } else {
+            // ICMP type 3 code 3 quoting the IP header and 8 bytes of payload.
+            let quote = p.ihl + 8;
+            scratch[body] = 3;
+            scratch[body + 1] = 3;
+            scratch[body + 8..body + 8 + quote].copy_from_slice(&d[ip..ip + quote]);
+            len = body + 8 + quote;
+            let cs = checksum::checksum(&scratch[body..len]);
+            wr16(&mut scratch, body + 2, cs);
+            let total = (20 + 8 + quote) as u16;
+            write_ipv4(&mut scratch[ip..body], key.dst, key.src, PROTO_ICMP, total);
+        }
+    }
+    if !f.set_len(len) {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    f.data_mut().copy_from_slice(&scratch[..len]);
+    c.rejected += 1;
+    if p.decapped {
+        // Back over the overlay to the client's node.
+        let out = FlowKey {
+            src: key.dst,
+            dst: key.src,
+            sport: key.dport,
+            dport: key.sport,
+            proto: if key.proto == PROTO_TCP { PROTO_TCP } else { PROTO_ICMP },
+        };
+        return route(f, &out, snap, c);
+    }
+    Verdict::Tx { ifindex: f.ifindex }
+}
+
+fn write_ipv4(h: &mut [u8], src: u32, dst: u32, proto: u8, total: u16) {
+    h[0] = 0x45;
+    h[1] = 0;
+    wr16(h, 2, total);
+    wr16(h, 4, 0);
+    wr16(h, 6, 0x4000);
+    h[8] = 64;
+    h[9] = proto;
+    wr16(h, 10, 0);
+    wr32(h, 12, src);
+    wr32(h, 16, dst);
+    let cs = checksum::checksum(&h[..20]);
+    wr16(h, 10, cs);
 }

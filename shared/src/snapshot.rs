@@ -198,7 +198,11 @@ impl std::fmt::Display for ServicePortName {
 /// A Service port with its usable backends and their Maglev tables.
 #[derive(Clone, Debug)]
 pub struct ServicePort {
+    /// Index in `Snapshot::service_ports` (changes between generations).
     pub id: u32,
+    /// Stable identity across generations (hash of namespace/name:port/proto),
+    /// used for ClientIP affinity state that outlives a snapshot.
+    pub stable_id: u64,
     pub name: ServicePortName,
     pub proto: L4Proto,
     pub port: u16,
@@ -306,6 +310,7 @@ impl Snapshot {
                 }
                 service_ports.push(ServicePort {
                     id,
+                    stable_id: stable_id(&svc.namespace, &svc.name, &p.name, p.proto),
                     name: ServicePortName {
                         namespace: svc.namespace.clone(),
                         service: svc.name.clone(),
@@ -444,6 +449,23 @@ impl Snapshot {
     pub fn local_pod_count(&self) -> usize {
         self.local_pods.len()
     }
+}
+
+/// FNV-1a over namespace/name:port/proto: a service port's identity across generations.
+pub fn stable_id(namespace: &str, name: &str, port: &str, proto: L4Proto) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace
+        .bytes()
+        .chain([b'/'])
+        .chain(name.bytes())
+        .chain([b':'])
+        .chain(port.bytes())
+        .chain([b'/', proto.number()])
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// Stable 64-bit identity of a backend for Maglev permutations.
