@@ -150,6 +150,7 @@ fn run_chunk(
             }
         }
     }
+    c.flow_evictions = flows.evictions();
 }
 
 /// Ethernet + IPv4 + L4 checks on `f.data()`; trims Ethernet padding.

@@ -1,0 +1,373 @@
+//! Fixtures for the pipeline specification tests: a lab-like world (node-a with
+//! two local pods, node-b and a flannel-style kernel node behind VXLAN, an
+//! external client), frame crafting with etherparse, and an independent check of
+//! every output frame (IPv4 and L4 checksums, inner and outer, by etherparse).
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+
+use dataplane::flow::FlowTable;
+use dataplane::{process_batch, Frame, Verdict};
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use shared::snapshot::{
+    EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec, Snapshot, TableSpec,
+};
+use shared::{Counters, L4Proto, Mac};
+
+pub const HEADROOM: usize = 256;
+pub const BUF: usize = 2048;
+
+pub const UPLINK: u32 = 2;
+pub const UPLINK_MAC: Mac = [2, 0, 0, 0, 0, 2];
+pub const VTEP_A: Mac = [2, 0, 0, 0, 1, 1];
+pub const VTEP_K: Mac = [2, 0, 0, 0, 2, 1];
+pub const VTEP_B: Mac = [2, 0, 0, 0, 3, 1];
+pub const MAC_K: Mac = [2, 0, 0, 0, 0, 1];
+pub const MAC_B: Mac = [2, 0, 0, 0, 0, 3];
+pub const MAC_EXT: Mac = [2, 0, 0, 0, 0, 0xc8];
+pub const NODE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+pub const NODE_K: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const OVERLAY_A: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 0);
+pub const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 10);
+pub const A1: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
+pub const A2: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 11);
+pub const B1: Ipv4Addr = Ipv4Addr::new(198, 19, 3, 10);
+pub const B2: Ipv4Addr = Ipv4Addr::new(198, 19, 3, 11);
+pub const K1: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 10);
+pub const A1_IF: u32 = 10;
+pub const A2_IF: u32 = 11;
+pub const A1_MAC: Mac = [2, 0xa1, 0, 0, 0, 1];
+pub const A2_MAC: Mac = [2, 0xa2, 0, 0, 0, 1];
+pub const A1_HOST_MAC: Mac = [2, 0xa1, 0, 0, 0, 2];
+pub const A2_HOST_MAC: Mac = [2, 0xa2, 0, 0, 0, 2];
+pub const VXLAN_PORT: u16 = 8472;
+pub const NS: u64 = 1_000_000_000;
+
+pub fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+pub fn ep(addr: Ipv4Addr, port: u16, node: &str) -> EndpointSpec {
+    EndpointSpec {
+        ip: addr,
+        port,
+        node_name: Some(node.to_string()),
+        zone: None,
+        ready: true,
+        serving: true,
+        terminating: false,
+        hint_zones: None,
+    }
+}
+
+pub fn svc(name: &str, cluster_ip: &str, proto: L4Proto, port: u16, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
+    ServiceSpec {
+        namespace: "default".into(),
+        name: name.into(),
+        cluster_ips: vec![ip(cluster_ip)],
+        ports: vec![ServicePortSpec {
+            name: "p".into(),
+            proto,
+            port,
+            node_port: None,
+            endpoints,
+        }],
+        ..ServiceSpec::default()
+    }
+}
+
+/// The node-a world with the given Services.
+pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
+    TableSpec {
+        node: NodeInfo {
+            name: "node-a".into(),
+            zone: Some("zone-a".into()),
+            underlay_ip: Some(NODE_A),
+            node_ips: vec![NODE_A],
+            pod_cidrs: vec!["198.19.1.0/24".parse().unwrap()],
+            uplink_ifindex: UPLINK,
+            uplink_mac: UPLINK_MAC,
+            vtep_mac: VTEP_A,
+        },
+        overlay: OverlayConfig { vni: 1, port: VXLAN_PORT },
+        service_cidrs: vec!["198.18.96.0/20".parse().unwrap()],
+        services,
+        local_pods: vec![
+            PodRoute {
+                ip: A1,
+                mac: A1_MAC,
+                host_ifindex: A1_IF,
+                host_mac: A1_HOST_MAC,
+                name: "default/a1".into(),
+            },
+            PodRoute {
+                ip: A2,
+                mac: A2_MAC,
+                host_ifindex: A2_IF,
+                host_mac: A2_HOST_MAC,
+                name: "default/a2".into(),
+            },
+        ],
+        remote_nodes: vec![
+            RemoteNode {
+                name: "node-b".into(),
+                underlay_ip: NODE_B,
+                vtep_mac: VTEP_B,
+                pod_cidrs: vec!["198.19.3.0/24".parse().unwrap()],
+            },
+            RemoteNode {
+                name: "node-k".into(),
+                underlay_ip: NODE_K,
+                vtep_mac: VTEP_K,
+                pod_cidrs: vec!["198.19.2.0/24".parse().unwrap()],
+            },
+        ],
+        neighbors: vec![(NODE_B, MAC_B), (NODE_K, MAC_K), (EXT, MAC_EXT)],
+        gateway: None,
+        masquerade_ports: (61000, 65535),
+        maglev_size: 251,
+    }
+}
+
+pub fn snap(spec: TableSpec, generation: u64) -> Snapshot {
+    Snapshot::build(spec, generation)
+}
+
+/// L4 of a crafted packet.
+#[derive(Clone, Copy, Debug)]
+pub enum L4 {
+    Udp { sport: u16, dport: u16 },
+    /// flags: SYN/ACK/FIN/RST bits as in the header.
+    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32 },
+    IcmpEcho { id: u16, seq: u16 },
+}
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const FIN: u8 = 0x01;
+pub const RST: u8 = 0x04;
+
+pub fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport }
+}
+
+pub fn syn(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags: SYN,
+        seq: 1000,
+        ack: 0,
+    }
+}
+
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+        seq: 5000,
+        ack: 7000,
+    }
+}
+
+/// An Ethernet/IPv4 frame with a small payload.
+pub fn frame(smac: Mac, dmac: Mac, src: Ipv4Addr, dst: Ipv4Addr, l4: L4, ttl: u8) -> Vec<u8> {
+    let payload = b"nodeplane-payload";
+    let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src.octets(), dst.octets(), ttl);
+    let mut out = Vec::new();
+    match l4 {
+        L4::Udp { sport, dport } => {
+            let b = b.udp(sport, dport);
+            b.write(&mut out, payload).unwrap();
+        }
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+            seq,
+            ack,
+        } => {
+            let mut b = b.tcp(sport, dport, seq, 64240);
+            if flags & SYN != 0 {
+                b = b.syn();
+            }
+            if flags & ACK != 0 {
+                b = b.ack(ack);
+            }
+            if flags & FIN != 0 {
+                b = b.fin();
+            }
+            if flags & RST != 0 {
+                b = b.rst();
+            }
+            b.write(&mut out, payload).unwrap();
+        }
+        L4::IcmpEcho { id, seq } => {
+            let b = b.icmpv4_echo_request(id, seq);
+            b.write(&mut out, payload).unwrap();
+        }
+    }
+    out
+}
+
+/// `inner` wrapped in VXLAN from `outer_src` (a remote node) to node-a.
+pub fn vxlan(outer_src: Ipv4Addr, outer_smac: Mac, vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
+    let mut vx = vec![flags, 0, 0, 0, (vni >> 16) as u8, (vni >> 8) as u8, vni as u8, 0];
+    vx.extend_from_slice(inner);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(outer_smac, UPLINK_MAC)
+        .ipv4(outer_src.octets(), NODE_A.octets(), 64)
+        .udp(49152, VXLAN_PORT)
+        .write(&mut out, &vx)
+        .unwrap();
+    out
+}
+
+/// One frame through the pipeline.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub verdict: Verdict,
+    pub bytes: Vec<u8>,
+}
+
+/// A worker: one flow table and its counters, fed one frame at a time.
+pub struct Worker {
+    pub flows: FlowTable,
+    pub counters: Counters,
+    pub now: u64,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker {
+            flows: FlowTable::new(65536),
+            counters: Counters::default(),
+            now: 1_000 * NS,
+        }
+    }
+}
+
+impl Worker {
+    pub fn run(&mut self, snap: &Snapshot, ingress: u32, bytes: &[u8]) -> Out {
+        let mut buf = vec![0u8; BUF];
+        buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
+        let mut frames = [Frame::new(&mut buf, HEADROOM, bytes.len(), ingress)];
+        let mut verdicts = [Verdict::Pass];
+        process_batch(&mut frames, &mut verdicts, snap, &mut self.flows, &mut self.counters, self.now);
+        let out = frames[0].data().to_vec();
+        if let Verdict::Tx { .. } = verdicts[0] {
+            verify_checksums(&out);
+        }
+        Out {
+            verdict: verdicts[0],
+            bytes: out,
+        }
+    }
+}
+
+/// What a test needs to know of an output frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub smac: Mac,
+    pub dmac: Mac,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub icmp: Option<(u8, u8)>,
+    pub payload: Vec<u8>,
+}
+
+/// Parses an Ethernet/IPv4 frame with etherparse.
+pub fn seen(bytes: &[u8]) -> Seen {
+    let h = PacketHeaders::from_ethernet_slice(bytes).expect("output parses");
+    let eth = h.link.clone().and_then(|l| l.ethernet2()).expect("ethernet");
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("no IPv4 header")
+    };
+    let mut s = Seen {
+        smac: eth.source,
+        dmac: eth.destination,
+        src: Ipv4Addr::from(ip.source),
+        dst: Ipv4Addr::from(ip.destination),
+        ttl: ip.time_to_live,
+        proto: ip.protocol.0,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        seq: 0,
+        ack: 0,
+        icmp: None,
+        payload: h.payload.slice().to_vec(),
+    };
+    match &h.transport {
+        Some(TransportHeader::Udp(u)) => {
+            s.sport = u.source_port;
+            s.dport = u.destination_port;
+        }
+        Some(TransportHeader::Tcp(t)) => {
+            s.sport = t.source_port;
+            s.dport = t.destination_port;
+            s.seq = t.sequence_number;
+            s.ack = t.acknowledgment_number;
+            s.tcp_flags = u8::from(t.fin)
+                | u8::from(t.syn) << 1
+                | u8::from(t.rst) << 2
+                | u8::from(t.psh) << 3
+                | u8::from(t.ack) << 4;
+        }
+        Some(TransportHeader::Icmpv4(i)) => {
+            let b = i.to_bytes();
+            s.icmp = Some((b[0], b[1]));
+        }
+        _ => {}
+    }
+    s
+}
+
+/// For VXLAN output: (outer, vxlan header, inner frame bytes).
+pub fn unwrap_vxlan(bytes: &[u8]) -> (Seen, [u8; 8], Vec<u8>) {
+    let outer = seen(bytes);
+    assert_eq!(outer.proto, 17, "outer is UDP");
+    assert!(outer.payload.len() >= 8 + 14 + 20, "room for VXLAN + inner");
+    let mut hdr = [0u8; 8];
+    hdr.copy_from_slice(&outer.payload[..8]);
+    let inner = outer.payload[8..].to_vec();
+    verify_checksums(&inner);
+    (outer, hdr, inner)
+}
+
+/// Every output frame's IPv4 and L4 checksums, verified by etherparse.
+pub fn verify_checksums(bytes: &[u8]) {
+    let h = PacketHeaders::from_ethernet_slice(bytes).expect("output parses");
+    let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
+        panic!("output is not IPv4")
+    };
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    let payload = h.payload.slice();
+    match &h.transport {
+        Some(TransportHeader::Udp(u)) => {
+            if u.checksum != 0 {
+                assert_eq!(u.checksum, u.calc_checksum_ipv4(ip, payload).unwrap(), "UDP checksum");
+            }
+        }
+        Some(TransportHeader::Tcp(t)) => {
+            assert_eq!(t.checksum, t.calc_checksum_ipv4(ip, payload).unwrap(), "TCP checksum");
+        }
+        Some(TransportHeader::Icmpv4(i)) => {
+            assert_eq!(i.checksum, i.icmp_type.calc_checksum(payload), "ICMP checksum");
+        }
+        _ => {}
+    }
+}
+
+pub fn tx(ifindex: u32) -> Verdict {
+    Verdict::Tx { ifindex }
+}
