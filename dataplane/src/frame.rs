@@ -33,7 +33,12 @@ impl<'a> Frame<'a> {
     pub fn new(buf: &'a mut [u8], off: usize, len: usize, ifindex: u32) -> Self {
         let off = off.min(buf.len());
         let len = len.min(buf.len() - off);
-        Frame { buf, off, len, ifindex }
+        Frame {
+            buf,
+            off,
+            len,
+            ifindex,
+        }
     }
 
     /// The packet bytes.

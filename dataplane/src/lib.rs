@@ -9,8 +9,8 @@
 //!   sockets, pinned poll-mode threads) around the pipeline.
 
 pub mod flow;
-pub mod io;
 pub mod frame;
+pub mod io;
 pub mod pipeline;
 pub mod report;
 

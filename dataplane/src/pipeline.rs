@@ -44,6 +44,8 @@ const VXLAN_SPORT_RANGE: (u16, u16) = (32768, 60999);
 struct Parsed {
     ihl: usize,
     key: FlowKey,
+    /// The flow table's hash of `key`, computed once in the prefetch stage.
+    hash: u64,
     tcp_flags: u8,
     icmp_type: u8,
     /// Came through the overlay.
@@ -103,7 +105,14 @@ pub fn process_batch(
     let mut start = 0;
     while start < n {
         let end = (start + BATCH).min(n);
-        run_chunk(&mut frames[start..end], &mut verdicts[start..end], snap, flows, counters, now_ns);
+        run_chunk(
+            &mut frames[start..end],
+            &mut verdicts[start..end],
+            snap,
+            flows,
+            counters,
+            now_ns,
+        );
         start = end;
     }
 }
@@ -133,7 +142,14 @@ fn run_chunk(
     // Stage 2: prefetch flow-table sets.
     for i in 0..frames.len() {
         if live[i] {
-            flows.prefetch(&parsed[i].key);
+            let h = flows.hash(&parsed[i].key);
+            parsed[i].hash = h;
+            flows.prefetch(h);
+        }
+    }
+    for i in 0..frames.len() {
+        if live[i] {
+            flows.prefetch_entry(&parsed[i].key, parsed[i].hash);
         }
     }
     // Stage 3+4: conntrack / service / route / rewrite.
@@ -272,11 +288,18 @@ fn is_own_ip(snap: &Snapshot, ip: u32) -> bool {
 }
 
 /// Stage 3 for one frame.
-fn forward(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut FlowTable, c: &mut Counters, now: u64) -> Verdict {
+fn forward(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
     let key = p.key;
-    if let Some(hit) = flows.lookup(&key, now) {
+    if let Some(hit) = flows.lookup_hashed(&key, p.hash, now) {
         let mut live = true;
-        if hit.checked_gen != snap.generation {
+        if hit.checked_gen != snap.generation as u32 {
             match hit.meta.backend {
                 Some((ip, port)) if !snap.backend_alive(ip, port, key.proto) => {
                     // The backend left the Service: flush the flow so the next
@@ -301,7 +324,14 @@ fn forward(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut FlowTable
     new_flow(f, p, snap, flows, c, now)
 }
 
-fn new_flow(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut FlowTable, c: &mut Counters, now: u64) -> Verdict {
+fn new_flow(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
     let key = p.key;
     let l4_proxied = key.proto == PROTO_TCP || key.proto == PROTO_UDP;
     if l4_proxied {
@@ -326,7 +356,14 @@ fn is_off_cluster(snap: &Snapshot, ip: u32) -> bool {
 
 /// Pod traffic leaving the cluster: SNAT to the node's underlay IP with a port
 /// from the masquerade range (the XDP program steers replies to that range here).
-fn masquerade_out(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut FlowTable, c: &mut Counters, now: u64) -> Verdict {
+fn masquerade_out(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
     let key = p.key;
     let masq_icmp = key.proto == PROTO_ICMP && p.icmp_type == ICMP_ECHO_REQUEST;
     if key.proto != PROTO_TCP && key.proto != PROTO_UDP && !masq_icmp {
@@ -345,7 +382,10 @@ fn masquerade_out(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut Fl
         backend: None,
         snat: true,
     };
-    if flows.insert(key, rw, meta, p.tcp(), snap.generation, now).is_err() {
+    if flows
+        .insert(key, rw, meta, p.tcp(), snap.generation, now)
+        .is_err()
+    {
         return Verdict::Drop(DropReason::FlowTableFull);
     }
     c.flows_created += 1;
@@ -355,7 +395,14 @@ fn masquerade_out(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &mut Fl
 
 /// A source port for SNAT whose reply tuple is free. `keep_first` tries the
 /// client's own port first (used for in-cluster masquerade to the overlay IP).
-fn pick_port(flows: &FlowTable, key: &FlowKey, rw: &Rewrite, snap: &Snapshot, keep_first: bool, now: u64) -> Option<u16> {
+fn pick_port(
+    flows: &FlowTable,
+    key: &FlowKey,
+    rw: &Rewrite,
+    snap: &Snapshot,
+    keep_first: bool,
+    now: u64,
+) -> Option<u16> {
     let free = |port: u16| {
         let reply = FlowKey {
             src: rw.dst,
@@ -434,14 +481,19 @@ fn service(
     }
     let backend = match chosen {
         Some(b) => b,
-        None => match table.lookup(flow_hash(&key)).and_then(|i| sp.backends.get(usize::from(i))) {
+        None => match table
+            .lookup(flow_hash(&key))
+            .and_then(|i| sp.backends.get(usize::from(i)))
+        {
             Some(b) => *b,
             None => return Verdict::Drop(DropReason::NoLocalEndpoint),
         },
     };
     let bip = u32::from(backend.ip);
     if let Some(t) = sp.affinity_timeout_secs {
-        flows.affinity.set(key.src, sp.stable_id, (bip, backend.port), t, now);
+        flows
+            .affinity
+            .set(key.src, sp.stable_id, (bip, backend.port), t, now);
     }
     let mut rw = Rewrite {
         src: key.src,
@@ -467,7 +519,10 @@ fn service(
         backend: Some((bip, backend.port)),
         snat: masq,
     };
-    if flows.insert(key, rw, meta, p.tcp(), snap.generation, now).is_err() {
+    if flows
+        .insert(key, rw, meta, p.tcp(), snap.generation, now)
+        .is_err()
+    {
         return Verdict::Drop(DropReason::FlowTableFull);
     }
     c.flows_created += 1;
@@ -475,7 +530,13 @@ fn service(
 }
 
 /// Applies `rw` to the packet (addresses, ports, checksums), decrements TTL and routes.
-fn rewrite_and_route(f: &mut Frame<'_>, p: &Parsed, rw: &Rewrite, snap: &Snapshot, c: &mut Counters) -> Verdict {
+fn rewrite_and_route(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    rw: &Rewrite,
+    snap: &Snapshot,
+    c: &mut Counters,
+) -> Verdict {
     let key = p.key;
     let l4 = p.l4();
     let d = f.data_mut();
@@ -487,7 +548,11 @@ fn rewrite_and_route(f: &mut Frame<'_>, p: &Parsed, rw: &Rewrite, snap: &Snapsho
     let mut ipsum = rd16(d, ip + 10);
     let old_ttl_word = u16::from_be_bytes([ttl, d[ip + 9]]);
     d[ip + 8] = ttl - 1;
-    ipsum = checksum::update16(ipsum, old_ttl_word, u16::from_be_bytes([ttl - 1, d[ip + 9]]));
+    ipsum = checksum::update16(
+        ipsum,
+        old_ttl_word,
+        u16::from_be_bytes([ttl - 1, d[ip + 9]]),
+    );
     if rw.src != key.src || rw.dst != key.dst {
         ipsum = checksum::update32(ipsum, key.src, rw.src);
         ipsum = checksum::update32(ipsum, key.dst, rw.dst);
@@ -500,7 +565,11 @@ fn rewrite_and_route(f: &mut Frame<'_>, p: &Parsed, rw: &Rewrite, snap: &Snapsho
     if addr_changed || ports_changed {
         match key.proto {
             PROTO_TCP | PROTO_UDP => {
-                let cs_off = if key.proto == PROTO_TCP { l4 + 16 } else { l4 + 6 };
+                let cs_off = if key.proto == PROTO_TCP {
+                    l4 + 16
+                } else {
+                    l4 + 6
+                };
                 let mut cs = rd16(d, cs_off);
                 let udp_no_csum = key.proto == PROTO_UDP && cs == 0;
                 if !udp_no_csum {
@@ -570,7 +639,13 @@ fn route(f: &mut Frame<'_>, out: &FlowKey, snap: &Snapshot, c: &mut Counters) ->
 }
 
 /// VXLAN encapsulation towards a remote node, flannel-compatible.
-fn encap(f: &mut Frame<'_>, out: &FlowKey, node: &RemoteNode, snap: &Snapshot, c: &mut Counters) -> Verdict {
+fn encap(
+    f: &mut Frame<'_>,
+    out: &FlowKey,
+    node: &RemoteNode,
+    snap: &Snapshot,
+    c: &mut Counters,
+) -> Verdict {
     let own = snap.node();
     let Some(src_ip) = own.underlay_ip else {
         return Verdict::Drop(DropReason::NoRoute);
@@ -662,7 +737,12 @@ fn reject(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, c: &mut Counters) -> V
             }
             scratch[body + 12] = 5 << 4;
             len = body + 20;
-            let cs = checksum::l4_checksum(key.dst.to_be_bytes(), key.src.to_be_bytes(), PROTO_TCP, &scratch[body..len]);
+            let cs = checksum::l4_checksum(
+                key.dst.to_be_bytes(),
+                key.src.to_be_bytes(),
+                PROTO_TCP,
+                &scratch[body..len],
+            );
             wr16(&mut scratch, body + 16, cs);
             write_ipv4(&mut scratch[ip..body], key.dst, key.src, PROTO_TCP, 40);
         } else {
@@ -690,7 +770,11 @@ fn reject(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, c: &mut Counters) -> V
             dst: key.src,
             sport: key.dport,
             dport: key.sport,
-            proto: if key.proto == PROTO_TCP { PROTO_TCP } else { PROTO_ICMP },
+            proto: if key.proto == PROTO_TCP {
+                PROTO_TCP
+            } else {
+                PROTO_ICMP
+            },
         };
         return route(f, &out, snap, c);
     }

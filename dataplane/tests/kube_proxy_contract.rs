@@ -26,7 +26,11 @@ fn web() -> ServiceSpec {
         WEB,
         L4Proto::Tcp,
         80,
-        vec![ep(A1, 8080, "node-a"), ep(B1, 8080, "node-b"), ep(K1, 8080, "node-k")],
+        vec![
+            ep(A1, 8080, "node-a"),
+            ep(B1, 8080, "node-b"),
+            ep(K1, 8080, "node-k"),
+        ],
     );
     s.ports[0].node_port = Some(30080);
     s.external_ips = vec![ip(EXT_IP)];
@@ -39,7 +43,11 @@ fn dns() -> ServiceSpec {
         DNS,
         L4Proto::Udp,
         53,
-        vec![ep(A1, 5353, "node-a"), ep(B1, 5353, "node-b"), ep(K1, 5353, "node-k")],
+        vec![
+            ep(A1, 5353, "node-a"),
+            ep(B1, 5353, "node-b"),
+            ep(K1, 5353, "node-k"),
+        ],
     )
 }
 
@@ -78,37 +86,121 @@ fn backend(out: &Out) -> (Ipv4Addr, u16) {
 
 // ---------------------------------------------------------------- §4 item 2
 
+/// (name, ingress, src, src MAC, dst, dport, allowed backends or None = not a frontend)
+type FrontendRow = (
+    &'static str,
+    u32,
+    Ipv4Addr,
+    Mac,
+    Ipv4Addr,
+    u16,
+    Option<BTreeSet<(Ipv4Addr, u16)>>,
+);
+
 #[test]
 fn frontends_clusterip_externalip_lb_nodeport() {
-    let mut lb = svc("lb", "198.18.96.16", L4Proto::Tcp, 443, vec![ep(A1, 8443, "node-a")]);
+    let mut lb = svc(
+        "lb",
+        "198.18.96.16",
+        L4Proto::Tcp,
+        443,
+        vec![ep(A1, 8443, "node-a")],
+    );
     lb.load_balancer_ips = vec![ip(LB_IP)];
     let mut specs = base();
     specs.push(with_nodeport(lb, 30443));
     let s = snap(world(specs), 1);
     let backends_web: BTreeSet<(Ipv4Addr, u16)> = [(A1, 8080), (B1, 8080), (K1, 8080)].into();
-    // (name, ingress, src, src mac, dst, dport, expected backend set or None = not a frontend)
-    let rows: Vec<(&str, u32, Ipv4Addr, Mac, Ipv4Addr, u16, Option<BTreeSet<(Ipv4Addr, u16)>>)> = vec![
-        ("pod → ClusterIP", A2_IF, A2, A2_MAC, ip(WEB), 80, Some(backends_web.clone())),
-        ("client → externalIP", UPLINK, EXT, MAC_EXT, ip(EXT_IP), 80, Some(backends_web.clone())),
-        ("client → LB ingress IP", UPLINK, EXT, MAC_EXT, ip(LB_IP), 443, Some([(A1, 8443)].into())),
-        ("client → NodePort on node IP", UPLINK, EXT, MAC_EXT, NODE_A, 30080, Some(backends_web.clone())),
-        ("client → NodePort on loopback", UPLINK, EXT, MAC_EXT, ip("127.0.0.1"), 30080, None),
-        ("client → NodePort on a non-node IP", UPLINK, EXT, MAC_EXT, ip("198.18.0.99"), 30080, None),
-        ("pod → ClusterIP, wrong port", A2_IF, A2, A2_MAC, ip(WEB), 81, None),
+    let rows: Vec<FrontendRow> = vec![
+        (
+            "pod → ClusterIP",
+            A2_IF,
+            A2,
+            A2_MAC,
+            ip(WEB),
+            80,
+            Some(backends_web.clone()),
+        ),
+        (
+            "client → externalIP",
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            ip(EXT_IP),
+            80,
+            Some(backends_web.clone()),
+        ),
+        (
+            "client → LB ingress IP",
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            ip(LB_IP),
+            443,
+            Some([(A1, 8443)].into()),
+        ),
+        (
+            "client → NodePort on node IP",
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            NODE_A,
+            30080,
+            Some(backends_web.clone()),
+        ),
+        (
+            "client → NodePort on loopback",
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            ip("127.0.0.1"),
+            30080,
+            None,
+        ),
+        (
+            "client → NodePort on a non-node IP",
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            ip("198.18.0.99"),
+            30080,
+            None,
+        ),
+        (
+            "pod → ClusterIP, wrong port",
+            A2_IF,
+            A2,
+            A2_MAC,
+            ip(WEB),
+            81,
+            None,
+        ),
     ];
     for (name, ingress, src, smac, dst, dport, want) in rows {
         let mut w = Worker::default();
-        let out = w.run(&s, ingress, &frame(smac, UPLINK_MAC, src, dst, syn(40000, dport), 64));
+        let out = w.run(
+            &s,
+            ingress,
+            &frame(smac, UPLINK_MAC, src, dst, syn(40000, dport), 64),
+        );
         match want {
             Some(set) => {
-                assert!(matches!(out.verdict, Verdict::Tx { .. }), "{name}: {:?}", out.verdict);
+                assert!(
+                    matches!(out.verdict, Verdict::Tx { .. }),
+                    "{name}: {:?}",
+                    out.verdict
+                );
                 let b = backend(&out);
                 assert!(set.contains(&b), "{name}: went to {b:?}");
             }
             None => {
                 if let Verdict::Tx { .. } = out.verdict {
                     let (_, seen) = delivered(&out);
-                    assert_eq!((seen.dst, seen.dport), (dst, dport), "{name}: must not be DNATed");
+                    assert_eq!(
+                        (seen.dst, seen.dport),
+                        (dst, dport),
+                        "{name}: must not be DNATed"
+                    );
                 }
                 assert_eq!(w.counters.flows_created, 0, "{name}: no NAT flow");
             }
@@ -135,21 +227,41 @@ fn endpoint_conditions_and_topology_hints() {
         e
     };
     // (name, endpoints, the only backends that may be chosen)
-    let rows: Vec<(&str, Vec<shared::snapshot::EndpointSpec>, BTreeSet<Ipv4Addr>)> = vec![
-        ("not-ready skipped", vec![not_ready.clone(), ep(B1, 8080, "node-b")], [B1].into()),
+    let rows: Vec<(
+        &str,
+        Vec<shared::snapshot::EndpointSpec>,
+        BTreeSet<Ipv4Addr>,
+    )> = vec![
+        (
+            "not-ready skipped",
+            vec![not_ready.clone(), ep(B1, 8080, "node-b")],
+            [B1].into(),
+        ),
         (
             "serving+terminating fallback when none ready",
-            vec![not_ready.clone(), terminating_serving.clone(), terminating_not_serving.clone()],
+            vec![
+                not_ready.clone(),
+                terminating_serving.clone(),
+                terminating_not_serving.clone(),
+            ],
             [A2].into(),
         ),
         (
             "hints narrow to this zone",
-            vec![hinted(A1, "zone-a"), hinted(B1, "zone-b"), hinted(K1, "zone-b")],
+            vec![
+                hinted(A1, "zone-a"),
+                hinted(B1, "zone-b"),
+                hinted(K1, "zone-b"),
+            ],
             [A1].into(),
         ),
         (
             "one endpoint without hints: hints ignored",
-            vec![hinted(A1, "zone-a"), hinted(B1, "zone-b"), ep(K1, 8080, "node-k")],
+            vec![
+                hinted(A1, "zone-a"),
+                hinted(B1, "zone-b"),
+                ep(K1, 8080, "node-k"),
+            ],
             [A1, B1, K1].into(),
         ),
         (
@@ -163,7 +275,11 @@ fn endpoint_conditions_and_topology_hints() {
         let mut w = Worker::default();
         let mut used = BTreeSet::new();
         for port in 0..200u16 {
-            let out = w.run(&s, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(20000 + port, 80), 64));
+            let out = w.run(
+                &s,
+                A2_IF,
+                &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(20000 + port, 80), 64),
+            );
             let (b, _) = backend(&out);
             assert!(allowed.contains(&b), "{name}: chose {b}");
             used.insert(b);
@@ -181,7 +297,11 @@ fn maglev_spreads_and_established_flows_keep_their_backend() {
     let mut count: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
     let mut chosen = Vec::new();
     for port in 0..3000u16 {
-        let out = w.run(&s1, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(10000 + port, 80), 64));
+        let out = w.run(
+            &s1,
+            A2_IF,
+            &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(10000 + port, 80), 64),
+        );
         let b = backend(&out);
         assert_eq!(b.1, 8080, "targetPort");
         *count.entry(b.0).or_default() += 1;
@@ -189,15 +309,33 @@ fn maglev_spreads_and_established_flows_keep_their_backend() {
     }
     assert_eq!(count.len(), 3);
     for (b, n) in &count {
-        assert!((700..=1300).contains(n), "backend {b} got {n} of 3000 flows");
+        assert!(
+            (700..=1300).contains(n),
+            "backend {b} got {n} of 3000 flows"
+        );
     }
     // A backend is added: established flows keep theirs.
     let mut more = base();
     more[0].ports[0].endpoints.push(ep(B2, 8080, "node-b"));
     let s2 = snap(world(more), 2);
     for (i, port) in (0..3000u16).enumerate() {
-        let out = w.run(&s2, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), tcp(10000 + port, 80, ACK), 64));
-        assert_eq!(backend(&out).0, chosen[i], "flow {i} moved when a backend was added");
+        let out = w.run(
+            &s2,
+            A2_IF,
+            &frame(
+                A2_MAC,
+                A2_HOST_MAC,
+                A2,
+                ip(WEB),
+                tcp(10000 + port, 80, ACK),
+                64,
+            ),
+        );
+        assert_eq!(
+            backend(&out).0,
+            chosen[i],
+            "flow {i} moved when a backend was added"
+        );
     }
     // Backend K1 is removed: only its flows move, to live backends.
     let mut fewer = base();
@@ -205,45 +343,105 @@ fn maglev_spreads_and_established_flows_keep_their_backend() {
     let s3 = snap(world(fewer), 3);
     let flushed_before = w.counters.flows_flushed;
     for (i, port) in (0..3000u16).enumerate() {
-        let out = w.run(&s3, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), tcp(10000 + port, 80, ACK), 64));
+        let out = w.run(
+            &s3,
+            A2_IF,
+            &frame(
+                A2_MAC,
+                A2_HOST_MAC,
+                A2,
+                ip(WEB),
+                tcp(10000 + port, 80, ACK),
+                64,
+            ),
+        );
         let b = backend(&out).0;
         if chosen[i] == K1 {
-            assert!(b == A1 || b == B1, "flow {i} of a removed backend went to {b}");
+            assert!(
+                b == A1 || b == B1,
+                "flow {i} of a removed backend went to {b}"
+            );
         } else {
             assert_eq!(b, chosen[i], "flow {i} moved though its backend stayed");
         }
     }
-    assert_eq!(w.counters.flows_flushed - flushed_before, u64::from(count[&K1]));
-    assert_eq!(w.counters.flow_evictions, 0, "the table was big enough: nothing evicted");
+    assert_eq!(
+        w.counters.flows_flushed - flushed_before,
+        u64::from(count[&K1])
+    );
+    assert_eq!(
+        w.counters.flow_evictions, 0,
+        "the table was big enough: nothing evicted"
+    );
 }
 
 // ---------------------------------------------------------------- §4 item 5
 
 #[test]
 fn masquerade_nodeport_to_remote_and_hairpin_but_not_to_local() {
-    let remote_only = with_nodeport(svc("r", "198.18.96.20", L4Proto::Tcp, 80, vec![ep(B1, 8080, "node-b")]), 30090);
-    let local_only = with_nodeport(svc("l", "198.18.96.21", L4Proto::Tcp, 80, vec![ep(A1, 8080, "node-a")]), 30091);
+    let remote_only = with_nodeport(
+        svc(
+            "r",
+            "198.18.96.20",
+            L4Proto::Tcp,
+            80,
+            vec![ep(B1, 8080, "node-b")],
+        ),
+        30090,
+    );
+    let local_only = with_nodeport(
+        svc(
+            "l",
+            "198.18.96.21",
+            L4Proto::Tcp,
+            80,
+            vec![ep(A1, 8080, "node-a")],
+        ),
+        30091,
+    );
     let s = snap(world(vec![remote_only, local_only]), 1);
     let mut w = Worker::default();
 
     // client → NodePort → remote backend: SNAT to node-a's overlay IP, encapsulated to node-b.
-    let out = w.run(&s, UPLINK, &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(40000, 30090), 64));
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(40000, 30090), 64),
+    );
     assert_eq!(out.verdict, tx(UPLINK));
     let (outer, _, inner) = unwrap_vxlan(&out.bytes);
     assert_eq!((outer.src, outer.dst), (NODE_A, NODE_B));
     let inner = seen(&inner);
-    assert_eq!((inner.src, inner.dst, inner.dport), (OVERLAY_A, B1, 8080), "masqueraded");
+    assert_eq!(
+        (inner.src, inner.dst, inner.dport),
+        (OVERLAY_A, B1, 8080),
+        "masqueraded"
+    );
     assert_eq!(w.counters.masqueraded, 1);
     // node-b's reply comes back over the overlay; the client sees the NodePort.
-    let reply = frame(VTEP_B, VTEP_A, B1, OVERLAY_A, tcp(8080, inner.sport, SYN | ACK), 64);
+    let reply = frame(
+        VTEP_B,
+        VTEP_A,
+        B1,
+        OVERLAY_A,
+        tcp(8080, inner.sport, SYN | ACK),
+        64,
+    );
     let out = w.run(&s, UPLINK, &vxlan(NODE_B, MAC_B, 1, 0x08, &reply));
     assert_eq!(out.verdict, tx(UPLINK));
     let r = seen(&out.bytes);
-    assert_eq!((r.src, r.sport, r.dst, r.dport), (NODE_A, 30090, EXT, 40000));
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (NODE_A, 30090, EXT, 40000)
+    );
     assert_eq!((r.smac, r.dmac), (UPLINK_MAC, MAC_EXT));
 
     // client → NodePort → local backend: the client IP is kept.
-    let out = w.run(&s, UPLINK, &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(40001, 30091), 64));
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(40001, 30091), 64),
+    );
     assert_eq!(out.verdict, tx(A1_IF));
     let d = seen(&out.bytes);
     assert_eq!((d.src, d.sport, d.dst, d.dport), (EXT, 40001, A1, 8080));
@@ -251,14 +449,43 @@ fn masquerade_nodeport_to_remote_and_hairpin_but_not_to_local() {
     assert_eq!(w.counters.masqueraded, 1, "no SNAT to a local backend");
 
     // hairpin: a1 → ClusterIP → a1 itself is masqueraded, and the reply restored.
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, ip("198.18.96.21"), syn(33000, 80), 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(
+            A1_MAC,
+            A1_HOST_MAC,
+            A1,
+            ip("198.18.96.21"),
+            syn(33000, 80),
+            64,
+        ),
+    );
     assert_eq!(out.verdict, tx(A1_IF));
     let d = seen(&out.bytes);
-    assert_eq!((d.src, d.dst, d.dport), (OVERLAY_A, A1, 8080), "hairpin masqueraded");
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, OVERLAY_A, tcp(8080, d.sport, SYN | ACK), 64));
+    assert_eq!(
+        (d.src, d.dst, d.dport),
+        (OVERLAY_A, A1, 8080),
+        "hairpin masqueraded"
+    );
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(
+            A1_MAC,
+            A1_HOST_MAC,
+            A1,
+            OVERLAY_A,
+            tcp(8080, d.sport, SYN | ACK),
+            64,
+        ),
+    );
     assert_eq!(out.verdict, tx(A1_IF));
     let r = seen(&out.bytes);
-    assert_eq!((r.src, r.sport, r.dst, r.dport), (ip("198.18.96.21"), 80, A1, 33000));
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (ip("198.18.96.21"), 80, A1, 33000)
+    );
 }
 
 // ---------------------------------------------------------------- §4 item 6
@@ -266,38 +493,109 @@ fn masquerade_nodeport_to_remote_and_hairpin_but_not_to_local() {
 #[test]
 fn traffic_policy_local() {
     let mut etp = with_nodeport(
-        svc("etp", "198.18.96.13", L4Proto::Tcp, 80, vec![ep(A2, 8080, "node-a"), ep(B2, 8080, "node-b")]),
+        svc(
+            "etp",
+            "198.18.96.13",
+            L4Proto::Tcp,
+            80,
+            vec![ep(A2, 8080, "node-a"), ep(B2, 8080, "node-b")],
+        ),
         30081,
     );
     etp.external_local = true;
-    let mut etp_none = with_nodeport(svc("etp-none", "198.18.96.14", L4Proto::Tcp, 80, vec![ep(B2, 8080, "node-b")]), 30082);
+    let mut etp_none = with_nodeport(
+        svc(
+            "etp-none",
+            "198.18.96.14",
+            L4Proto::Tcp,
+            80,
+            vec![ep(B2, 8080, "node-b")],
+        ),
+        30082,
+    );
     etp_none.external_local = true;
-    let mut itp = svc("itp", "198.18.96.15", L4Proto::Tcp, 80, vec![ep(B2, 8080, "node-b")]);
+    let mut itp = svc(
+        "itp",
+        "198.18.96.15",
+        L4Proto::Tcp,
+        80,
+        vec![ep(B2, 8080, "node-b")],
+    );
     itp.internal_local = true;
-    let mut itp_ok = svc("itp-ok", "198.18.96.18", L4Proto::Tcp, 80, vec![ep(A2, 8080, "node-a"), ep(B2, 8080, "node-b")]);
+    let mut itp_ok = svc(
+        "itp-ok",
+        "198.18.96.18",
+        L4Proto::Tcp,
+        80,
+        vec![ep(A2, 8080, "node-a"), ep(B2, 8080, "node-b")],
+    );
     itp_ok.internal_local = true;
     let s = snap(world(vec![etp, etp_none, itp, itp_ok]), 1);
     let mut w = Worker::default();
     for port in 0..100u16 {
-        let out = w.run(&s, UPLINK, &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(41000 + port, 30081), 64));
+        let out = w.run(
+            &s,
+            UPLINK,
+            &frame(
+                MAC_EXT,
+                UPLINK_MAC,
+                EXT,
+                NODE_A,
+                syn(41000 + port, 30081),
+                64,
+            ),
+        );
         assert_eq!(out.verdict, tx(A2_IF), "eTP=Local: local endpoint only");
         let d = seen(&out.bytes);
         assert_eq!((d.src, d.dst), (EXT, A2), "eTP=Local keeps the client IP");
-        let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, ip("198.18.96.18"), syn(42000 + port, 80), 64));
+        let out = w.run(
+            &s,
+            A1_IF,
+            &frame(
+                A1_MAC,
+                A1_HOST_MAC,
+                A1,
+                ip("198.18.96.18"),
+                syn(42000 + port, 80),
+                64,
+            ),
+        );
         assert_eq!(out.verdict, tx(A2_IF), "iTP=Local: local endpoint only");
     }
     assert_eq!(w.counters.masqueraded, 0);
     // (name, ingress, src, dst, dport, expected drop)
     let rows = [
-        ("eTP=Local, no local endpoint", UPLINK, EXT, NODE_A, 30082u16, DropReason::NoLocalEndpoint),
-        ("iTP=Local, no local endpoint", A1_IF, A1, ip("198.18.96.15"), 80, DropReason::NoLocalEndpoint),
+        (
+            "eTP=Local, no local endpoint",
+            UPLINK,
+            EXT,
+            NODE_A,
+            30082u16,
+            DropReason::NoLocalEndpoint,
+        ),
+        (
+            "iTP=Local, no local endpoint",
+            A1_IF,
+            A1,
+            ip("198.18.96.15"),
+            80,
+            DropReason::NoLocalEndpoint,
+        ),
     ];
     for (name, ingress, src, dst, dport, reason) in rows {
-        let out = w.run(&s, ingress, &frame(MAC_EXT, UPLINK_MAC, src, dst, syn(43000, dport), 64));
+        let out = w.run(
+            &s,
+            ingress,
+            &frame(MAC_EXT, UPLINK_MAC, src, dst, syn(43000, dport), 64),
+        );
         assert_eq!(out.verdict, Verdict::Drop(reason), "{name}");
     }
     // A pod on this node reaching an eTP=Local NodePort uses every endpoint.
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, NODE_A, syn(44000, 30082), 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(A1_MAC, A1_HOST_MAC, A1, NODE_A, syn(44000, 30082), 64),
+    );
     assert_eq!(backend(&out), (B2, 8080));
 }
 
@@ -308,22 +606,41 @@ fn no_endpoints_rejects_and_unallocated_ip_drops() {
     let s = snap(world(base()), 1);
     let mut w = Worker::default();
     // TCP SYN → RST+ACK from the ClusterIP, back to the client.
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, ip(EMPTY), syn(45000, 80), 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(A1_MAC, A1_HOST_MAC, A1, ip(EMPTY), syn(45000, 80), 64),
+    );
     assert_eq!(out.verdict, tx(A1_IF));
     let r = seen(&out.bytes);
     assert_eq!((r.src, r.sport, r.dst, r.dport), (ip(EMPTY), 80, A1, 45000));
     assert_eq!(r.tcp_flags, RST | ACK);
-    assert_eq!(r.ack, 1000 + 17 + 1, "acks the SYN and its 17 payload bytes");
+    assert_eq!(
+        r.ack,
+        1000 + 17 + 1,
+        "acks the SYN and its 17 payload bytes"
+    );
     assert_eq!((r.smac, r.dmac), (A1_HOST_MAC, A1_MAC));
     // A mid-stream ACK gets a bare RST with seq = its ack.
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, ip(EMPTY), tcp(45001, 80, ACK), 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(A1_MAC, A1_HOST_MAC, A1, ip(EMPTY), tcp(45001, 80, ACK), 64),
+    );
     let r = seen(&out.bytes);
     assert_eq!((r.tcp_flags, r.seq), (RST, 7000));
     // UDP → ICMP port unreachable quoting the original header.
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, ip(EMPTY), udp(45002, 53), 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(A1_MAC, A1_HOST_MAC, A1, ip(EMPTY), udp(45002, 53), 64),
+    );
     assert_eq!(out.verdict, tx(A1_IF));
     let r = seen(&out.bytes);
-    assert_eq!((r.src, r.dst, r.proto, r.icmp), (ip(EMPTY), A1, 1, Some((3, 3))));
+    assert_eq!(
+        (r.src, r.dst, r.proto, r.icmp),
+        (ip(EMPTY), A1, 1, Some((3, 3)))
+    );
     let quoted = &r.payload;
     assert_eq!(&quoted[12..16], &A1.octets(), "quoted source");
     assert_eq!(&quoted[16..20], &ip(EMPTY).octets(), "quoted destination");
@@ -339,7 +656,11 @@ fn no_endpoints_rejects_and_unallocated_ip_drops() {
     assert_eq!((r.src, r.dst, r.tcp_flags), (ip(EMPTY), B1, RST | ACK));
     // Unallocated IPs in the service CIDR are dropped, TCP, UDP and ICMP alike.
     for l4 in [syn(1, 80), udp(1, 53), L4::IcmpEcho { id: 1, seq: 1 }] {
-        let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, ip("198.18.96.99"), l4, 64));
+        let out = w.run(
+            &s,
+            A1_IF,
+            &frame(A1_MAC, A1_HOST_MAC, A1, ip("198.18.96.99"), l4, 64),
+        );
         assert_eq!(out.verdict, Verdict::Drop(DropReason::UnallocatedServiceIp));
     }
     assert_eq!(w.counters.dropped(DropReason::UnallocatedServiceIp), 3);
@@ -354,7 +675,11 @@ fn client_ip_affinity() {
         "198.18.96.17",
         L4Proto::Tcp,
         80,
-        vec![ep(A1, 8080, "node-a"), ep(B1, 8080, "node-b"), ep(K1, 8080, "node-k")],
+        vec![
+            ep(A1, 8080, "node-a"),
+            ep(B1, 8080, "node-b"),
+            ep(K1, 8080, "node-k"),
+        ],
     );
     aff.affinity_timeout_secs = Some(60);
     let plain = svc(
@@ -362,33 +687,91 @@ fn client_ip_affinity() {
         "198.18.96.19",
         L4Proto::Tcp,
         80,
-        vec![ep(A1, 8080, "node-a"), ep(B1, 8080, "node-b"), ep(K1, 8080, "node-k")],
+        vec![
+            ep(A1, 8080, "node-a"),
+            ep(B1, 8080, "node-b"),
+            ep(K1, 8080, "node-k"),
+        ],
     );
     let s = snap(world(vec![aff, plain]), 1);
     let mut w = Worker::default();
     let mut with_affinity = BTreeSet::new();
     let mut without = BTreeSet::new();
     for port in 0..64u16 {
-        let out = w.run(&s, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip("198.18.96.17"), syn(50000 + port, 80), 64));
+        let out = w.run(
+            &s,
+            A2_IF,
+            &frame(
+                A2_MAC,
+                A2_HOST_MAC,
+                A2,
+                ip("198.18.96.17"),
+                syn(50000 + port, 80),
+                64,
+            ),
+        );
         with_affinity.insert(backend(&out));
-        let out = w.run(&s, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip("198.18.96.19"), syn(50000 + port, 80), 64));
+        let out = w.run(
+            &s,
+            A2_IF,
+            &frame(
+                A2_MAC,
+                A2_HOST_MAC,
+                A2,
+                ip("198.18.96.19"),
+                syn(50000 + port, 80),
+                64,
+            ),
+        );
         without.insert(backend(&out));
     }
-    assert_eq!(with_affinity.len(), 1, "one backend per client with ClientIP affinity");
-    assert!(without.len() > 1, "without affinity a client's flows spread");
-    let sp = s.service_ports.iter().find(|p| p.name.service == "aff").unwrap();
+    assert_eq!(
+        with_affinity.len(),
+        1,
+        "one backend per client with ClientIP affinity"
+    );
+    assert!(
+        without.len() > 1,
+        "without affinity a client's flows spread"
+    );
+    let sp = s
+        .service_ports
+        .iter()
+        .find(|p| p.name.service == "aff")
+        .unwrap();
     let b = *with_affinity.iter().next().unwrap();
-    assert_eq!(w.flows.affinity.get(u32::from(A2), sp.stable_id, w.now), Some((u32::from(b.0), b.1)));
-    assert_eq!(w.flows.affinity.get(u32::from(A2), sp.stable_id, w.now + 61 * NS), None, "expires");
+    assert_eq!(
+        w.flows.affinity.get(u32::from(A2), sp.stable_id, w.now),
+        Some((u32::from(b.0), b.1))
+    );
+    assert_eq!(
+        w.flows
+            .affinity
+            .get(u32::from(A2), sp.stable_id, w.now + 61 * NS),
+        None,
+        "expires"
+    );
     // Another client has its own affinity.
-    assert_eq!(w.flows.affinity.get(u32::from(A1), sp.stable_id, w.now), None);
+    assert_eq!(
+        w.flows.affinity.get(u32::from(A1), sp.stable_id, w.now),
+        None
+    );
 }
 
 // ---------------------------------------------------------------- §4 item 9
 
 #[test]
 fn load_balancer_source_ranges() {
-    let mut lb = with_nodeport(svc("lb", "198.18.96.16", L4Proto::Tcp, 443, vec![ep(A1, 8443, "node-a")]), 30443);
+    let mut lb = with_nodeport(
+        svc(
+            "lb",
+            "198.18.96.16",
+            L4Proto::Tcp,
+            443,
+            vec![ep(A1, 8443, "node-a")],
+        ),
+        30443,
+    );
     lb.load_balancer_ips = vec![ip(LB_IP)];
     lb.source_ranges = vec!["198.18.200.0/28".parse().unwrap()];
     let s = snap(world(vec![lb]), 1);
@@ -397,16 +780,36 @@ fn load_balancer_source_ranges() {
     let rows = [
         ("inside the range → LB IP", EXT, ip(LB_IP), 443u16, true),
         ("outside the range → LB IP", outside, ip(LB_IP), 443, false),
-        ("outside the range → NodePort (ranges do not apply)", outside, NODE_A, 30443, true),
-        ("outside the range → ClusterIP (ranges do not apply)", outside, ip("198.18.96.16"), 443, true),
+        (
+            "outside the range → NodePort (ranges do not apply)",
+            outside,
+            NODE_A,
+            30443,
+            true,
+        ),
+        (
+            "outside the range → ClusterIP (ranges do not apply)",
+            outside,
+            ip("198.18.96.16"),
+            443,
+            true,
+        ),
     ];
     for (name, src, dst, dport, allowed) in rows {
         let mut w = Worker::default();
-        let out = w.run(&s, UPLINK, &frame(MAC_EXT, UPLINK_MAC, src, dst, syn(46000, dport), 64));
+        let out = w.run(
+            &s,
+            UPLINK,
+            &frame(MAC_EXT, UPLINK_MAC, src, dst, syn(46000, dport), 64),
+        );
         if allowed {
             assert_eq!(out.verdict, tx(A1_IF), "{name}");
         } else {
-            assert_eq!(out.verdict, Verdict::Drop(DropReason::SourceRangeDenied), "{name}");
+            assert_eq!(
+                out.verdict,
+                Verdict::Drop(DropReason::SourceRangeDenied),
+                "{name}"
+            );
         }
     }
 }
@@ -419,7 +822,11 @@ fn udp_flows_flushed_when_their_backend_goes() {
     let mut w = Worker::default();
     let dgram = frame(A2_MAC, A2_HOST_MAC, A2, ip(DNS), udp(47000, 53), 64);
     let first = backend(&w.run(&s1, A2_IF, &dgram));
-    assert_eq!(backend(&w.run(&s1, A2_IF, &dgram)), first, "same flow, same backend");
+    assert_eq!(
+        backend(&w.run(&s1, A2_IF, &dgram)),
+        first,
+        "same flow, same backend"
+    );
     let mut gone = base();
     gone[1].ports[0].endpoints.retain(|e| e.ip != first.0);
     let s2 = snap(world(gone), 2);
@@ -446,7 +853,10 @@ fn overlay_decap_and_encap_are_flannel_compatible() {
     let out = w.run(&s, UPLINK, &vxlan(NODE_B, MAC_B, 1, 0x08, &inner));
     assert_eq!(out.verdict, tx(A1_IF));
     let d = seen(&out.bytes);
-    assert_eq!((d.src, d.dst, d.ttl, d.smac, d.dmac), (B1, A1, 63, A1_HOST_MAC, A1_MAC));
+    assert_eq!(
+        (d.src, d.dst, d.ttl, d.smac, d.dmac),
+        (B1, A1, 63, A1_HOST_MAC, A1_MAC)
+    );
     assert_eq!(d.payload, b"nodeplane-payload");
     assert_eq!(w.counters.decapsulated, 1);
     // pod → pods on node-b and on the kernel node: encapsulated as flannel expects.
@@ -455,25 +865,46 @@ fn overlay_decap_and_encap_are_flannel_compatible() {
         let out = w.run(&s, A1_IF, &f);
         assert_eq!(out.verdict, tx(UPLINK));
         let (outer, vx, inner) = unwrap_vxlan(&out.bytes);
-        assert_eq!((outer.src, outer.dst, outer.dport, outer.ttl), (NODE_A, node, 8472, 64));
+        assert_eq!(
+            (outer.src, outer.dst, outer.dport, outer.ttl),
+            (NODE_A, node, 8472, 64)
+        );
         assert_eq!((outer.smac, outer.dmac), (UPLINK_MAC, node_mac));
-        assert!((32768..=60999).contains(&outer.sport), "outer source port {}", outer.sport);
+        assert!(
+            (32768..=60999).contains(&outer.sport),
+            "outer source port {}",
+            outer.sport
+        );
         assert_eq!(vx, [0x08, 0, 0, 0, 0, 0, 1, 0], "flags 0x08, VNI 1");
         let i = seen(&inner);
-        assert_eq!((i.smac, i.dmac, i.src, i.dst, i.ttl), (VTEP_A, vtep, A1, dst, 63));
+        assert_eq!(
+            (i.smac, i.dmac, i.src, i.dst, i.ttl),
+            (VTEP_A, vtep, A1, dst, 63)
+        );
         // The same flow always gets the same outer source port; another flow may differ.
         let again = w.run(&s, A1_IF, &f);
         assert_eq!(unwrap_vxlan(&again.bytes).0.sport, outer.sport);
     }
     let ports: BTreeSet<u16> = (0..50u16)
         .map(|p| {
-            let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, B1, udp(7000 + p, 6001), 64));
+            let out = w.run(
+                &s,
+                A1_IF,
+                &frame(A1_MAC, A1_HOST_MAC, A1, B1, udp(7000 + p, 6001), 64),
+            );
             unwrap_vxlan(&out.bytes).0.sport
         })
         .collect();
-    assert!(ports.len() > 40, "outer source ports spread with the inner flow");
+    assert!(
+        ports.len() > 40,
+        "outer source ports spread with the inner flow"
+    );
     // Pod to pod on the same node.
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, A2, tcp(1, 2, ACK), 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(A1_MAC, A1_HOST_MAC, A1, A2, tcp(1, 2, ACK), 64),
+    );
     assert_eq!(out.verdict, tx(A2_IF));
     assert_eq!(seen(&out.bytes).dmac, A2_MAC);
 }
@@ -484,25 +915,56 @@ fn replies_are_reverse_nated_to_the_clusterip() {
     let mut w = Worker::default();
     for port in 0..60u16 {
         let cport = 48000 + port;
-        let out = w.run(&s, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(cport, 80), 64));
+        let out = w.run(
+            &s,
+            A2_IF,
+            &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(cport, 80), 64),
+        );
         let (b, bport) = backend(&out);
         // The backend answers from wherever it lives.
         let reply = match b {
-            x if x == A1 => w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, A2, tcp(bport, cport, SYN | ACK), 64)),
+            x if x == A1 => w.run(
+                &s,
+                A1_IF,
+                &frame(
+                    A1_MAC,
+                    A1_HOST_MAC,
+                    A1,
+                    A2,
+                    tcp(bport, cport, SYN | ACK),
+                    64,
+                ),
+            ),
             x if x == B1 => w.run(
                 &s,
                 UPLINK,
-                &vxlan(NODE_B, MAC_B, 1, 0x08, &frame(VTEP_B, VTEP_A, B1, A2, tcp(bport, cport, SYN | ACK), 64)),
+                &vxlan(
+                    NODE_B,
+                    MAC_B,
+                    1,
+                    0x08,
+                    &frame(VTEP_B, VTEP_A, B1, A2, tcp(bport, cport, SYN | ACK), 64),
+                ),
             ),
             _ => w.run(
                 &s,
                 UPLINK,
-                &vxlan(NODE_K, MAC_K, 1, 0x08, &frame(VTEP_K, VTEP_A, K1, A2, tcp(bport, cport, SYN | ACK), 64)),
+                &vxlan(
+                    NODE_K,
+                    MAC_K,
+                    1,
+                    0x08,
+                    &frame(VTEP_K, VTEP_A, K1, A2, tcp(bport, cport, SYN | ACK), 64),
+                ),
             ),
         };
         assert_eq!(reply.verdict, tx(A2_IF));
         let r = seen(&reply.bytes);
-        assert_eq!((r.src, r.sport, r.dst, r.dport), (ip(WEB), 80, A2, cport), "client sees the ClusterIP");
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (ip(WEB), 80, A2, cport),
+            "client sees the ClusterIP"
+        );
     }
 }
 
@@ -510,17 +972,50 @@ fn replies_are_reverse_nated_to_the_clusterip() {
 fn pod_traffic_leaving_the_cluster_is_masqueraded() {
     let s = snap(world(vec![]), 1);
     let mut w = Worker::default();
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, EXT, syn(35000, 443), 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(A1_MAC, A1_HOST_MAC, A1, EXT, syn(35000, 443), 64),
+    );
     assert_eq!(out.verdict, tx(UPLINK));
     let o = seen(&out.bytes);
-    assert_eq!((o.src, o.dst, o.dport, o.smac, o.dmac), (NODE_A, EXT, 443, UPLINK_MAC, MAC_EXT));
-    assert!((61000..=65535).contains(&o.sport), "masquerade port {}", o.sport);
-    let back = w.run(&s, UPLINK, &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, tcp(443, o.sport, SYN | ACK), 64));
+    assert_eq!(
+        (o.src, o.dst, o.dport, o.smac, o.dmac),
+        (NODE_A, EXT, 443, UPLINK_MAC, MAC_EXT)
+    );
+    assert!(
+        (61000..=65535).contains(&o.sport),
+        "masquerade port {}",
+        o.sport
+    );
+    let back = w.run(
+        &s,
+        UPLINK,
+        &frame(
+            MAC_EXT,
+            UPLINK_MAC,
+            EXT,
+            NODE_A,
+            tcp(443, o.sport, SYN | ACK),
+            64,
+        ),
+    );
     assert_eq!(back.verdict, tx(A1_IF));
     let b = seen(&back.bytes);
     assert_eq!((b.src, b.sport, b.dst, b.dport), (EXT, 443, A1, 35000));
     // ICMP echo is masqueraded by identifier.
-    let out = w.run(&s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, EXT, L4::IcmpEcho { id: 77, seq: 1 }, 64));
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(
+            A1_MAC,
+            A1_HOST_MAC,
+            A1,
+            EXT,
+            L4::IcmpEcho { id: 77, seq: 1 },
+            64,
+        ),
+    );
     assert_eq!(out.verdict, tx(UPLINK));
     assert_eq!(seen(&out.bytes).src, NODE_A);
 }
@@ -546,14 +1041,54 @@ fn malformed_frames_are_counted_drops() {
     arp[13] = 0x06;
     // (name, ingress, frame, expected reason)
     let rows: Vec<(&str, u32, Vec<u8>, DropReason)> = vec![
-        ("VXLAN flags 0x0c", UPLINK, vxlan(NODE_B, MAC_B, 1, 0x0c, &good_inner), DropReason::VxlanBadFlags),
-        ("unknown VNI", UPLINK, vxlan(NODE_B, MAC_B, 2, 0x08, &good_inner), DropReason::VxlanUnknownVni),
-        ("tiny inner frame", UPLINK, vxlan(NODE_B, MAC_B, 1, 0x08, &good_inner[..20]), DropReason::VxlanShortInner),
-        ("inner IHL 4", UPLINK, vxlan(NODE_B, MAC_B, 1, 0x08, &set_ihl(good_inner.clone(), 4)), DropReason::Malformed),
-        ("bad IHL", A1_IF, set_ihl(frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 64), 3), DropReason::Malformed),
-        ("IHL past the end", A1_IF, set_ihl(frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 64), 15), DropReason::Malformed),
-        ("fragment", A1_IF, set_fragment(frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 64)), DropReason::Fragment),
-        ("TTL 1", A1_IF, frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 1), DropReason::TtlExceeded),
+        (
+            "VXLAN flags 0x0c",
+            UPLINK,
+            vxlan(NODE_B, MAC_B, 1, 0x0c, &good_inner),
+            DropReason::VxlanBadFlags,
+        ),
+        (
+            "unknown VNI",
+            UPLINK,
+            vxlan(NODE_B, MAC_B, 2, 0x08, &good_inner),
+            DropReason::VxlanUnknownVni,
+        ),
+        (
+            "tiny inner frame",
+            UPLINK,
+            vxlan(NODE_B, MAC_B, 1, 0x08, &good_inner[..20]),
+            DropReason::VxlanShortInner,
+        ),
+        (
+            "inner IHL 4",
+            UPLINK,
+            vxlan(NODE_B, MAC_B, 1, 0x08, &set_ihl(good_inner.clone(), 4)),
+            DropReason::Malformed,
+        ),
+        (
+            "bad IHL",
+            A1_IF,
+            set_ihl(frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 64), 3),
+            DropReason::Malformed,
+        ),
+        (
+            "IHL past the end",
+            A1_IF,
+            set_ihl(frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 64), 15),
+            DropReason::Malformed,
+        ),
+        (
+            "fragment",
+            A1_IF,
+            set_fragment(frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 64)),
+            DropReason::Fragment,
+        ),
+        (
+            "TTL 1",
+            A1_IF,
+            frame(A1_MAC, A1_HOST_MAC, A1, A2, udp(1, 2), 1),
+            DropReason::TtlExceeded,
+        ),
         ("ARP", A1_IF, arp, DropReason::UnsupportedEtherType),
         ("runt", A1_IF, vec![0u8; 10], DropReason::Malformed),
     ];
@@ -564,11 +1099,21 @@ fn malformed_frames_are_counted_drops() {
         assert_eq!(w.counters.dropped(reason), 1, "{name} counted");
     }
     // Truncated at every offset: always a counted drop, never a panic or a transmit.
-    let full = vxlan(NODE_B, MAC_B, 1, 0x08, &frame(VTEP_B, VTEP_A, B1, ip(WEB), syn(1, 80), 64));
+    let full = vxlan(
+        NODE_B,
+        MAC_B,
+        1,
+        0x08,
+        &frame(VTEP_B, VTEP_A, B1, ip(WEB), syn(1, 80), 64),
+    );
     let mut w = Worker::default();
     for cut in 0..full.len() {
         let out = w.run(&s, UPLINK, &full[..cut]);
-        assert!(matches!(out.verdict, Verdict::Drop(_)), "cut at {cut}: {:?}", out.verdict);
+        assert!(
+            matches!(out.verdict, Verdict::Drop(_)),
+            "cut at {cut}: {:?}",
+            out.verdict
+        );
     }
     assert_eq!(w.counters.total_drops(), full.len() as u64);
     assert_eq!(w.counters.rx_packets, full.len() as u64);
@@ -582,7 +1127,13 @@ fn batches_give_one_verdict_per_frame_and_consistent_counters() {
     let frames_bytes: Vec<Vec<u8>> = (0..150u16)
         .map(|i| match i % 3 {
             0 => frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(1000 + i, 80), 64),
-            1 => vxlan(NODE_B, MAC_B, 1, 0x08, &frame(VTEP_B, VTEP_A, B1, A1, udp(i, 9), 64)),
+            1 => vxlan(
+                NODE_B,
+                MAC_B,
+                1,
+                0x08,
+                &frame(VTEP_B, VTEP_A, B1, A1, udp(i, 9), 64),
+            ),
             _ => vec![0u8; usize::from(i % 40)],
         })
         .collect();
@@ -597,7 +1148,18 @@ fn batches_give_one_verdict_per_frame_and_consistent_counters() {
     let mut frames: Vec<Frame<'_>> = bufs
         .iter_mut()
         .zip(&frames_bytes)
-        .map(|(buf, b)| Frame::new(buf, HEADROOM, b.len(), if b.len() > 60 && b[23] == 6 { A2_IF } else { UPLINK }))
+        .map(|(buf, b)| {
+            Frame::new(
+                buf,
+                HEADROOM,
+                b.len(),
+                if b.len() > 60 && b[23] == 6 {
+                    A2_IF
+                } else {
+                    UPLINK
+                },
+            )
+        })
         .collect();
     let mut verdicts = vec![Verdict::Pass; frames.len()];
     let mut flows = FlowTable::new(1024);

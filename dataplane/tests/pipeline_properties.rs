@@ -21,7 +21,11 @@ fn lab() -> Snapshot {
         "198.18.96.10",
         L4Proto::Tcp,
         80,
-        vec![ep(A1, 8080, "node-a"), ep(B1, 8080, "node-b"), ep(K1, 8080, "node-k")],
+        vec![
+            ep(A1, 8080, "node-a"),
+            ep(B1, 8080, "node-b"),
+            ep(K1, 8080, "node-k"),
+        ],
     );
     web.ports[0].node_port = Some(30080);
     let dns = svc(
@@ -38,7 +42,12 @@ fn lab() -> Snapshot {
 /// Runs a batch; checks every frame got a verdict and the counters add up.
 /// Corrupted input keeps a corrupted checksum (a router does not repair L4
 /// checksums), so checksums are verified only when `valid_input`.
-fn run_batch(s: &Snapshot, flows: &mut FlowTable, inputs: &[(u32, Vec<u8>)], valid_input: bool) -> Vec<Verdict> {
+fn run_batch(
+    s: &Snapshot,
+    flows: &mut FlowTable,
+    inputs: &[(u32, Vec<u8>)],
+    valid_input: bool,
+) -> Vec<Verdict> {
     let mut bufs: Vec<Vec<u8>> = inputs
         .iter()
         .map(|(_, b)| {
@@ -56,9 +65,16 @@ fn run_batch(s: &Snapshot, flows: &mut FlowTable, inputs: &[(u32, Vec<u8>)], val
     let mut verdicts = vec![SENTINEL; frames.len()];
     let mut c = Counters::default();
     process_batch(&mut frames, &mut verdicts, s, flows, &mut c, 5 * NS);
-    assert!(!verdicts.contains(&SENTINEL), "every frame ends in a verdict");
+    assert!(
+        !verdicts.contains(&SENTINEL),
+        "every frame ends in a verdict"
+    );
     assert_eq!(c.rx_packets, inputs.len() as u64);
-    assert_eq!(c.rx_packets, c.tx_packets + c.total_drops() + c.passed, "{c:?}");
+    assert_eq!(
+        c.rx_packets,
+        c.tx_packets + c.total_drops() + c.passed,
+        "{c:?}"
+    );
     for (f, v) in frames.iter().zip(&verdicts) {
         if let Verdict::Tx { .. } = v {
             assert!(f.len() >= 14 + 20, "transmitted frames are whole");
@@ -73,15 +89,64 @@ fn run_batch(s: &Snapshot, flows: &mut FlowTable, inputs: &[(u32, Vec<u8>)], val
 fn valid_frame(kind: u8, a: u8, port: u16) -> (u32, Vec<u8>) {
     let remote = Ipv4Addr::new(198, 19, 3, a);
     match kind % 6 {
-        0 => (A2_IF, frame(A2_MAC, A2_HOST_MAC, A2, ip("198.18.96.10"), syn(port, 80), 64)),
-        1 => (A2_IF, frame(A2_MAC, A2_HOST_MAC, A2, ip("198.18.96.11"), udp(port, 53), 64)),
+        0 => (
+            A2_IF,
+            frame(
+                A2_MAC,
+                A2_HOST_MAC,
+                A2,
+                ip("198.18.96.10"),
+                syn(port, 80),
+                64,
+            ),
+        ),
+        1 => (
+            A2_IF,
+            frame(
+                A2_MAC,
+                A2_HOST_MAC,
+                A2,
+                ip("198.18.96.11"),
+                udp(port, 53),
+                64,
+            ),
+        ),
         2 => (
             UPLINK,
-            vxlan(NODE_B, MAC_B, 1, 0x08, &frame(VTEP_B, VTEP_A, remote, ip("198.18.96.10"), syn(port, 80), 64)),
+            vxlan(
+                NODE_B,
+                MAC_B,
+                1,
+                0x08,
+                &frame(
+                    VTEP_B,
+                    VTEP_A,
+                    remote,
+                    ip("198.18.96.10"),
+                    syn(port, 80),
+                    64,
+                ),
+            ),
         ),
-        3 => (UPLINK, frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(port, 30080), 64)),
-        4 => (A1_IF, frame(A1_MAC, A1_HOST_MAC, A1, ip("198.18.96.12"), syn(port, 80), 64)),
-        _ => (A1_IF, frame(A1_MAC, A1_HOST_MAC, A1, remote, udp(port, 9), 64)),
+        3 => (
+            UPLINK,
+            frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(port, 30080), 64),
+        ),
+        4 => (
+            A1_IF,
+            frame(
+                A1_MAC,
+                A1_HOST_MAC,
+                A1,
+                ip("198.18.96.12"),
+                syn(port, 80),
+                64,
+            ),
+        ),
+        _ => (
+            A1_IF,
+            frame(A1_MAC, A1_HOST_MAC, A1, remote, udp(port, 9), 64),
+        ),
     }
 }
 

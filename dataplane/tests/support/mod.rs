@@ -10,7 +10,8 @@ use dataplane::flow::FlowTable;
 use dataplane::{process_batch, Frame, Verdict};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use shared::snapshot::{
-    EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec, Snapshot, TableSpec,
+    EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec,
+    Snapshot, TableSpec,
 };
 use shared::{Counters, L4Proto, Mac};
 
@@ -61,7 +62,13 @@ pub fn ep(addr: Ipv4Addr, port: u16, node: &str) -> EndpointSpec {
     }
 }
 
-pub fn svc(name: &str, cluster_ip: &str, proto: L4Proto, port: u16, endpoints: Vec<EndpointSpec>) -> ServiceSpec {
+pub fn svc(
+    name: &str,
+    cluster_ip: &str,
+    proto: L4Proto,
+    port: u16,
+    endpoints: Vec<EndpointSpec>,
+) -> ServiceSpec {
     ServiceSpec {
         namespace: "default".into(),
         name: name.into(),
@@ -90,7 +97,10 @@ pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
             uplink_mac: UPLINK_MAC,
             vtep_mac: VTEP_A,
         },
-        overlay: OverlayConfig { vni: 1, port: VXLAN_PORT },
+        overlay: OverlayConfig {
+            vni: 1,
+            port: VXLAN_PORT,
+        },
         service_cidrs: vec!["198.18.96.0/20".parse().unwrap()],
         services,
         local_pods: vec![
@@ -137,10 +147,22 @@ pub fn snap(spec: TableSpec, generation: u64) -> Snapshot {
 /// L4 of a crafted packet.
 #[derive(Clone, Copy, Debug)]
 pub enum L4 {
-    Udp { sport: u16, dport: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// flags: SYN/ACK/FIN/RST bits as in the header.
-    Tcp { sport: u16, dport: u16, flags: u8, seq: u32, ack: u32 },
-    IcmpEcho { id: u16, seq: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
+    IcmpEcho {
+        id: u16,
+        seq: u16,
+    },
 }
 
 pub const SYN: u8 = 0x02;
@@ -214,7 +236,16 @@ pub fn frame(smac: Mac, dmac: Mac, src: Ipv4Addr, dst: Ipv4Addr, l4: L4, ttl: u8
 
 /// `inner` wrapped in VXLAN from `outer_src` (a remote node) to node-a.
 pub fn vxlan(outer_src: Ipv4Addr, outer_smac: Mac, vni: u32, flags: u8, inner: &[u8]) -> Vec<u8> {
-    let mut vx = vec![flags, 0, 0, 0, (vni >> 16) as u8, (vni >> 8) as u8, vni as u8, 0];
+    let mut vx = vec![
+        flags,
+        0,
+        0,
+        0,
+        (vni >> 16) as u8,
+        (vni >> 8) as u8,
+        vni as u8,
+        0,
+    ];
     vx.extend_from_slice(inner);
     let mut out = Vec::new();
     PacketBuilder::ethernet2(outer_smac, UPLINK_MAC)
@@ -255,7 +286,14 @@ impl Worker {
         buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
         let mut frames = [Frame::new(&mut buf, HEADROOM, bytes.len(), ingress)];
         let mut verdicts = [Verdict::Pass];
-        process_batch(&mut frames, &mut verdicts, snap, &mut self.flows, &mut self.counters, self.now);
+        process_batch(
+            &mut frames,
+            &mut verdicts,
+            snap,
+            &mut self.flows,
+            &mut self.counters,
+            self.now,
+        );
         let out = frames[0].data().to_vec();
         if let Verdict::Tx { .. } = verdicts[0] {
             verify_checksums(&out);
@@ -288,7 +326,11 @@ pub struct Seen {
 /// Parses an Ethernet/IPv4 frame with etherparse.
 pub fn seen(bytes: &[u8]) -> Seen {
     let h = PacketHeaders::from_ethernet_slice(bytes).expect("output parses");
-    let eth = h.link.clone().and_then(|l| l.ethernet2()).expect("ethernet");
+    let eth = h
+        .link
+        .clone()
+        .and_then(|l| l.ethernet2())
+        .expect("ethernet");
     let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
         panic!("no IPv4 header")
     };
@@ -350,19 +392,34 @@ pub fn verify_checksums(bytes: &[u8]) {
     let Some(NetHeaders::Ipv4(ip, _)) = &h.net else {
         panic!("output is not IPv4")
     };
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let payload = h.payload.slice();
     match &h.transport {
-        Some(TransportHeader::Udp(u)) => {
-            if u.checksum != 0 {
-                assert_eq!(u.checksum, u.calc_checksum_ipv4(ip, payload).unwrap(), "UDP checksum");
-            }
+        // A UDP checksum of 0 means "none" (as VXLAN's outer header sends).
+        Some(TransportHeader::Udp(u)) if u.checksum != 0 => {
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv4(ip, payload).unwrap(),
+                "UDP checksum"
+            );
         }
         Some(TransportHeader::Tcp(t)) => {
-            assert_eq!(t.checksum, t.calc_checksum_ipv4(ip, payload).unwrap(), "TCP checksum");
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv4(ip, payload).unwrap(),
+                "TCP checksum"
+            );
         }
         Some(TransportHeader::Icmpv4(i)) => {
-            assert_eq!(i.checksum, i.icmp_type.calc_checksum(payload), "ICMP checksum");
+            assert_eq!(
+                i.checksum,
+                i.icmp_type.calc_checksum(payload),
+                "ICMP checksum"
+            );
         }
         _ => {}
     }
