@@ -168,7 +168,10 @@ mod tests {
         let even = 16381.0 / n as f64;
         for c in m.slot_counts(n) {
             let dev = (c as f64 - even).abs() / even;
-            assert!(dev <= 0.10, "slot count {c} deviates {dev:.3} from {even:.1}");
+            assert!(
+                dev <= 0.10,
+                "slot count {c} deviates {dev:.3} from {even:.1}"
+            );
         }
     }
 
@@ -190,7 +193,10 @@ mod tests {
 
     #[test]
     fn deterministic() {
-        assert_eq!(Maglev::build(&keys(10), 16381), Maglev::build(&keys(10), 16381));
+        assert_eq!(
+            Maglev::build(&keys(10), 16381),
+            Maglev::build(&keys(10), 16381)
+        );
     }
 
     proptest! {

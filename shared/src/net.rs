@@ -35,7 +35,9 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
 
 /// The transport protocols a Service port can carry (SCTP is skipped, as the
 /// pipeline has no SCTP parser yet).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum L4Proto {
     Tcp,
     Udp,
@@ -167,7 +169,10 @@ mod tests {
         assert!(!c.contains(Ipv4Addr::new(198, 19, 2, 0)));
         let all: Ipv4Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(Ipv4Addr::new(1, 2, 3, 4)));
-        assert_eq!("1.2.3.4/33".parse::<Ipv4Cidr>(), Err(CidrError::PrefixTooLong(33)));
+        assert_eq!(
+            "1.2.3.4/33".parse::<Ipv4Cidr>(),
+            Err(CidrError::PrefixTooLong(33))
+        );
         assert!("1.2.3.4".parse::<Ipv4Cidr>().is_err());
     }
 

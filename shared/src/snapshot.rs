@@ -298,7 +298,10 @@ impl Snapshot {
                     frontends.insert((u32::from(*ip), proto, p.port), fe(FrontendKind::ClusterIp));
                 }
                 for ip in &svc.external_ips {
-                    frontends.insert((u32::from(*ip), proto, p.port), fe(FrontendKind::ExternalIp));
+                    frontends.insert(
+                        (u32::from(*ip), proto, p.port),
+                        fe(FrontendKind::ExternalIp),
+                    );
                 }
                 for ip in &svc.load_balancer_ips {
                     frontends
@@ -477,15 +480,27 @@ pub fn backend_key(ip: Ipv4Addr, port: u16) -> u64 {
 /// ready); if none, serving+terminating ones. Topology hints narrow the set only
 /// when every chosen endpoint has hints and at least one names this node's zone.
 /// Sorted and de-duplicated so the result is independent of slice order.
-pub fn usable_backends(endpoints: &[EndpointSpec], node_name: &str, zone: Option<&str>) -> Vec<Backend> {
-    let is_local = |e: &EndpointSpec| !node_name.is_empty() && e.node_name.as_deref() == Some(node_name);
+pub fn usable_backends(
+    endpoints: &[EndpointSpec],
+    node_name: &str,
+    zone: Option<&str>,
+) -> Vec<Backend> {
+    let is_local =
+        |e: &EndpointSpec| !node_name.is_empty() && e.node_name.as_deref() == Some(node_name);
     let mut chosen: Vec<&EndpointSpec> = endpoints.iter().filter(|e| e.ready).collect();
     if chosen.is_empty() {
-        chosen = endpoints.iter().filter(|e| e.serving && e.terminating).collect();
+        chosen = endpoints
+            .iter()
+            .filter(|e| e.serving && e.terminating)
+            .collect();
     }
     if let Some(z) = zone {
         let all_hinted = !chosen.is_empty() && chosen.iter().all(|e| e.hint_zones.is_some());
-        let matches = |e: &&EndpointSpec| e.hint_zones.as_ref().is_some_and(|zs| zs.iter().any(|h| h == z));
+        let matches = |e: &&EndpointSpec| {
+            e.hint_zones
+                .as_ref()
+                .is_some_and(|zs| zs.iter().any(|h| h == z))
+        };
         if all_hinted && chosen.iter().any(matches) {
             chosen.retain(matches);
         }

@@ -61,7 +61,8 @@ pub fn udp_nonzero(c: u16) -> u16 {
 pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, l4_len: u16) -> u32 {
     let mut acc = sum(0, &src);
     acc = sum(acc, &dst);
-    acc.wrapping_add(u32::from(proto)).wrapping_add(u32::from(l4_len))
+    acc.wrapping_add(u32::from(proto))
+        .wrapping_add(u32::from(l4_len))
 }
 
 /// Full L4 checksum over pseudo-header + segment (checksum field must be zero).
@@ -87,8 +88,8 @@ mod tests {
     fn ipv4_header_fixture() {
         // 45 00 00 73 00 00 40 00 40 11 [b8 61] c0 a8 00 01 c0 a8 00 c7
         let mut h = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0,
-            0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(checksum(&h), 0xb861);
         h[10..12].copy_from_slice(&0xb861u16.to_be_bytes());

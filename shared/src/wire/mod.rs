@@ -7,8 +7,8 @@ pub mod checksum;
 pub mod vxlan;
 
 pub use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket,
-    UdpPacket,
+    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol, Ipv4Packet,
+    TcpPacket, UdpPacket,
 };
 pub use vxlan::{VxlanPacket, VxlanRepr};
 

@@ -175,7 +175,10 @@ mod tests {
     #[test]
     fn truncated_and_bad_flags() {
         for n in 0..8 {
-            assert_eq!(VxlanPacket::new_checked(&PACKET[..n]).unwrap_err(), Error::Truncated);
+            assert_eq!(
+                VxlanPacket::new_checked(&PACKET[..n]).unwrap_err(),
+                Error::Truncated
+            );
         }
         let mut bad = PACKET;
         bad[0] = 0x0c;
