@@ -1,1 +1,305 @@
-//! (being written)
+//! `nodeplane run`: wires the parts together. It looks up the uplink, starts the
+//! workers and attaches the steering program, runs the control loop (source →
+//! reducer → publish), keeps the steering maps and the pod interfaces in step
+//! with the published tables and the CNI registrations, serves the status
+//! endpoint, and on SIGINT/SIGTERM stops everything and restores the NIC.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use dataplane::io::{netif, InterfaceRole, PoolConfig, SteeringParams, WorkerPool};
+use shared::snapshot::{FrontendKind, PodRoute, Snapshot};
+use tracing::{info, warn};
+
+use crate::config::{Settings, Source};
+use crate::podstate;
+use crate::publish::{run_control, SourceConfig};
+use crate::reducer::{LocalConfig, LocalFacts};
+use crate::state::{lock, AgentState, InterfaceStatus};
+use crate::status::{self, StatusOptions};
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    let uplink = netif::lookup(&settings.uplink)
+        .with_context(|| format!("uplink interface '{}'", settings.uplink))?;
+    info!(
+        node = %settings.node_name,
+        uplink = %settings.uplink,
+        ifindex = uplink.ifindex,
+        ip = ?uplink.ipv4,
+        "starting nodeplane"
+    );
+    if settings.workers > 1 {
+        warn!(
+            workers = settings.workers,
+            "more than one worker: connection tracking is per worker, so NAT flows are only \
+             correct when both directions land on the same queue (see docs/architecture.md)"
+        );
+    }
+    let state = AgentState::new(&settings.node_name);
+    let pool = WorkerPool::start(PoolConfig {
+        workers: settings.workers,
+        flow_capacity: settings.flow_capacity,
+        tables: state.tables.clone(),
+    })
+    .context("starting workers")?;
+    *lock(&state.workers) = pool.reports();
+    let pool = Arc::new(Mutex::new(pool));
+    let result = run_with_pool(&settings, &uplink, &state, &pool);
+    info!("stopping: detaching XDP programs and restoring the interfaces");
+    match Arc::try_unwrap(pool) {
+        Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()).stop(),
+        Err(shared_pool) => lock(&shared_pool).stop_in_place(),
+    }
+    result
+}
+
+fn run_with_pool(
+    settings: &Settings,
+    uplink: &netif::Interface,
+    state: &AgentState,
+    pool: &Arc<Mutex<WorkerPool>>,
+) -> anyhow::Result<()> {
+    let mode = lock(pool)
+        .add_interface(&settings.uplink, uplink.ifindex, InterfaceRole::Uplink)
+        .with_context(|| format!("attaching to the uplink {}", settings.uplink))?;
+    let queues = queues_of(&lock(pool), uplink.ifindex);
+    lock(&state.interfaces).push(InterfaceStatus {
+        name: settings.uplink.clone(),
+        ifindex: uplink.ifindex,
+        role: "uplink".into(),
+        xdp_mode: mode,
+        queues,
+    });
+    let cfg = LocalConfig {
+        node_name: settings.node_name.clone(),
+        uplink_ifindex: uplink.ifindex,
+        uplink_mac: uplink.mac,
+        uplink_ip: uplink.ipv4,
+        vtep_mac: settings.vtep_mac,
+        overlay: shared::snapshot::OverlayConfig {
+            vni: settings.vni,
+            port: settings.vxlan_port,
+        },
+        service_cidrs: settings.service_cidrs.clone(),
+        masquerade_ports: settings.masquerade_ports,
+        maglev_size: settings.maglev_size,
+        proxy_name: "nodeplane".into(),
+    };
+    let source = match &settings.source {
+        Source::Manifests(dir) => SourceConfig::Manifests(dir.clone()),
+        Source::ApiServer(k) => SourceConfig::ApiServer { kubeconfig: k.clone() },
+    };
+    let facts = facts_provider(settings, uplink, state.clone(), pool.clone());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("nodeplane-control")
+        .build()
+        .context("starting the control runtime")?;
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let status_task = tokio::spawn({
+            let (addr, st, stop) = (settings.status_addr, state.clone(), stop_rx.clone());
+            async move {
+                let r = status::serve(addr, st, StatusOptions::default(), stop).await;
+                if let Err(e) = &r {
+                    warn!("{e:#}");
+                }
+                r
+            }
+        });
+        let hc_ip = uplink.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let hc_task = tokio::spawn(status::serve_health_check_node_ports(state.clone(), hc_ip, stop_rx.clone()));
+        let steer_task = tokio::spawn(steering_loop(
+            state.clone(),
+            pool.clone(),
+            settings.clone(),
+            uplink.ipv4,
+            stop_rx.clone(),
+        ));
+        let control_task = tokio::spawn(run_control(source, cfg, facts, state.clone(), stop_rx.clone()));
+        let mut control_task = control_task;
+        let outcome = tokio::select! {
+            r = shutdown_signal() => r.map(|sig| info!(signal = sig, "shutting down")),
+            r = &mut control_task => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.context("control loop")),
+                Err(e) => Err(anyhow::anyhow!("control loop panicked: {e}")),
+            },
+        };
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), status_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), hc_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), steer_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), control_task).await;
+        outcome
+    })
+}
+
+/// How many queues of an attached interface the workers poll.
+fn queues_of(pool: &WorkerPool, ifindex: u32) -> u32 {
+    pool.interfaces()
+        .iter()
+        .find(|i| i.ifindex == ifindex)
+        .map_or(0, |i| i.queues)
+}
+
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// The node-local facts the reducer needs, read on every control tick: pods the
+/// CNI plugin registered (their interfaces are attached or detached here as they
+/// come and go), the uplink's neighbours and its default gateway.
+fn facts_provider(
+    settings: &Settings,
+    uplink: &netif::Interface,
+    state: AgentState,
+    pool: Arc<Mutex<WorkerPool>>,
+) -> Box<dyn FnMut() -> LocalFacts + Send> {
+    let state_dir = settings.state_dir.clone();
+    let uplink_name = settings.uplink.clone();
+    let uplink_index = uplink.ifindex;
+    let mut attached: BTreeMap<u32, String> = BTreeMap::new();
+    let mut last_errors: Vec<String> = Vec::new();
+    Box::new(move || {
+        let (records, errors) = podstate::load_pods(&state_dir);
+        if errors != last_errors {
+            for e in &errors {
+                warn!("pod registration: {e}");
+            }
+            last_errors = errors;
+        }
+        let mut pods: Vec<PodRoute> = records.iter().filter_map(|r| r.to_route()).collect();
+        pods.sort_by_key(|p| u32::from(p.ip));
+        pods.dedup_by_key(|p| p.ip);
+        // Reconcile attached pod interfaces with the registrations.
+        let wanted: BTreeMap<u32, String> = records
+            .iter()
+            .filter(|r| r.to_route().is_some())
+            .map(|r| (r.host_ifindex, r.host_ifname.clone()))
+            .collect();
+        let mut p = lock(&pool);
+        for (ifindex, name) in &attached {
+            if !wanted.contains_key(ifindex) {
+                p.remove_interface(*ifindex);
+                lock(&state.interfaces).retain(|i| i.ifindex != *ifindex);
+                info!(interface = %name, "pod interface detached");
+            }
+        }
+        attached.retain(|k, _| wanted.contains_key(k));
+        for (ifindex, name) in &wanted {
+            if attached.contains_key(ifindex) {
+                continue;
+            }
+            match p.add_interface(name, *ifindex, InterfaceRole::Pod) {
+                Ok(mode) => {
+                    info!(interface = %name, mode = %mode, "pod interface attached");
+                    attached.insert(*ifindex, name.clone());
+                    let queues = queues_of(&p, *ifindex);
+                    lock(&state.interfaces).push(InterfaceStatus {
+                        name: name.clone(),
+                        ifindex: *ifindex,
+                        role: "pod".into(),
+                        xdp_mode: mode,
+                        queues,
+                    });
+                }
+                Err(e) => warn!(interface = %name, "cannot attach pod interface: {e:#}"),
+            }
+        }
+        // Only pods whose interface is attached are routed to.
+        pods.retain(|r| attached.contains_key(&r.host_ifindex));
+        drop(p);
+        let neighbors = netif::neighbors(&uplink_name);
+        let gateway = netif::default_gateway(uplink_index);
+        LocalFacts {
+            pods,
+            neighbors,
+            gateway,
+        }
+    })
+}
+
+/// Keeps the XDP steering maps equal to what the published tables own, and asks
+/// the kernel to resolve the underlay neighbours the tables need.
+async fn steering_loop(
+    state: AgentState,
+    pool: Arc<Mutex<WorkerPool>>,
+    settings: Settings,
+    uplink_ip: Option<Ipv4Addr>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last: Option<SteeringParams> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let snap = state.tables.load_full();
+        let params = steering_params(&snap, &settings, uplink_ip);
+        if last.as_ref() != Some(&params) {
+            if let Err(e) = lock(&pool).set_steering(&params) {
+                warn!("updating the steering maps: {e:#}");
+                continue;
+            }
+            last = Some(params);
+        }
+        for node in &snap.spec.remote_nodes {
+            if snap.neighbor(u32::from(node.underlay_ip)).is_none() {
+                netif::resolve_neighbor(&settings.uplink, node.underlay_ip);
+            }
+        }
+    }
+}
+
+/// What the XDP program must steer to the workers for these tables.
+pub fn steering_params(snap: &Snapshot, settings: &Settings, uplink_ip: Option<Ipv4Addr>) -> SteeringParams {
+    let mut node_ips: Vec<Ipv4Addr> = snap.node().node_ips.clone();
+    node_ips.extend(snap.node().underlay_ip);
+    node_ips.extend(uplink_ip);
+    node_ips.sort();
+    node_ips.dedup();
+    let mut frontend_ips = Vec::new();
+    let mut nodeports = Vec::new();
+    for svc in &snap.spec.services {
+        frontend_ips.extend(svc.external_ips.iter().copied());
+        frontend_ips.extend(svc.load_balancer_ips.iter().copied());
+        frontend_ips.extend(
+            svc.cluster_ips
+                .iter()
+                .filter(|ip| !snap.spec.service_cidrs.iter().any(|c| c.contains(**ip)))
+                .copied(),
+        );
+    }
+    for sp in &snap.service_ports {
+        if let Some(np) = sp.node_port {
+            nodeports.push((sp.proto, np));
+        }
+    }
+    frontend_ips.sort();
+    frontend_ips.dedup();
+    nodeports.sort();
+    nodeports.dedup();
+    let _ = FrontendKind::ClusterIp;
+    SteeringParams {
+        node_ips,
+        vxlan_port: settings.vxlan_port,
+        service_cidrs: snap.spec.service_cidrs.clone(),
+        frontend_ips,
+        nodeports,
+        masq_range: settings.masquerade_ports,
+    }
+}

@@ -1,1 +1,491 @@
-//! (being written)
+//! The manifest-directory source (`--manifests DIR`, the embedded default):
+//! every `*.yaml`/`*.yml` file directly in DIR, each with one or more documents
+//! of kind Node, Service, EndpointSlice or Pod (others are ignored). A broken
+//! file is reported by file and document and keeps its last good objects; the
+//! other files still apply. Changes are picked up live (inotify via `notify`,
+//! plus a cheap periodic rescan as a fallback). Every load is a full sync.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::apiserver::wait_shutdown;
+use crate::store::{Kind, Object, ObjectKey, StoreHandle};
+
+/// How often the directory is re-stat'ed when no inotify event arrives.
+pub const RESCAN_INTERVAL: Duration = Duration::from_millis(250);
+/// Every this many rescans, file contents are re-read and hashed even when
+/// size and mtime look unchanged (edits within one mtime tick).
+const VERIFY_EVERY: u32 = 8;
+/// Quiet time after an inotify event before reading (editors write in steps).
+const SETTLE: Duration = Duration::from_millis(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("manifest directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `index` counts documents from 1 in file order (separated by `---`).
+    #[error("{file}: document {index}: {message}")]
+    Document {
+        file: PathBuf,
+        index: usize,
+        message: String,
+    },
+}
+
+/// The source name a manifest directory shows up as in `/status`.
+pub fn source_name(dir: &Path) -> String {
+    format!("manifests:{}", dir.display())
+}
+
+/// Parses one manifest file's text. Documents of other kinds and empty
+/// documents are skipped; namespaced objects without a namespace get
+/// "default". The first malformed document makes the whole file an error.
+pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
+    let doc_err = |index: usize, message: String| ManifestError::Document {
+        file: file.to_path_buf(),
+        index,
+        message,
+    };
+    // First pass: each document as a generic value, to learn its kind.
+    let mut values = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v = serde_yaml::Value::deserialize(doc).map_err(|e| doc_err(i + 1, e.to_string()))?;
+        values.push(v);
+    }
+    // Second pass: the documents nodeplane reads, typed (serde_yaml errors then
+    // carry the field path and the line in the file).
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let Some(value) = values.get(i) else {
+            break;
+        };
+        if value.is_null() {
+            continue;
+        }
+        let Some(map) = value.as_mapping() else {
+            return Err(doc_err(
+                index,
+                "not a Kubernetes object (expected a mapping)".into(),
+            ));
+        };
+        let kind = map
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or_else(|| doc_err(index, "no 'kind' field".into()))?;
+        let obj = match kind {
+            "Service" => Service::deserialize(doc).map(Object::Service),
+            "EndpointSlice" => EndpointSlice::deserialize(doc).map(Object::EndpointSlice),
+            "Node" => Node::deserialize(doc).map(Object::Node),
+            "Pod" => Pod::deserialize(doc).map(Object::Pod),
+            "List" => {
+                list_items(value, &mut out).map_err(|m| doc_err(index, m))?;
+                continue;
+            }
+            other => {
+                debug!(file = %file.display(), document = index, kind = other, "ignoring a document of a kind nodeplane does not read");
+                continue;
+            }
+        }
+        .map_err(|e| doc_err(index, format!("{kind}: {e}")))?;
+        out.push(normalize(obj).map_err(|m| doc_err(index, m))?);
+    }
+    Ok(out)
+}
+
+/// `kind: List` (as `kubectl get -o yaml` writes): its items, same rules.
+fn list_items(value: &serde_yaml::Value, out: &mut Vec<Object>) -> Result<(), String> {
+    let items = value
+        .get("items")
+        .and_then(|i| i.as_sequence())
+        .ok_or("List without 'items'")?;
+    for (j, item) in items.iter().enumerate() {
+        let kind = item
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default();
+        let obj = match kind {
+            "Service" => serde_yaml::from_value(item.clone()).map(Object::Service),
+            "EndpointSlice" => serde_yaml::from_value(item.clone()).map(Object::EndpointSlice),
+            "Node" => serde_yaml::from_value(item.clone()).map(Object::Node),
+            "Pod" => serde_yaml::from_value(item.clone()).map(Object::Pod),
+            _ => continue,
+        }
+        .map_err(|e| format!("items[{j}] ({kind}): {e}"))?;
+        out.push(normalize(obj).map_err(|m| format!("items[{j}]: {m}"))?);
+    }
+    Ok(())
+}
+
+/// Requires a name; defaults the namespace of namespaced kinds to "default"
+/// and clears it on Nodes.
+fn normalize(mut obj: Object) -> Result<Object, String> {
+    let kind = obj.kind();
+    let meta = match &mut obj {
+        Object::Service(o) => &mut o.metadata,
+        Object::EndpointSlice(o) => &mut o.metadata,
+        Object::Node(o) => &mut o.metadata,
+        Object::Pod(o) => &mut o.metadata,
+    };
+    if meta.name.as_deref().unwrap_or_default().is_empty() {
+        return Err(format!("{} without metadata.name", kind.as_str()));
+    }
+    if kind == Kind::Node {
+        meta.namespace = None;
+    } else if meta.namespace.as_deref().unwrap_or_default().is_empty() {
+        meta.namespace = Some("default".into());
+    }
+    // Required fields the API server would insist on (missing ones would
+    // otherwise read as "" or 0 and silently program nothing).
+    match &obj {
+        Object::EndpointSlice(s) if s.address_type.is_empty() => {
+            return Err("EndpointSlice without addressType (IPv4, IPv6 or FQDN)".into());
+        }
+        Object::Service(s) => {
+            let ports = s.spec.as_ref().and_then(|sp| sp.ports.as_ref());
+            if let Some(i) = ports
+                .into_iter()
+                .flatten()
+                .position(|p| !(1..=65535).contains(&p.port))
+            {
+                return Err(format!("Service spec.ports[{i}].port must be 1-65535"));
+            }
+        }
+        _ => {}
+    }
+    Ok(obj)
+}
+
+/// What the last look at a file found.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp {
+    mtime: Option<SystemTime>,
+    size: u64,
+}
+
+#[derive(Debug)]
+struct FileState {
+    stamp: Stamp,
+    hash: u64,
+    /// The objects of the last version that parsed cleanly.
+    good: Option<Vec<Object>>,
+    /// The current version's error, if it is broken.
+    error: Option<String>,
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// The set of objects in force changed.
+    pub changed: bool,
+    /// Errors that appeared in this scan (a file newly broken, or broken differently).
+    pub new_errors: Vec<ManifestError>,
+}
+
+/// A manifest directory and the last good objects of each file in it.
+#[derive(Debug)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    /// The last directory-level error (cleared when the directory reads again).
+    dir_error: Option<String>,
+    scans: u32,
+}
+
+fn is_manifest_name(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+impl ManifestDir {
+    pub fn new(dir: &Path) -> Self {
+        ManifestDir {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+            dir_error: None,
+            scans: 0,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-reads the directory. Files whose size and mtime are unchanged are
+    /// not re-read unless `verify`. A directory that cannot be read is an
+    /// error and leaves every object in force.
+    pub fn scan(&mut self, verify: bool) -> Result<ScanReport, ManifestError> {
+        let dir_err = |source| ManifestError::Dir {
+            dir: self.dir.clone(),
+            source,
+        };
+        let md = std::fs::metadata(&self.dir).map_err(dir_err)?;
+        if !md.is_dir() {
+            return Err(ManifestError::NotADirectory(self.dir.clone()));
+        }
+        let mut present = BTreeSet::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if !is_manifest_name(name) {
+                continue;
+            }
+            let path = entry.path();
+            // Follows symlinks (ConfigMap volumes link every file).
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    present.insert((
+                        path,
+                        Stamp {
+                            mtime: m.modified().ok(),
+                            size: m.len(),
+                        },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let mut report = ScanReport::default();
+        let before = self.objects();
+        let present_paths: BTreeSet<&PathBuf> = present.iter().map(|(p, _)| p).collect();
+        self.files.retain(|p, _| present_paths.contains(p));
+        for (path, stamp) in present {
+            let known = self.files.get(&path);
+            if !verify && known.is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(source) => {
+                    // Vanished between listing and reading, or unreadable.
+                    let e = ManifestError::Read {
+                        file: path.clone(),
+                        source,
+                    };
+                    let msg = e.to_string();
+                    let f = self.files.entry(path).or_insert(FileState {
+                        stamp: stamp.clone(),
+                        hash: 0,
+                        good: None,
+                        error: None,
+                    });
+                    if f.error.as_deref() != Some(msg.as_str()) {
+                        f.error = Some(msg);
+                        report.new_errors.push(e);
+                    }
+                    f.stamp = stamp;
+                    continue;
+                }
+            };
+            let hash = content_hash(&bytes);
+            if let Some(f) = self.files.get_mut(&path) {
+                if f.hash == hash && (f.good.is_some() || f.error.is_some()) {
+                    f.stamp = stamp;
+                    continue;
+                }
+            }
+            let parsed = match std::str::from_utf8(&bytes) {
+                Ok(text) => parse_manifest(&path, text),
+                Err(e) => Err(ManifestError::Document {
+                    file: path.clone(),
+                    index: 1,
+                    message: format!("not UTF-8: {e}"),
+                }),
+            };
+            let f = self.files.entry(path).or_insert(FileState {
+                stamp: stamp.clone(),
+                hash,
+                good: None,
+                error: None,
+            });
+            f.stamp = stamp;
+            f.hash = hash;
+            match parsed {
+                Ok(objs) => {
+                    f.good = Some(objs);
+                    f.error = None;
+                }
+                Err(e) => {
+                    f.error = Some(e.to_string());
+                    report.new_errors.push(e);
+                }
+            }
+        }
+        self.dir_error = None;
+        self.scans = self.scans.wrapping_add(1);
+        report.changed = self.objects() != before;
+        Ok(report)
+    }
+
+    /// The objects in force: every file's last good objects. When two files
+    /// define the same object, the file whose name sorts last wins.
+    pub fn objects(&self) -> Vec<Object> {
+        let mut merged: BTreeMap<(Kind, ObjectKey), &Object> = BTreeMap::new();
+        for f in self.files.values() {
+            for o in f.good.iter().flatten() {
+                merged.insert((o.kind(), o.key()), o);
+            }
+        }
+        merged.into_values().cloned().collect()
+    }
+
+    /// The current problems, one per broken file (or the directory).
+    pub fn errors(&self) -> Vec<String> {
+        self.dir_error
+            .iter()
+            .cloned()
+            .chain(self.files.values().filter_map(|f| f.error.clone()))
+            .collect()
+    }
+
+    /// Scans and brings the store in line: the first sync, or a change,
+    /// replaces everything this source holds; new errors are logged and counted.
+    /// Returns whether the objects changed.
+    pub fn sync(&mut self, store: &StoreHandle, verify: bool) -> bool {
+        let source = source_name(&self.dir);
+        let first = self.scans == 0;
+        match self.scan(verify) {
+            Ok(report) => {
+                for e in &report.new_errors {
+                    warn!("manifest: {e} (the file's last good objects stay in force)");
+                }
+                let errors = self.errors();
+                let objects = (report.changed || first).then(|| self.objects());
+                store.update(|s| {
+                    if let Some(objs) = objects {
+                        s.replace_all(&source, objs);
+                    }
+                    for e in &report.new_errors {
+                        s.record_error(&source, e.to_string());
+                    }
+                    s.set_last_error(&source, (!errors.is_empty()).then(|| errors.join("; ")));
+                });
+                if report.changed {
+                    info!(dir = %self.dir.display(), objects = self.files.values().map(|f| f.good.as_ref().map_or(0, Vec::len)).sum::<usize>(), "manifests loaded");
+                }
+                report.changed
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.dir_error.as_deref() != Some(msg.as_str()) {
+                    warn!("{msg} (the objects loaded before stay in force)");
+                    store.update(|s| s.record_error(&source, msg.clone()));
+                    self.dir_error = Some(msg);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Loads the directory once (the first full sync). Fails if DIR is not a
+/// readable directory (a bad `--manifests` flag); broken files do not fail it.
+pub fn load(dir: &Path, store: &StoreHandle) -> Result<ManifestDir, ManifestError> {
+    let md = std::fs::metadata(dir).map_err(|source| ManifestError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    if !md.is_dir() {
+        return Err(ManifestError::NotADirectory(dir.to_path_buf()));
+    }
+    let mut m = ManifestDir::new(dir);
+    store.update(|s| s.register(&source_name(dir), &Kind::ALL));
+    m.sync(store, true);
+    Ok(m)
+}
+
+fn start_watcher(
+    dir: &Path,
+    tx: &tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<RecommendedWatcher> {
+    let tx = tx.clone();
+    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(
+                "cannot watch {}: {e}; rescanning every {:?}",
+                dir.display(),
+                RESCAN_INTERVAL
+            );
+            return None;
+        }
+    };
+    match w.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            debug!(
+                "cannot watch {}: {e}; rescanning every {:?}",
+                dir.display(),
+                RESCAN_INTERVAL
+            );
+            None
+        }
+    }
+}
+
+/// Follows the directory until `shutdown`: inotify events trigger a re-read
+/// within ~30 ms; a stat-only rescan runs every `RESCAN_INTERVAL` (contents
+/// re-hashed every few rescans) in case events are missed.
+pub async fn run(mut dir: ManifestDir, store: StoreHandle, mut shutdown: watch::Receiver<bool>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut _watcher = start_watcher(dir.dir(), &tx);
+    let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u32 = 0;
+    loop {
+        let from_event = tokio::select! {
+            _ = wait_shutdown(&mut shutdown) => return,
+            Some(()) = rx.recv() => true,
+            _ = tick.tick() => false,
+        };
+        if from_event {
+            tokio::time::sleep(SETTLE).await;
+            while rx.try_recv().is_ok() {}
+        } else {
+            ticks = ticks.wrapping_add(1);
+        }
+        let verify = from_event || ticks.is_multiple_of(VERIFY_EVERY);
+        let had_error = dir.dir_error.is_some();
+        dir.sync(&store, verify);
+        match (had_error, dir.dir_error.is_some()) {
+            (_, true) => _watcher = None,
+            // The directory came back (maybe a new one): watch it again.
+            (true, false) => _watcher = start_watcher(dir.dir(), &tx),
+            (false, false) => {}
+        }
+    }
+}

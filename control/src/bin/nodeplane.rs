@@ -1,1 +1,53 @@
-fn main() {}
+//! `nodeplane`: the node agent (`run`) and its status client (`status`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use control::config::{resolve, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NODEPLANE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run(args) => {
+            let settings = match resolve(&args) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("nodeplane: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match control::agent::run(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nodeplane: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status(args) => {
+            let json = match args.output.as_str() {
+                "json" => true,
+                "table" | "wide" => false,
+                other => {
+                    eprintln!("nodeplane status: unknown output format '{other}' (want table or json)");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            match control::status::print_status(&args.addr, json, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("nodeplane status: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
