@@ -91,7 +91,9 @@ fn run_with_pool(
     };
     let source = match &settings.source {
         Source::Manifests(dir) => SourceConfig::Manifests(dir.clone()),
-        Source::ApiServer(k) => SourceConfig::ApiServer { kubeconfig: k.clone() },
+        Source::ApiServer(k) => SourceConfig::ApiServer {
+            kubeconfig: k.clone(),
+        },
     };
     let facts = facts_provider(settings, uplink, state.clone(), pool.clone());
 
@@ -114,7 +116,11 @@ fn run_with_pool(
             }
         });
         let hc_ip = uplink.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let hc_task = tokio::spawn(status::serve_health_check_node_ports(state.clone(), hc_ip, stop_rx.clone()));
+        let hc_task = tokio::spawn(status::serve_health_check_node_ports(
+            state.clone(),
+            hc_ip,
+            stop_rx.clone(),
+        ));
         let steer_task = tokio::spawn(steering_loop(
             state.clone(),
             pool.clone(),
@@ -122,7 +128,13 @@ fn run_with_pool(
             uplink.ipv4,
             stop_rx.clone(),
         ));
-        let control_task = tokio::spawn(run_control(source, cfg, facts, state.clone(), stop_rx.clone()));
+        let control_task = tokio::spawn(run_control(
+            source,
+            cfg,
+            facts,
+            state.clone(),
+            stop_rx.clone(),
+        ));
         let mut control_task = control_task;
         let outcome = tokio::select! {
             r = shutdown_signal() => r.map(|sig| info!(signal = sig, "shutting down")),
@@ -266,7 +278,11 @@ async fn steering_loop(
 }
 
 /// What the XDP program must steer to the workers for these tables.
-pub fn steering_params(snap: &Snapshot, settings: &Settings, uplink_ip: Option<Ipv4Addr>) -> SteeringParams {
+pub fn steering_params(
+    snap: &Snapshot,
+    settings: &Settings,
+    uplink_ip: Option<Ipv4Addr>,
+) -> SteeringParams {
     let mut node_ips: Vec<Ipv4Addr> = snap.node().node_ips.clone();
     node_ips.extend(snap.node().underlay_ip);
     node_ips.extend(uplink_ip);

@@ -137,13 +137,23 @@ pub const DEFAULT_FLOW_CAPACITY: usize = 262_144;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: serde_yaml::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
     #[error("missing setting: {0}")]
     Missing(&'static str),
     #[error("invalid {what} '{value}': {why}")]
-    Invalid { what: &'static str, value: String, why: String },
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
 }
 
 fn invalid(what: &'static str, value: impl ToString, why: impl ToString) -> ConfigError {
@@ -177,8 +187,14 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
     let (a, b) = s
         .split_once('-')
         .ok_or_else(|| invalid("masquerade port range", s, "want LO-HI"))?;
-    let lo: u16 = a.trim().parse().map_err(|e| invalid("masquerade port range", s, e))?;
-    let hi: u16 = b.trim().parse().map_err(|e| invalid("masquerade port range", s, e))?;
+    let lo: u16 = a
+        .trim()
+        .parse()
+        .map_err(|e| invalid("masquerade port range", s, e))?;
+    let hi: u16 = b
+        .trim()
+        .parse()
+        .map_err(|e| invalid("masquerade port range", s, e))?;
     if lo == 0 || lo > hi {
         return Err(invalid("masquerade port range", s, "want 1 ≤ LO ≤ HI"));
     }
@@ -196,18 +212,26 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         .clone()
         .or(file.node_name)
         .filter(|s| !s.is_empty())
-        .ok_or(ConfigError::Missing("--node-name (or NODE_NAME, or nodeName in the config file)"))?;
+        .ok_or(ConfigError::Missing(
+            "--node-name (or NODE_NAME, or nodeName in the config file)",
+        ))?;
     let uplink = args
         .uplink
         .clone()
         .or(file.uplink)
         .filter(|s| !s.is_empty())
-        .ok_or(ConfigError::Missing("--uplink (or uplink in the config file)"))?;
+        .ok_or(ConfigError::Missing(
+            "--uplink (or uplink in the config file)",
+        ))?;
     if uplink.len() > 15 || uplink.contains('/') {
         return Err(invalid("uplink", &uplink, "not an interface name"));
     }
     let manifests = args.manifests.clone().or(file.manifests);
-    let kubeconfig = args.kubeconfig.clone().or(file.kubeconfig).filter(|s| !s.is_empty());
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .or(file.kubeconfig)
+        .filter(|s| !s.is_empty());
     let source = match (manifests, kubeconfig) {
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -228,7 +252,11 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     let workers = args.workers.or(file.workers).unwrap_or(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if workers == 0 || workers > cores.max(1) * 4 {
-        return Err(invalid("workers", workers, format!("want 1..={}", cores * 4)));
+        return Err(invalid(
+            "workers",
+            workers,
+            format!("want 1..={}", cores * 4),
+        ));
     }
     let vxlan_port = args.vxlan_port.or(file.vxlan_port).unwrap_or(8472);
     if vxlan_port == 0 {
@@ -258,10 +286,15 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         if t.is_empty() {
             continue;
         }
-        service_cidrs.push(t.parse::<Ipv4Cidr>().map_err(|e| invalid("service CIDR", t, e))?);
+        service_cidrs.push(
+            t.parse::<Ipv4Cidr>()
+                .map_err(|e| invalid("service CIDR", t, e))?,
+        );
     }
     let vtep_mac = match args.vtep_mac.clone().or(file.vtep_mac) {
-        Some(s) => parse_mac(&s).ok_or_else(|| invalid("VTEP MAC", &s, "want aa:bb:cc:dd:ee:ff"))?,
+        Some(s) => {
+            parse_mac(&s).ok_or_else(|| invalid("VTEP MAC", &s, "want aa:bb:cc:dd:ee:ff"))?
+        }
         None => derived_vtep_mac(&node_name),
     };
     let flow_capacity = args
@@ -269,7 +302,11 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         .or(file.flow_capacity)
         .unwrap_or(DEFAULT_FLOW_CAPACITY);
     if !(1024..=64 << 20).contains(&flow_capacity) {
-        return Err(invalid("flow capacity", flow_capacity, "want 1024..=67108864"));
+        return Err(invalid(
+            "flow capacity",
+            flow_capacity,
+            "want 1024..=67108864",
+        ));
     }
     let masquerade_ports = match args.masquerade_ports.clone().or(file.masquerade_ports) {
         Some(s) => parse_port_range(&s)?,
@@ -280,7 +317,11 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         .or(file.maglev_size)
         .unwrap_or(shared::snapshot::DEFAULT_MAGLEV_SIZE);
     if !(7..=1_000_003).contains(&maglev_size) {
-        return Err(invalid("maglev size", maglev_size, "want 7..=1000003 (a prime)"));
+        return Err(invalid(
+            "maglev size",
+            maglev_size,
+            "want 7..=1000003 (a prime)",
+        ));
     }
     Ok(Settings {
         node_name,
@@ -329,7 +370,10 @@ mod tests {
     fn bad_flags_are_clear_errors() {
         let mut a = args();
         a.service_cidrs = vec!["198.18.96.0/33".into()];
-        assert!(resolve(&a).unwrap_err().to_string().contains("service CIDR"));
+        assert!(resolve(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("service CIDR"));
         let mut a = args();
         a.vni = Some(1 << 24);
         assert!(resolve(&a).unwrap_err().to_string().contains("vni"));

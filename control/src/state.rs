@@ -103,6 +103,9 @@ impl AgentState {
 
     /// The lowest generation any worker reports (what every worker is on).
     pub fn min_worker_generation(&self) -> Option<u64> {
-        lock(&self.workers).iter().map(|w| w.load().generation).min()
+        lock(&self.workers)
+            .iter()
+            .map(|w| w.load().generation)
+            .min()
     }
 }

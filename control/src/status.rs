@@ -95,11 +95,17 @@ fn summed(state: &AgentState) -> (Counters, Option<u64>, u64, u64) {
 /// Published to every worker (or published, when there are no workers).
 fn ready(state: &AgentState) -> (bool, String) {
     if !state.first_sync_done() {
-        return (false, "waiting for the first full sync of every source".into());
+        return (
+            false,
+            "waiting for the first full sync of every source".into(),
+        );
     }
     let published = lock(&state.last_publish).generation;
     match state.min_worker_generation() {
-        Some(g) if g < published => (false, format!("workers run generation {g}, published {published}")),
+        Some(g) if g < published => (
+            false,
+            format!("workers run generation {g}, published {published}"),
+        ),
         _ => (true, format!("generation {published} on every worker")),
     }
 }
@@ -107,7 +113,9 @@ fn ready(state: &AgentState) -> (bool, String) {
 async fn healthz(State(ctx): State<Ctx>) -> Response {
     let now = SystemTime::now();
     let pending = *lock(&ctx.state.pending_since);
-    let last = lock(&ctx.state.last_publish).at.unwrap_or(ctx.state.started);
+    let last = lock(&ctx.state.last_publish)
+        .at
+        .unwrap_or(ctx.state.started);
     let stale = pending.is_some_and(|p| p.elapsed() > ctx.opts.health_timeout);
     let body = json!({
         "lastUpdated": format_rfc3339(last),
@@ -133,7 +141,10 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
 }
 
 fn drops_map(c: &Counters) -> BTreeMap<&'static str, u64> {
-    DropReason::ALL.iter().map(|r| (r.name(), c.dropped(*r))).collect()
+    DropReason::ALL
+        .iter()
+        .map(|r| (r.name(), c.dropped(*r)))
+        .collect()
 }
 
 /// The `/status` document.
@@ -187,7 +198,10 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
         sub("Ok", format!("{} source(s) synced", sources.len()))
     };
     let tables_sub = match pending {
-        Some(p) if p > opts.health_timeout => sub("Failure", format!("an update has been pending for {:.0?}", p)),
+        Some(p) if p > opts.health_timeout => sub(
+            "Failure",
+            format!("an update has been pending for {:.0?}", p),
+        ),
         _ if ok => sub("Ok", why.clone()),
         _ => sub("Warning", why.clone()),
     };
@@ -204,7 +218,10 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
     let interfaces_sub = if attach_errors.is_empty() {
         sub("Ok", format!("{} interface(s) attached", interfaces.len()))
     } else {
-        sub("Warning", format!("not attached: {}", attach_errors.join(", ")))
+        sub(
+            "Warning",
+            format!("not attached: {}", attach_errors.join(", ")),
+        )
     };
     let services: Vec<Value> = snap
         .service_ports
@@ -269,16 +286,52 @@ pub fn metrics_text(state: &AgentState) -> String {
         g.set(v);
         g
     };
-    reg.register("rx_packets", "Frames received by the workers", counter(c.rx_packets));
-    reg.register("tx_packets", "Frames transmitted by the workers", counter(c.tx_packets));
-    reg.register("rx_bytes", "Bytes received by the workers", counter(c.rx_bytes));
-    reg.register("tx_bytes", "Bytes transmitted by the workers", counter(c.tx_bytes));
-    reg.register("rejected_packets", "Packets answered with TCP RST or ICMP port unreachable", counter(c.rejected));
-    reg.register("decapsulated_packets", "VXLAN frames decapsulated", counter(c.decapsulated));
-    reg.register("encapsulated_packets", "Frames VXLAN-encapsulated", counter(c.encapsulated));
+    reg.register(
+        "rx_packets",
+        "Frames received by the workers",
+        counter(c.rx_packets),
+    );
+    reg.register(
+        "tx_packets",
+        "Frames transmitted by the workers",
+        counter(c.tx_packets),
+    );
+    reg.register(
+        "rx_bytes",
+        "Bytes received by the workers",
+        counter(c.rx_bytes),
+    );
+    reg.register(
+        "tx_bytes",
+        "Bytes transmitted by the workers",
+        counter(c.tx_bytes),
+    );
+    reg.register(
+        "rejected_packets",
+        "Packets answered with TCP RST or ICMP port unreachable",
+        counter(c.rejected),
+    );
+    reg.register(
+        "decapsulated_packets",
+        "VXLAN frames decapsulated",
+        counter(c.decapsulated),
+    );
+    reg.register(
+        "encapsulated_packets",
+        "Frames VXLAN-encapsulated",
+        counter(c.encapsulated),
+    );
     reg.register("flows_created", "Flows created", counter(c.flows_created));
-    reg.register("flow_evictions", "Flows evicted to admit new ones", counter(c.flow_evictions));
-    reg.register("flows_flushed", "Flows flushed because their backend went away", counter(c.flows_flushed));
+    reg.register(
+        "flow_evictions",
+        "Flows evicted to admit new ones",
+        counter(c.flow_evictions),
+    );
+    reg.register(
+        "flows_flushed",
+        "Flows flushed because their backend went away",
+        counter(c.flows_flushed),
+    );
     let drops = Family::<Vec<(String, String)>, Counter<u64>>::default();
     for r in DropReason::ALL {
         drops
@@ -287,16 +340,32 @@ pub fn metrics_text(state: &AgentState) -> String {
     }
     reg.register("drops", "Frames dropped, by reason", drops);
     let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    reg.register("flow_table_entries", "Flows in the workers' flow tables", gauge(to_i64(entries)));
-    reg.register("flow_table_capacity", "Flow-table capacity over all workers", gauge(to_i64(capacity)));
+    reg.register(
+        "flow_table_entries",
+        "Flows in the workers' flow tables",
+        gauge(to_i64(entries)),
+    );
+    reg.register(
+        "flow_table_capacity",
+        "Flow-table capacity over all workers",
+        gauge(to_i64(capacity)),
+    );
     let snap = state.tables.load_full();
-    reg.register("table_generation", "Published table generation", gauge(to_i64(snap.generation)));
+    reg.register(
+        "table_generation",
+        "Published table generation",
+        gauge(to_i64(snap.generation)),
+    );
     reg.register(
         "worker_min_generation",
         "Lowest table generation any worker runs",
         gauge(to_i64(min_gen.unwrap_or(0))),
     );
-    reg.register("services", "Service ports programmed", gauge(to_i64(snap.service_ports.len() as u64)));
+    reg.register(
+        "services",
+        "Service ports programmed",
+        gauge(to_i64(snap.service_ports.len() as u64)),
+    );
     let publish = lock(&state.last_publish).clone();
     reg.register(
         "sync_duration_microseconds",
@@ -314,7 +383,11 @@ pub fn metrics_text(state: &AgentState) -> String {
             .get_or_create(&vec![("source".to_string(), s.name.clone())])
             .inc_by(s.errors);
     }
-    reg.register("source_errors", "Errors reading Kubernetes objects, by source", errors);
+    reg.register(
+        "source_errors",
+        "Errors reading Kubernetes objects, by source",
+        errors,
+    );
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out = "# encoding failed\n# EOF\n".into();
@@ -338,8 +411,11 @@ fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let sock: SocketAddr = addr
         .parse()
         .map_err(|e| anyhow::anyhow!("'{addr}' is not an address (want IP:PORT): {e}"))?;
-    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5))
-        .map_err(|e| anyhow::anyhow!("cannot reach the nodeplane status endpoint at {addr}: {e} (is the agent running?)"))?;
+    let mut s = TcpStream::connect_timeout(&sock, Duration::from_secs(5)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach the nodeplane status endpoint at {addr}: {e} (is the agent running?)"
+        )
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut text = String::new();
@@ -349,7 +425,10 @@ fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("not an HTTP answer from {addr}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
@@ -373,10 +452,21 @@ pub fn print_status(addr: &str, json_out: bool, out: &mut dyn Write) -> anyhow::
             writeln!(out, "  {:<11} {:<8} {}", k, s(&x["state"]), s(&x["msg"]))?;
         }
     }
-    writeln!(out, "\nWORKERS\n  {:<3} {:<5} {:>12} {:>12} {:>10} {:>12} {:>6}  QUEUES", "ID", "CORE", "RX", "TX", "DROPS", "FLOWS", "GEN")?;
+    writeln!(
+        out,
+        "\nWORKERS\n  {:<3} {:<5} {:>12} {:>12} {:>10} {:>12} {:>6}  QUEUES",
+        "ID", "CORE", "RX", "TX", "DROPS", "FLOWS", "GEN"
+    )?;
     for w in v["workers"].as_array().into_iter().flatten() {
-        let drops: u64 = w["drops"].as_object().map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
-        let queues: Vec<String> = w["queues"].as_array().into_iter().flatten().map(s).collect();
+        let drops: u64 = w["drops"]
+            .as_object()
+            .map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
+        let queues: Vec<String> = w["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
         writeln!(
             out,
             "  {:<3} {:<5} {:>12} {:>12} {:>10} {:>12} {:>6}  {}",
@@ -406,7 +496,15 @@ pub fn print_status(addr: &str, json_out: bool, out: &mut dyn Write) -> anyhow::
     }
     writeln!(out, "\nINTERFACES")?;
     for i in v["interfaces"].as_array().into_iter().flatten() {
-        writeln!(out, "  {:<16} ifindex {:<5} {:<7} xdp {:<8} queues {}", s(&i["name"]), s(&i["ifindex"]), s(&i["role"]), s(&i["xdp_mode"]), s(&i["queues"]))?;
+        writeln!(
+            out,
+            "  {:<16} ifindex {:<5} {:<7} xdp {:<8} queues {}",
+            s(&i["name"]),
+            s(&i["ifindex"]),
+            s(&i["role"]),
+            s(&i["xdp_mode"]),
+            s(&i["queues"])
+        )?;
     }
     let t = &v["tables"];
     writeln!(
@@ -422,12 +520,35 @@ pub fn print_status(addr: &str, json_out: bool, out: &mut dyn Write) -> anyhow::
     )?;
     writeln!(out, "\nSERVICES")?;
     for sv in v["services"].as_array().into_iter().flatten() {
-        let b: Vec<String> = sv["backends"].as_array().into_iter().flatten().map(s).collect();
-        writeln!(out, "  {:<28} {:<4} {:<6} → {}", s(&sv["name"]), s(&sv["protocol"]), s(&sv["port"]), if b.is_empty() { "(no endpoints: reject)".into() } else { b.join(", ") })?;
+        let b: Vec<String> = sv["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        writeln!(
+            out,
+            "  {:<28} {:<4} {:<6} → {}",
+            s(&sv["name"]),
+            s(&sv["protocol"]),
+            s(&sv["port"]),
+            if b.is_empty() {
+                "(no endpoints: reject)".into()
+            } else {
+                b.join(", ")
+            }
+        )?;
     }
     writeln!(out, "\nSOURCES")?;
     for src in v["sources"].as_array().into_iter().flatten() {
-        writeln!(out, "  {:<40} objects {:<5} last sync {}  errors {}", s(&src["name"]), s(&src["objects"]), s(&src["last_sync"]), s(&src["errors"]))?;
+        writeln!(
+            out,
+            "  {:<40} objects {:<5} last sync {}  errors {}",
+            s(&src["name"]),
+            s(&src["objects"]),
+            s(&src["last_sync"]),
+            s(&src["errors"])
+        )?;
         if !src["last_error"].is_null() {
             writeln!(out, "    last error: {}", s(&src["last_error"]))?;
         }
@@ -443,7 +564,13 @@ pub async fn serve_health_check_node_ports(
     bind_ip: Ipv4Addr,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut servers: BTreeMap<u16, (tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>)> = BTreeMap::new();
+    let mut servers: BTreeMap<
+        u16,
+        (
+            tokio::task::JoinHandle<()>,
+            tokio::sync::watch::Sender<bool>,
+        ),
+    > = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -492,9 +619,16 @@ pub async fn serve_health_check_node_ports(
 
 async fn hc_answer(state: AgentState, port: u16) -> Response {
     let snap = state.tables.load_full();
-    let sp = snap.service_ports.iter().find(|sp| sp.health_check_node_port == Some(port));
+    let sp = snap
+        .service_ports
+        .iter()
+        .find(|sp| sp.health_check_node_port == Some(port));
     let (ns, name, local) = match sp {
-        Some(sp) => (sp.name.namespace.clone(), sp.name.service.clone(), sp.local_backends),
+        Some(sp) => (
+            sp.name.namespace.clone(),
+            sp.name.service.clone(),
+            sp.local_backends,
+        ),
         None => (String::new(), String::new(), 0),
     };
     let body = json!({

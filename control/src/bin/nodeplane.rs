@@ -36,7 +36,9 @@ fn main() -> ExitCode {
                 "json" => true,
                 "table" | "wide" => false,
                 other => {
-                    eprintln!("nodeplane status: unknown output format '{other}' (want table or json)");
+                    eprintln!(
+                        "nodeplane status: unknown output format '{other}' (want table or json)"
+                    );
                     return ExitCode::from(2);
                 }
             };

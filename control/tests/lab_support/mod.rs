@@ -27,8 +27,14 @@ pub fn is_root() -> bool {
 /// Unescapes bash `printf %q` output (backslash escapes only).
 fn unquote(s: &str) -> String {
     let s = s.trim();
-    let s = s.strip_prefix("$'").and_then(|x| x.strip_suffix('\'')).unwrap_or(s);
-    let s = s.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')).unwrap_or(s);
+    let s = s
+        .strip_prefix("$'")
+        .and_then(|x| x.strip_suffix('\''))
+        .unwrap_or(s);
+    let s = s
+        .strip_prefix('\'')
+        .and_then(|x| x.strip_suffix('\''))
+        .unwrap_or(s);
     let mut out = String::new();
     let mut esc = false;
     for c in s.chars() {
@@ -87,7 +93,10 @@ impl Lab {
     }
 
     pub fn var(&self, k: &str) -> String {
-        self.env.get(k).cloned().unwrap_or_else(|| panic!("testbed env has no {k}"))
+        self.env
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("testbed env has no {k}"))
     }
 
     pub fn ns(&self, who: &str) -> String {
@@ -95,7 +104,9 @@ impl Lab {
     }
 
     pub fn ip(&self, who: &str) -> std::net::Ipv4Addr {
-        self.var(&format!("NP_IP_{}", who.to_uppercase())).parse().expect("IP")
+        self.var(&format!("NP_IP_{}", who.to_uppercase()))
+            .parse()
+            .expect("IP")
     }
 
     fn bin(name: &str) -> PathBuf {
@@ -130,10 +141,17 @@ impl Lab {
             }
             if let Some((c, _)) = self.agents.get_mut(node) {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("agent on {node} exited ({st}) before ready:\n{}", self.agent_log(node));
+                    panic!(
+                        "agent on {node} exited ({st}) before ready:\n{}",
+                        self.agent_log(node)
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "agent on {node} not ready in 20 s:\n{}", self.agent_log(node));
+            assert!(
+                Instant::now() < deadline,
+                "agent on {node} not ready in 20 s:\n{}",
+                self.agent_log(node)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -177,7 +195,10 @@ impl Lab {
             let mut body = String::new();
             s.read_to_string(&mut body).ok()?;
             let code = body.split_whitespace().nth(1)?.parse().ok()?;
-            let text = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            let text = body
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
             Some((code, text))
         })
         .ok()
@@ -208,12 +229,15 @@ impl Drop for Lab {
 pub fn tcp_line(ns: &str, dst: SocketAddr, line: &str) -> Result<String, String> {
     let line = line.to_string();
     in_netns(ns, move || -> Result<String, String> {
-        let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).map_err(|e| format!("connect {dst}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+            .map_err(|e| format!("connect {dst}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
         writeln!(s, "{line}").map_err(|e| e.to_string())?;
         let mut r = BufReader::new(s);
         let mut answer = String::new();
-        r.read_line(&mut answer).map_err(|e| format!("read from {dst}: {e}"))?;
+        r.read_line(&mut answer)
+            .map_err(|e| format!("read from {dst}: {e}"))?;
         Ok(answer.trim().to_string())
     })
     .map_err(|e| e.to_string())?
@@ -224,10 +248,13 @@ pub fn udp_roundtrip(ns: &str, dst: SocketAddr, msg: &str) -> Result<String, Str
     let msg = msg.to_string();
     in_netns(ns, move || -> Result<String, String> {
         let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
         s.send_to(msg.as_bytes(), dst).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 2048];
-        let (n, _) = s.recv_from(&mut buf).map_err(|e| format!("no UDP answer from {dst}: {e}"))?;
+        let (n, _) = s
+            .recv_from(&mut buf)
+            .map_err(|e| format!("no UDP answer from {dst}: {e}"))?;
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     })
     .map_err(|e| e.to_string())?
