@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use dataplane::io::{netif, InterfaceRole, PoolConfig, SteeringParams, WorkerPool};
+use dataplane::io::{netif, InterfaceRole, IoOptions, PoolConfig, SteeringParams, WorkerPool};
 use shared::snapshot::{FrontendKind, PodRoute, Snapshot};
 use tracing::{info, warn};
 
@@ -40,11 +40,19 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let state = AgentState::new(&settings.node_name);
-    let pool = WorkerPool::start(PoolConfig {
-        workers: settings.workers,
-        flow_capacity: settings.flow_capacity,
-        tables: state.tables.clone(),
-    })
+    let pool = WorkerPool::start_with(
+        PoolConfig {
+            workers: settings.workers,
+            flow_capacity: settings.flow_capacity,
+            tables: state.tables.clone(),
+        },
+        IoOptions {
+            cores: settings.cores.clone(),
+            idle_sleep: (settings.idle_sleep_us > 0)
+                .then(|| Duration::from_micros(settings.idle_sleep_us)),
+            ..IoOptions::default()
+        },
+    )
     .context("starting workers")?;
     *lock(&state.workers) = pool.reports();
     let pool = Arc::new(Mutex::new(pool));
@@ -254,6 +262,7 @@ async fn steering_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last: Option<SteeringParams> = None;
+    let mut last_cidrs: Option<Vec<shared::Ipv4Cidr>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -268,6 +277,17 @@ async fn steering_loop(
                 continue;
             }
             last = Some(params);
+        }
+        // The pod CIDR for CNI configs whose subnet is `usePodCidr`.
+        let cidrs = &snap.node().pod_cidrs;
+        if !cidrs.is_empty() && last_cidrs.as_ref() != Some(cidrs) {
+            match crate::podstate::write_pod_cidrs(&settings.state_dir, cidrs) {
+                Ok(()) => last_cidrs = Some(cidrs.clone()),
+                Err(e) => warn!(
+                    "publishing the pod CIDR in {}: {e}",
+                    settings.state_dir.display()
+                ),
+            }
         }
         for node in &snap.spec.remote_nodes {
             if snap.neighbor(u32::from(node.underlay_ip)).is_none() {

@@ -655,6 +655,69 @@ fn find_plugin(name: &str, dirs: &[PathBuf]) -> Result<PathBuf, CniError> {
         })
 }
 
+/// The subnet value that stands for this node's pod CIDR (as Calico spells it).
+pub const USE_POD_CIDR: &str = "usePodCidr";
+
+/// Replaces every IPAM `subnet` equal to `usePodCidr` (in `ipam.subnet` or
+/// `ipam.ranges[][]`) with the pod CIDR the agent published (see
+/// `podstate::read_pod_cidr`). `Ok(None)`: nothing to replace. Without a
+/// published CIDR, ADD and CHECK fail with a clear error (the runtime retries);
+/// DEL uses a placeholder, since host-local releases by container id.
+pub fn substitute_pod_cidr(
+    stdin: &[u8],
+    pod_cidr: Option<&str>,
+    command: CniCommand,
+) -> Result<Option<Vec<u8>>, CniError> {
+    let mut v: Value =
+        serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
+    let Some(ipam) = v.get_mut("ipam") else {
+        return Ok(None);
+    };
+    let mut slots: Vec<&mut Value> = Vec::new();
+    if let Some(Value::Object(ipam)) = Some(&mut *ipam) {
+        for (k, val) in ipam.iter_mut() {
+            match (k.as_str(), val) {
+                ("subnet", val) => slots.push(val),
+                ("ranges", Value::Array(sets)) => {
+                    for set in sets.iter_mut() {
+                        if let Value::Array(ranges) = set {
+                            for r in ranges.iter_mut() {
+                                if let Some(sub) = r.get_mut("subnet") {
+                                    slots.push(sub);
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut slots: Vec<&mut Value> = slots
+        .into_iter()
+        .filter(|s| s.as_str() == Some(USE_POD_CIDR))
+        .collect();
+    if slots.is_empty() {
+        return Ok(None);
+    }
+    let cidr = match (pod_cidr, command) {
+        (Some(c), _) => c.to_string(),
+        (None, CniCommand::Del) => "192.0.2.0/24".to_string(),
+        (None, _) => {
+            return Err(CniError::InvalidConfig(format!(
+                "ipam subnet is {USE_POD_CIDR:?} but the nodeplane agent has not published \
+                 this node's pod CIDR yet (is it running?)"
+            )))
+        }
+    };
+    for s in slots.iter_mut() {
+        **s = Value::String(cidr.clone());
+    }
+    serde_json::to_vec(&v)
+        .map(Some)
+        .map_err(|e| CniError::Decode(e.to_string()))
+}
+
 /// Runs the IPAM plugin with this invocation's environment and config; returns
 /// its stdout, or its CNI error.
 fn exec_ipam(
@@ -665,6 +728,9 @@ fn exec_ipam(
 ) -> Result<Vec<u8>, CniError> {
     let name = conf.ipam_type();
     let plugin = find_plugin(name, &env.path)?;
+    let pod_cidr = podstate::read_pod_cidr(&conf.state_dir());
+    let substituted = substitute_pod_cidr(stdin, pod_cidr.as_deref(), command)?;
+    let stdin = substituted.as_deref().unwrap_or(stdin);
     // Runtimes pass IgnoreUnknown=1 so IPAM plugins accept K8S_* args; make sure.
     let args = if parse_cni_args(&env.args)?
         .iter()
@@ -1167,6 +1233,44 @@ mod tests {
             vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
         assert!(parse_cni_args("A=1;broken").is_err());
+    }
+
+    #[test]
+    fn use_pod_cidr_is_replaced_with_the_published_cidr() {
+        let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"nodeplane-cni",
+            "ipam":{"type":"host-local","ranges":[[{"subnet":"usePodCidr"}],[{"subnet":"10.9.0.0/24"}]]}}"#;
+        let out = substitute_pod_cidr(conf, Some("198.19.1.0/24"), CniCommand::Add)
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ipam"]["ranges"][0][0]["subnet"], "198.19.1.0/24");
+        assert_eq!(v["ipam"]["ranges"][1][0]["subnet"], "10.9.0.0/24");
+        assert_eq!(v["ipam"]["type"], "host-local");
+        assert_eq!(v["type"], "nodeplane-cni");
+        // The old single-subnet form too.
+        let old = br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local","subnet":"usePodCidr"}}"#;
+        let out = substitute_pod_cidr(old, Some("198.19.2.0/24"), CniCommand::Check)
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ipam"]["subnet"], "198.19.2.0/24");
+        // Nothing to replace: the config is passed through untouched.
+        let plain = br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local","ranges":[[{"subnet":"10.0.0.0/24"}]]}}"#;
+        assert!(substitute_pod_cidr(plain, None, CniCommand::Add)
+            .unwrap()
+            .is_none());
+        // No published CIDR: ADD is a clear error, DEL still works.
+        let e = substitute_pod_cidr(conf, None, CniCommand::Add).unwrap_err();
+        assert!(e.to_string().contains("pod CIDR"), "{e}");
+        let del = substitute_pod_cidr(conf, None, CniCommand::Del)
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&del).unwrap();
+        assert!(v["ipam"]["ranges"][0][0]["subnet"]
+            .as_str()
+            .unwrap()
+            .parse::<shared::Ipv4Cidr>()
+            .is_ok());
     }
 
     #[test]

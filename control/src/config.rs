@@ -72,6 +72,13 @@ pub struct RunArgs {
     /// Maglev table size (a prime).
     #[arg(long)]
     pub maglev_size: Option<u32>,
+    /// Cores to pin workers to, e.g. `2,3` (default: automatic, sparing core 0).
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<String>,
+    /// Sleep this many µs between polls when a worker is idle (0: always
+    /// busy-poll, the default; use on shared machines and labs).
+    #[arg(long, value_name = "US")]
+    pub idle_sleep_us: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -103,6 +110,8 @@ pub struct FileConfig {
     pub flow_capacity: Option<usize>,
     pub masquerade_ports: Option<String>,
     pub maglev_size: Option<u32>,
+    pub cores: Option<String>,
+    pub idle_sleep_us: Option<u64>,
 }
 
 /// Where Kubernetes objects come from.
@@ -129,6 +138,10 @@ pub struct Settings {
     pub flow_capacity: usize,
     pub masquerade_ports: (u16, u16),
     pub maglev_size: u32,
+    /// Explicit worker cores (empty: automatic).
+    pub cores: Vec<usize>,
+    /// 0: busy-poll always.
+    pub idle_sleep_us: u64,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -323,6 +336,29 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
             "want 7..=1000003 (a prime)",
         ));
     }
+    let mut cores_list = Vec::new();
+    if let Some(text) = args.cores.clone().or(file.cores) {
+        for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let c: usize = t
+                .parse()
+                .map_err(|e| invalid("cores", &text, format!("'{t}': {e}")))?;
+            if c >= cores {
+                return Err(invalid(
+                    "cores",
+                    &text,
+                    format!("core {c} does not exist (this machine has {cores})"),
+                ));
+            }
+            cores_list.push(c);
+        }
+        if cores_list.is_empty() {
+            return Err(invalid("cores", &text, "want a list such as 0,1"));
+        }
+    }
+    let idle_sleep_us = args.idle_sleep_us.or(file.idle_sleep_us).unwrap_or(0);
+    if idle_sleep_us > 100_000 {
+        return Err(invalid("idle sleep", idle_sleep_us, "want 0..=100000 µs"));
+    }
     Ok(Settings {
         node_name,
         uplink,
@@ -337,6 +373,8 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         flow_capacity,
         masquerade_ports,
         maglev_size,
+        cores: cores_list,
+        idle_sleep_us,
     })
 }
 

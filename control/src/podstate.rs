@@ -129,6 +129,33 @@ static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 /// that could not be used, naming the file. A missing directory means no pods.
 /// Files whose modification time and length are unchanged since the last call
 /// are not parsed again, so calling this every 100 ms is cheap.
+/// File in the state directory where the agent publishes this node's pod
+/// CIDR (one per line) for CNI configs whose subnet is `usePodCidr`.
+pub const POD_CIDR_FILE: &str = "pod-cidr";
+
+/// The first pod CIDR the agent published in `dir`, if any.
+pub fn read_pod_cidr(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join(POD_CIDR_FILE)).ok()?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.parse::<shared::Ipv4Cidr>().is_ok())
+        .map(str::to_string)
+}
+
+/// Publishes `cidrs` for `read_pod_cidr` (atomically: temp file + rename).
+/// Unchanged content is not rewritten.
+pub fn write_pod_cidrs(dir: &Path, cidrs: &[shared::Ipv4Cidr]) -> io::Result<()> {
+    let text: String = cidrs.iter().map(|c| format!("{c}\n")).collect();
+    let path = dir.join(POD_CIDR_FILE);
+    if fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{POD_CIDR_FILE}.tmp"));
+    fs::write(&tmp, text)?;
+    fs::rename(tmp, path)
+}
+
 pub fn load_pods(dir: &Path) -> (Vec<PodRecord>, Vec<String>) {
     let mut records = Vec::new();
     let mut errors = Vec::new();
@@ -273,6 +300,20 @@ mod tests {
         remove_record(&sub, "c1", "eth0").unwrap();
         assert_eq!(read_record(&sub, "c1", "eth0").unwrap(), None);
         remove_record(&sub, "c1", "eth0").unwrap(); // idempotent
+    }
+
+    #[test]
+    fn pod_cidr_round_trips_and_is_not_a_pod_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(read_pod_cidr(d), None);
+        let c: shared::Ipv4Cidr = "198.19.1.0/24".parse().unwrap();
+        write_pod_cidrs(d, &[c]).unwrap();
+        assert_eq!(read_pod_cidr(d).as_deref(), Some("198.19.1.0/24"));
+        let (records, errors) = load_pods(d);
+        assert!(records.is_empty() && errors.is_empty(), "{errors:?}");
+        fs::write(d.join(POD_CIDR_FILE), "garbage\n").unwrap();
+        assert_eq!(read_pod_cidr(d), None);
     }
 
     #[test]

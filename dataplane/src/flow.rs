@@ -167,6 +167,10 @@ pub struct FlowMeta {
     pub backend: Option<(u32, u16)>,
     /// Source NAT was applied (masquerade).
     pub snat: bool,
+    /// The L2 source of the flow's first packet when it came in on the uplink
+    /// from an on-link client: replies go back to it even before the kernel has
+    /// resolved the client as a neighbour.
+    pub client_mac: Option<[u8; 6]>,
 }
 
 /// One direction of a flow: one cache line.
@@ -189,7 +193,14 @@ struct Entry {
     state: FlowState,
     /// Bit 0: FIN seen from the original side; bit 1: from the reply side.
     fins: u8,
+    /// `FlowMeta::client_mac`; all zero for none.
+    client_mac: [u8; 6],
 }
+
+const _: () = assert!(
+    std::mem::size_of::<Entry>() == 64,
+    "an entry is one cache line"
+);
 
 impl Entry {
     fn meta(&self) -> FlowMeta {
@@ -198,6 +209,7 @@ impl Entry {
                 .has_backend
                 .then_some((self.backend_ip, self.backend_port)),
             snat: self.snat,
+            client_mac: (self.client_mac != [0; 6]).then_some(self.client_mac),
         }
     }
 }
@@ -495,6 +507,7 @@ impl FlowTable {
             backend_port,
             has_backend: meta.backend.is_some(),
             snat: meta.snat,
+            client_mac: meta.client_mac.unwrap_or([0; 6]),
         };
         self.tags[s2] = Self::tag_of(h2);
         self.entries[s2] = Entry {

@@ -314,7 +314,12 @@ fn forward(
         if live {
             flows.on_packet(&hit, p.tcp(), now);
             c.flow_hits += 1;
-            return rewrite_and_route(f, p, &hit.rewrite, snap, c);
+            let back_to = if hit.is_reply {
+                hit.meta.client_mac
+            } else {
+                None
+            };
+            return rewrite_and_route_via(f, p, &hit.rewrite, snap, c, back_to);
         }
         if hit.is_reply {
             // A reply from a backend that is gone: nothing to translate it to.
@@ -381,6 +386,7 @@ fn masquerade_out(
     let meta = FlowMeta {
         backend: None,
         snat: true,
+        client_mac: None,
     };
     if flows
         .insert(key, rw, meta, p.tcp(), snap.generation, now)
@@ -515,9 +521,19 @@ fn service(
         rw.sport = port;
         c.masqueraded += 1;
     }
+    // A client that reached a frontend over the uplink: remember its MAC for
+    // the replies (the kernel may not have it as a neighbour yet).
+    let client_mac = (!p.decapped && f.ifindex == snap.node().uplink_ifindex)
+        .then(|| {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(&f.data()[6..12]);
+            m
+        })
+        .filter(|m| m != &[0; 6] && m[0] & 1 == 0);
     let meta = FlowMeta {
         backend: Some((bip, backend.port)),
         snat: masq,
+        client_mac,
     };
     if flows
         .insert(key, rw, meta, p.tcp(), snap.generation, now)
@@ -530,12 +546,26 @@ fn service(
 }
 
 /// Applies `rw` to the packet (addresses, ports, checksums), decrements TTL and routes.
+#[inline]
 fn rewrite_and_route(
     f: &mut Frame<'_>,
     p: &Parsed,
     rw: &Rewrite,
     snap: &Snapshot,
     c: &mut Counters,
+) -> Verdict {
+    rewrite_and_route_via(f, p, rw, snap, c, None)
+}
+
+/// `rewrite_and_route`, with a MAC to use for an off-cluster destination the
+/// snapshot has no neighbour for.
+fn rewrite_and_route_via(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    rw: &Rewrite,
+    snap: &Snapshot,
+    c: &mut Counters,
+    fallback_mac: Option<[u8; 6]>,
 ) -> Verdict {
     let key = p.key;
     let l4 = p.l4();
@@ -599,11 +629,22 @@ fn rewrite_and_route(
         }
     }
     let out = key.rewritten(rw);
-    route(f, &out, snap, c)
+    route_via(f, &out, snap, c, fallback_mac)
 }
 
 /// Stage 4: where the (rewritten) packet goes.
+#[inline]
 fn route(f: &mut Frame<'_>, out: &FlowKey, snap: &Snapshot, c: &mut Counters) -> Verdict {
+    route_via(f, out, snap, c, None)
+}
+
+fn route_via(
+    f: &mut Frame<'_>,
+    out: &FlowKey,
+    snap: &Snapshot,
+    c: &mut Counters,
+    fallback_mac: Option<[u8; 6]>,
+) -> Verdict {
     let dst = out.dst;
     if let Some(pod) = snap.local_pod(dst) {
         let d = f.data_mut();
@@ -626,6 +667,7 @@ fn route(f: &mut Frame<'_>, out: &FlowKey, snap: &Snapshot, c: &mut Counters) ->
     // Off-cluster: out of the uplink to the neighbour or the gateway.
     let mac = snap
         .neighbor(dst)
+        .or(fallback_mac)
         .or_else(|| snap.spec.gateway.and_then(|g| snap.neighbor(u32::from(g))));
     let Some(mac) = mac else {
         return Verdict::Drop(DropReason::NoNeighbor);

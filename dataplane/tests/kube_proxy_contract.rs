@@ -488,6 +488,113 @@ fn masquerade_nodeport_to_remote_and_hairpin_but_not_to_local() {
     );
 }
 
+/// An on-link client the node has never resolved (no neighbour entry yet):
+/// replies to its NodePort connection go back to the MAC it came from, for both
+/// a local and a remote backend, instead of being dropped for want of ARP.
+#[test]
+fn nodeport_replies_reach_an_unresolved_on_link_client() {
+    let stranger = ip("198.18.200.77");
+    let stranger_mac: Mac = [2, 0, 0, 0, 0, 0x77];
+    let services = vec![
+        with_nodeport(
+            svc(
+                "r",
+                "198.18.96.20",
+                L4Proto::Tcp,
+                80,
+                vec![ep(B1, 8080, "node-b")],
+            ),
+            30090,
+        ),
+        with_nodeport(
+            svc(
+                "l",
+                "198.18.96.21",
+                L4Proto::Tcp,
+                80,
+                vec![ep(A1, 8080, "node-a")],
+            ),
+            30091,
+        ),
+    ];
+    let s = snap(world(services), 1);
+    assert!(s.neighbor(u32::from(stranger)).is_none());
+    let mut w = Worker::default();
+
+    // Local backend: the SYN-ACK from a1 goes straight back to the client's MAC.
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(
+            stranger_mac,
+            UPLINK_MAC,
+            stranger,
+            NODE_A,
+            syn(41000, 30091),
+            64,
+        ),
+    );
+    assert_eq!(out.verdict, tx(A1_IF));
+    let d = seen(&out.bytes);
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(
+            A1_MAC,
+            A1_HOST_MAC,
+            A1,
+            stranger,
+            tcp(8080, 41000, SYN | ACK),
+            64,
+        ),
+    );
+    assert_eq!(out.verdict, tx(UPLINK));
+    let r = seen(&out.bytes);
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (NODE_A, 30091, stranger, 41000)
+    );
+    assert_eq!((r.smac, r.dmac), (UPLINK_MAC, stranger_mac));
+    assert_eq!(d.src, stranger, "client IP kept for a local backend");
+
+    // Remote backend: masqueraded over the overlay, reply back to the client's MAC.
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(
+            stranger_mac,
+            UPLINK_MAC,
+            stranger,
+            NODE_A,
+            syn(41001, 30090),
+            64,
+        ),
+    );
+    assert_eq!(out.verdict, tx(UPLINK));
+    let (_, _, inner) = unwrap_vxlan(&out.bytes);
+    let inner = seen(&inner);
+    let reply = frame(
+        VTEP_B,
+        VTEP_A,
+        B1,
+        OVERLAY_A,
+        tcp(8080, inner.sport, SYN | ACK),
+        64,
+    );
+    let out = w.run(&s, UPLINK, &vxlan(NODE_B, MAC_B, 1, 0x08, &reply));
+    assert_eq!(out.verdict, tx(UPLINK));
+    let r = seen(&out.bytes);
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (NODE_A, 30090, stranger, 41001)
+    );
+    assert_eq!(r.dmac, stranger_mac);
+
+    // A pod talking to the same unresolved address off-cluster still needs the
+    // kernel's neighbour (or the gateway): the learned MAC is per flow only.
+    assert_eq!(w.counters.dropped(DropReason::NoNeighbor), 0);
+}
+
 // ---------------------------------------------------------------- §4 item 6
 
 #[test]

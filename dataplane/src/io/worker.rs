@@ -40,6 +40,8 @@ use crate::report::{new_slot, LatencySummary, ReportSlot, WorkerReport};
 pub const RX_BATCH: usize = BATCH;
 /// Largest `--workers`.
 pub const MAX_WORKERS: usize = QUEUES_PER_INTERFACE as usize;
+/// With `IoOptions::idle_sleep`, a worker sleeps after this long without traffic.
+pub const IDLE_AFTER_NS: u64 = 50_000;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a busy queue (socket release still pending in the kernel) is retried.
 const BUSY_RETRY: Duration = Duration::from_secs(3);
@@ -75,10 +77,13 @@ pub struct PoolConfig {
 /// Tuning that has sensible defaults.
 #[derive(Clone, Debug)]
 pub struct IoOptions {
-    /// Pin worker i to core (i + 1) mod cores.
+    /// Pin worker i to core (i + 1) mod cores (or to `cores[i % len]`).
     pub pin: bool,
-    /// Sleep this long between polls after ~1 ms without traffic (None: pure
-    /// busy-polling, the default).
+    /// Explicit cores to pin workers to (empty: automatic).
+    pub cores: Vec<usize>,
+    /// Sleep this long between polls once a worker has seen no traffic for
+    /// `IDLE_AFTER` (None: pure busy-polling, the default). Under load a worker
+    /// never sleeps; this only gives an idle core back to the rest of the node.
     pub idle_sleep: Option<Duration>,
     /// UMEM frames per worker (2 KiB each).
     pub umem_frames: u32,
@@ -90,6 +95,7 @@ impl Default for IoOptions {
     fn default() -> Self {
         IoOptions {
             pin: true,
+            cores: Vec::new(),
             idle_sleep: None,
             umem_frames: 16384,
             report_interval: Duration::from_millis(10),
@@ -189,10 +195,15 @@ impl WorkerPool {
             );
         }
         let steering = Arc::new(Steering::load()?);
-        let cores = if opts.pin {
+        let cores = if !opts.pin {
+            Vec::new()
+        } else if opts.cores.is_empty() {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
-            Vec::new()
+            opts.cores
+                .iter()
+                .map(|&id| core_affinity::CoreId { id })
+                .collect()
         };
         let mut pool = WorkerPool {
             steering,
@@ -204,6 +215,7 @@ impl WorkerPool {
             let core = match cores.len() {
                 0 => None,
                 1 => Some(cores[0]),
+                n if !opts.cores.is_empty() => Some(cores[id % n]),
                 n => Some(cores[(id + 1) % n]),
             };
             let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
@@ -738,7 +750,7 @@ fn run(
             hist.saturating_record(end.saturating_sub(now).max(1));
             idle_since = end;
         } else if let Some(d) = ctx.opts.idle_sleep {
-            if end.saturating_sub(idle_since) > 1_000_000 {
+            if end.saturating_sub(idle_since) > IDLE_AFTER_NS {
                 std::thread::sleep(d);
             }
         } else {
