@@ -101,13 +101,41 @@ fn ready(state: &AgentState) -> (bool, String) {
         );
     }
     let published = lock(&state.last_publish).generation;
-    match state.min_worker_generation() {
-        Some(g) if g < published => (
+    if let Some(g) = state.min_worker_generation().filter(|g| *g < published) {
+        return (
             false,
             format!("workers run generation {g}, published {published}"),
-        ),
-        _ => (true, format!("generation {published} on every worker")),
+        );
     }
+    // Traffic to a remote node needs its underlay MAC; wait (a bounded time
+    // after start) until the kernel has resolved every one, so the first
+    // packets after readiness are not dropped for want of a neighbour.
+    let missing = unresolved_nodes(state);
+    let grace = state.started.elapsed().map_or(true, |e| e < NEIGHBOR_GRACE);
+    if !missing.is_empty() && grace {
+        return (
+            false,
+            format!("resolving underlay neighbours: {}", missing.join(", ")),
+        );
+    }
+    (true, format!("generation {published} on every worker"))
+}
+
+/// How long after start readiness waits for the underlay neighbours of the
+/// remote nodes; after that a node that does not answer ARP makes the agent
+/// ready anyway (with a warning in `/status`), so one dead node cannot keep
+/// every other node unready.
+pub const NEIGHBOR_GRACE: Duration = Duration::from_secs(5);
+
+/// Remote nodes (by underlay IP) whose MAC the published tables lack.
+fn unresolved_nodes(state: &AgentState) -> Vec<String> {
+    let snap = state.tables.load();
+    snap.spec
+        .remote_nodes
+        .iter()
+        .filter(|n| snap.neighbor(u32::from(n.underlay_ip)).is_none())
+        .map(|n| n.underlay_ip.to_string())
+        .collect()
 }
 
 async fn healthz(State(ctx): State<Ctx>) -> Response {
@@ -205,6 +233,18 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
         _ if ok => sub("Ok", why.clone()),
         _ => sub("Warning", why.clone()),
     };
+    let unresolved = unresolved_nodes(state);
+    let neighbors_sub = if unresolved.is_empty() {
+        sub(
+            "Ok",
+            format!("{} remote node(s) resolved", snap.spec.remote_nodes.len()),
+        )
+    } else {
+        sub(
+            "Warning",
+            format!("no MAC yet for underlay {}", unresolved.join(", ")),
+        )
+    };
     let workers_sub = if workers.is_empty() {
         sub("Warning", "no workers".into())
     } else {
@@ -245,6 +285,7 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
             "tables": tables_sub,
             "workers": workers_sub,
             "interfaces": interfaces_sub,
+            "neighbors": neighbors_sub,
         },
         "workers": workers,
         "interfaces": interfaces,

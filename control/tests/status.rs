@@ -59,8 +59,11 @@ async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     (code, serde_json::from_str(&body).expect("JSON body"))
 }
 
-/// Parses `/metrics` with a second implementation; returns (name, labels, value).
-async fn scrape(addr: SocketAddr) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// One parsed sample: (name, sorted labels, value).
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses `/metrics` with a second implementation.
+async fn scrape(addr: SocketAddr) -> Vec<Sample> {
     let (code, ctype, body) = get(addr, "/metrics").await;
     assert_eq!(code, 200);
     assert!(ctype.contains("text"), "{ctype}");
@@ -92,11 +95,7 @@ async fn scrape(addr: SocketAddr) -> Vec<(String, Vec<(String, String)>, f64)> {
         .collect()
 }
 
-fn sample(
-    m: &[(String, Vec<(String, String)>, f64)],
-    name: &str,
-    label: Option<(&str, &str)>,
-) -> f64 {
+fn sample(m: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
     m.iter()
         .find(|(n, l, _)| {
             n == name && label.is_none_or(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
@@ -208,7 +207,14 @@ async fn every_route_before_and_after_the_first_sync() {
             service_cidrs: vec!["198.18.96.0/20".parse().unwrap()],
             ..LocalConfig::default()
         },
-        Box::new(LocalFacts::default),
+        // The kernel has resolved the other two nodes' underlay addresses.
+        Box::new(|| LocalFacts {
+            neighbors: vec![
+                ("198.18.0.1".parse().unwrap(), [2, 0, 0, 0, 0, 1]),
+                ("198.18.0.3".parse().unwrap(), [2, 0, 0, 0, 0, 3]),
+            ],
+            ..LocalFacts::default()
+        }),
         state.clone(),
         stop_rx,
     ));
@@ -222,7 +228,7 @@ async fn every_route_before_and_after_the_first_sync() {
     let (code, v) = get_json(addr, "/status").await;
     assert_eq!(code, 200);
     assert_eq!(v["ready"], true);
-    for sub in ["sources", "tables", "workers", "interfaces"] {
+    for sub in ["sources", "tables", "workers", "interfaces", "neighbors"] {
         assert_eq!(
             v["subsystems"][sub]["state"], "Ok",
             "{sub}: {}",

@@ -118,14 +118,38 @@ impl Lab {
 
     /// Starts the agent on node "a" or "b" and waits (≤ 20 s) for /readyz.
     pub fn start_agent(&mut self, node: &str, extra: &[&str]) {
-        let args = self.var(&format!("NP_AGENT_ARGS_{}", node.to_uppercase()));
+        let mut args: Vec<String> = self
+            .var(&format!("NP_AGENT_ARGS_{}", node.to_uppercase()))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.start_agent_args(node, &args);
+    }
+
+    /// `start_agent` reading its manifests from `dir` instead of configs/demo.
+    pub fn start_agent_with_manifests(&mut self, node: &str, dir: &std::path::Path) {
+        let mut args: Vec<String> = self
+            .var(&format!("NP_AGENT_ARGS_{}", node.to_uppercase()))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let i = args
+            .iter()
+            .position(|a| a == "--manifests")
+            .expect("--manifests in the agent args");
+        args[i + 1] = dir.display().to_string();
+        self.start_agent_args(node, &args);
+    }
+
+    /// Starts `nodeplane ARGS` in the node's namespace; waits (≤ 20 s) for /readyz.
+    pub fn start_agent_args(&mut self, node: &str, args: &[String]) {
         let log = PathBuf::from(self.var("NP_LAB_DIR")).join(format!("agent-{node}.log"));
         let logf = std::fs::File::create(&log).expect("agent log");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(node)])
             .arg(Self::bin("nodeplane"))
-            .args(args.split_whitespace())
-            .args(extra)
+            .args(args)
             .env("NODEPLANE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))
@@ -205,6 +229,30 @@ impl Lab {
         .flatten()
     }
 
+    /// Is the agent on `node` still running?
+    pub fn agent_alive(&mut self, node: &str) -> bool {
+        self.agents
+            .get_mut(node)
+            .is_some_and(|(c, _)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Drops by reason, summed over the agent's workers.
+    pub fn drops(&self, node: &str) -> BTreeMap<String, u64> {
+        let st = self.status(node);
+        let mut out = BTreeMap::new();
+        for w in st["workers"].as_array().into_iter().flatten() {
+            for (k, v) in w["drops"].as_object().into_iter().flatten() {
+                *out.entry(k.clone()).or_insert(0) += v.as_u64().unwrap_or(0);
+            }
+        }
+        out
+    }
+
+    /// Total drops on `node`.
+    pub fn drops_total(&self, node: &str) -> u64 {
+        self.drops(node).values().sum()
+    }
+
     pub fn status(&self, node: &str) -> serde_json::Value {
         let (code, body) = self.http(node, "/status").expect("status endpoint answers");
         assert_eq!(code, 200);
@@ -268,6 +316,76 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Result<T, String>) -> Res
             Ok(v) => return Ok(v),
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// What a background traffic loop saw.
+#[derive(Debug, Default)]
+pub struct TrafficStats {
+    pub ok: u64,
+    pub failures: Vec<String>,
+    /// Pods that answered, with counts.
+    pub answered_by: BTreeMap<String, u64>,
+}
+
+/// Request/response traffic from one namespace in a loop (a UDP datagram and a
+/// fresh TCP connection per round, to each target) until stopped; bounded by
+/// `max_secs` even if nobody stops it.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<TrafficStats>>,
+}
+
+impl Traffic {
+    pub fn start(ns: &str, udp: Vec<SocketAddr>, tcp: Vec<SocketAddr>, max_secs: u64) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let ns = ns.to_string();
+        let handle = std::thread::spawn(move || {
+            let mut st = TrafficStats::default();
+            let deadline = Instant::now() + Duration::from_secs(max_secs);
+            let mut round = 0u64;
+            let t0 = Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                round += 1;
+                for d in &udp {
+                    let r = udp_roundtrip(&ns, *d, &format!("u{round}"));
+                    st.record(format!("{:.2}s UDP {d}", t0.elapsed().as_secs_f64()), r);
+                }
+                for d in &tcp {
+                    let r = tcp_line(&ns, *d, &format!("t{round}"));
+                    st.record(format!("{:.2}s TCP {d}", t0.elapsed().as_secs_f64()), r);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            st
+        });
+        Traffic {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn stop(mut self) -> TrafficStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("traffic thread")
+    }
+}
+
+impl TrafficStats {
+    fn record(&mut self, what: String, r: Result<String, String>) {
+        match r {
+            Ok(answer) => {
+                self.ok += 1;
+                let pod = answer.split_whitespace().next().unwrap_or_default();
+                *self.answered_by.entry(pod.to_string()).or_insert(0) += 1;
+            }
+            Err(e) => self.failures.push(format!("{what}: {e}")),
         }
     }
 }
