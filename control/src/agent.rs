@@ -269,6 +269,14 @@ async fn steering_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        {
+            let stats = lock(&pool).steering().stats();
+            *lock(&state.steering) = dataplane::io::steering::STAT_NAMES
+                .iter()
+                .zip(stats.counts)
+                .map(|(n, c)| (n.to_string(), c))
+                .collect();
+        }
         let snap = state.tables.load_full();
         let params = steering_params(&snap, &settings, uplink_ip);
         if last.as_ref() != Some(&params) {

@@ -66,6 +66,9 @@ pub struct AgentState {
     pub pending_since: Arc<Mutex<Option<Instant>>>,
     /// Wall-clock time the agent started.
     pub started: SystemTime,
+    /// The XDP steering program's decision counters by name (refreshed by the
+    /// agent every 100 ms; empty when no program is loaded).
+    pub steering: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.
@@ -85,6 +88,7 @@ impl AgentState {
             first_sync: Arc::new(AtomicBool::new(false)),
             pending_since: Arc::default(),
             started: SystemTime::now(),
+            steering: Arc::default(),
         }
     }
 

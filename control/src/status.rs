@@ -299,6 +299,7 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
             "remote_nodes": snap.spec.remote_nodes.len(),
         },
         "services": services,
+        "steering": lock(&state.steering).clone(),
         "sources": sources,
         "last_publish": {
             "generation": publish.generation,
@@ -418,6 +419,16 @@ pub fn metrics_text(state: &AgentState) -> String {
         "Object change seen to every worker on the new generation, last publication",
         gauge(to_i64(publish.programming_latency_us.unwrap_or(0))),
     );
+    let xdp = Family::<Vec<(String, String)>, Counter<u64>>::default();
+    for (k, v) in lock(&state.steering).iter() {
+        xdp.get_or_create(&vec![("decision".to_string(), k.clone())])
+            .inc_by(*v);
+    }
+    reg.register(
+        "xdp_decisions",
+        "The XDP steering program's decisions (redirect_* to a worker, pass_* to the kernel)",
+        xdp,
+    );
     let errors = Family::<Vec<(String, String)>, Counter<u64>>::default();
     for s in lock(&state.sources).iter() {
         errors
@@ -534,6 +545,23 @@ pub fn print_status(addr: &str, json_out: bool, out: &mut dyn Write) -> anyhow::
     }
     for (k, n) in drops {
         writeln!(out, "  {k:<24} {n}")?;
+    }
+    if let Some(x) = v["steering"].as_object().filter(|x| !x.is_empty()) {
+        let sum = |prefix: &str| -> u64 {
+            x.iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        };
+        writeln!(
+            out,
+            "\nXDP STEERING  to workers {}  to the kernel {}",
+            sum("redirect_"),
+            sum("pass_")
+        )?;
+        for (k, n) in x.iter().filter(|(_, n)| n.as_u64().unwrap_or(0) > 0) {
+            writeln!(out, "  {k:<24} {}", s(n))?;
+        }
     }
     writeln!(out, "\nINTERFACES")?;
     for i in v["interfaces"].as_array().into_iter().flatten() {

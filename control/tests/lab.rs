@@ -359,6 +359,15 @@ fn lab_malformed_frames_are_counted_drops_and_traffic_carries_on() {
         "each steered malformed frame is exactly one drop: {by_reason:?}\n{uplink}\n{pod}"
     );
     assert!(lab.agent_alive("a"), "agent died:\n{}", lab.agent_log("a"));
+    // The frames the XDP program did not take show in its own counters.
+    let xdp = eventually(2, || {
+        let st = lab.status("a");
+        match st["steering"]["pass_malformed"].as_u64() {
+            Some(n) if n > 0 => Ok(st["steering"].clone()),
+            _ => Err(format!("no pass_malformed yet: {}", st["steering"])),
+        }
+    });
+    assert!(xdp.is_ok(), "{xdp:?}");
     assert!(
         stats.failures.is_empty() && stats.ok > 10,
         "traffic during the malformed frames: {} ok, failures {:?}",

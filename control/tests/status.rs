@@ -352,7 +352,22 @@ async fn healthz_turns_503_while_an_update_is_stuck_and_recovers() {
 async fn nodeplane_status_prints_a_table_and_json_and_fails_clearly_without_an_agent() {
     let state = AgentState::new("node-a");
     let (_slot, worker) = fake_worker(&state, true);
+    state.steering.lock().unwrap().extend([
+        ("redirect_pod".to_string(), 41),
+        ("pass_not_owned".to_string(), 5),
+    ]);
     let addr = serve(state.clone(), StatusOptions::default()).await;
+    let m = scrape(addr).await;
+    assert_eq!(
+        sample(
+            &m,
+            "nodeplane_xdp_decisions_total",
+            Some(("decision", "redirect_pod"))
+        ),
+        41.0
+    );
+    let (_, v) = get_json(addr, "/status").await;
+    assert_eq!(v["steering"]["pass_not_owned"], 5);
     let a = addr.to_string();
     let (table, json) = tokio::task::spawn_blocking(move || {
         let mut t = Vec::new();
