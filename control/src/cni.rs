@@ -269,6 +269,8 @@ pub struct NetConf {
     /// Add a /32 route to the pod on the host end (default true), so the node
     /// itself reaches its pods through the kernel.
     pub host_route: Option<bool>,
+    /// Queue pairs of both veth ends (default: one per CPU).
+    pub queues: Option<u32>,
     pub dns: Option<Value>,
     pub prev_result: Option<Value>,
 }
@@ -296,6 +298,13 @@ impl NetConf {
                 "ipam.type {:?} is not a plugin name",
                 ipam.ipam_type
             )));
+        }
+        if let Some(q) = conf.queues {
+            if !(1..=64).contains(&q) {
+                return Err(CniError::InvalidConfig(format!(
+                    "queues {q} is outside 1..64"
+                )));
+            }
         }
         if let Some(mtu) = conf.mtu {
             if !(68..=65535).contains(&mtu) {
@@ -489,9 +498,37 @@ fn setup_pod(
 ) -> Result<PodRecord, CniError> {
     let mtu_s = mtu.to_string();
     let ifname = env.ifname.as_str();
+    // One queue pair per CPU on both ends, so every nodeplane worker gets a
+    // queue of the pod's interface (`queues` overrides).
+    let queues = conf
+        .queues
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u32)
+        })
+        .to_string();
     ip_cmd(&[
-        "link", "add", host, "mtu", &mtu_s, "type", "veth", "peer", "name", ifname, "mtu", &mtu_s,
-        "netns", &env.netns,
+        "link",
+        "add",
+        host,
+        "mtu",
+        &mtu_s,
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ifname,
+        "mtu",
+        &mtu_s,
+        "numtxqueues",
+        &queues,
+        "numrxqueues",
+        &queues,
+        "netns",
+        &env.netns,
     ])?;
     // Host end: proxy ARP (answer at once), up, no tx checksum offload, /32 route.
     write_sysctl(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")?;

@@ -199,6 +199,8 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
                 "flow_evictions": c.flow_evictions,
                 "flows_flushed": c.flows_flushed,
                 "masqueraded": c.masqueraded,
+                "handed_off": c.handed_off,
+                "handed_in": c.handed_in,
                 "drops": drops_map(c),
                 "generation": r.generation,
                 "flow_entries": r.flow_entries,
@@ -364,6 +366,11 @@ pub fn metrics_text(state: &AgentState) -> String {
         counter(c.encapsulated),
     );
     reg.register("flows_created", "Flows created", counter(c.flows_created));
+    reg.register(
+        "handed_off",
+        "Frames handed to the worker that owns their flow",
+        counter(c.handed_off),
+    );
     reg.register(
         "flow_evictions",
         "Flows evicted to admit new ones",

@@ -257,6 +257,30 @@ pub struct FlowTable {
     evictions: u64,
     /// ClientIP session affinity, owned by the same worker.
     pub affinity: AffinityTable,
+    /// (this worker, number of workers): which flows this table may hold.
+    ownership: (u16, u16),
+}
+
+/// The worker that owns the flows of client `ip` among `workers` (flow
+/// ownership, see `FlowTable::set_ownership`). The same on every worker and in
+/// every process: it must not depend on the per-table seed.
+#[inline]
+pub fn client_owner(ip: u32, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    (shared::maglev::mix64(u64::from(ip) ^ 0x6e6f_6465_706c_616e) % u64::from(workers)) as u16
+}
+
+/// The worker that owns a masqueraded flow whose translated port (or ICMP echo
+/// identifier) is `port`.
+#[inline]
+pub fn port_owner(port: u16, workers: u16) -> u16 {
+    if workers <= 1 {
+        0
+    } else {
+        port % workers
+    }
 }
 
 /// Stats a worker reports.
@@ -290,7 +314,24 @@ impl FlowTable {
             timeouts,
             evictions: 0,
             affinity: AffinityTable::new((capacity / 4).max(1024)),
+            ownership: (0, 1),
         }
+    }
+
+    /// With several workers, each flow has one owner: the worker of its client
+    /// IP (`client_owner`), or for a masqueraded flow the worker its translated
+    /// port names (`port_owner`; masquerade ports are chosen so the two agree).
+    /// The pipeline hands a frame whose flow another worker owns to that worker
+    /// (`Verdict::Handoff`) instead of creating state here. Default: (0, 1).
+    pub fn set_ownership(&mut self, me: u16, workers: u16) {
+        let workers = workers.max(1);
+        self.ownership = (me.min(workers - 1), workers);
+    }
+
+    /// (this worker, number of workers).
+    #[inline]
+    pub fn ownership(&self) -> (u16, u16) {
+        self.ownership
     }
 
     pub fn len(&self) -> usize {

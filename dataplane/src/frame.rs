@@ -15,6 +15,9 @@ pub enum Verdict {
     Pass,
     /// Drop, counted under this reason.
     Drop(DropReason),
+    /// Another worker owns this frame's flow: hand it, unmodified, to that
+    /// worker (multi-worker operation; see `FlowTable::set_ownership`).
+    Handoff { worker: u16 },
 }
 
 /// One packet in a batch.
@@ -25,6 +28,8 @@ pub struct Frame<'a> {
     len: usize,
     /// The interface the frame arrived on.
     pub ifindex: u32,
+    /// Handed over by another worker: processed here whatever its owner.
+    handed_in: bool,
 }
 
 impl<'a> Frame<'a> {
@@ -38,7 +43,26 @@ impl<'a> Frame<'a> {
             off,
             len,
             ifindex,
+            handed_in: false,
         }
+    }
+
+    /// Marks a frame another worker handed over (it is never handed on again).
+    pub fn handed_in(mut self) -> Self {
+        self.handed_in = true;
+        self
+    }
+
+    #[inline]
+    pub fn is_handed_in(&self) -> bool {
+        self.handed_in
+    }
+
+    /// The whole buffer, headroom and tailroom included (the AF_XDP adapter
+    /// reads a frame's bytes as received from it).
+    #[inline]
+    pub fn buffer(&self) -> &[u8] {
+        self.buf
     }
 
     /// The packet bytes.

@@ -20,7 +20,7 @@ use shared::wire::checksum;
 use shared::wire::vxlan::{VxlanPacket, VxlanRepr};
 use shared::wire::{ETH_HLEN, VXLAN_OVERHEAD};
 
-use crate::flow::{tcp_flags, FlowKey, FlowMeta, FlowTable, Rewrite};
+use crate::flow::{client_owner, port_owner, tcp_flags, FlowKey, FlowMeta, FlowTable, Rewrite};
 use crate::frame::{Frame, Verdict};
 
 /// Frames processed per stage pass.
@@ -160,6 +160,7 @@ fn run_chunk(
         match verdicts[i] {
             Verdict::Drop(r) => c.drop(r),
             Verdict::Pass => c.passed += 1,
+            Verdict::Handoff { .. } => c.handed_off += 1,
             Verdict::Tx { .. } => {
                 c.tx_packets += 1;
                 c.tx_bytes += frames[i].len() as u64;
@@ -325,8 +326,46 @@ fn forward(
             // A reply from a backend that is gone: nothing to translate it to.
             return Verdict::Drop(DropReason::NoRoute);
         }
+    } else if let Some(worker) = foreign_owner(f, p, snap, flows) {
+        return Verdict::Handoff { worker };
     }
     new_flow(f, p, snap, flows, c, now)
+}
+
+/// With several workers: the worker that owns this frame's flow when it is not
+/// this one (see `FlowTable::set_ownership`). Decided on a flow-table miss,
+/// from the tables alone, so every worker decides the same:
+/// - a new flow to a frontend, or pod traffic to be masqueraded off-cluster:
+///   the client's (source's) worker;
+/// - a frame to one of this node's own addresses (a reply to a masqueraded
+///   flow): the worker its destination port (ICMP: echo identifier) names;
+/// - a frame from a Service backend (a reply to a DNAT flow): the client's
+///   (destination's) worker.
+///
+/// Anything else is routed without flow state and stays here. A handed-in
+/// frame is never handed on.
+#[inline]
+fn foreign_owner(f: &Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &FlowTable) -> Option<u16> {
+    let (me, n) = flows.ownership();
+    if n <= 1 || f.is_handed_in() {
+        return None;
+    }
+    let key = p.key;
+    let l4 = key.proto == PROTO_TCP || key.proto == PROTO_UDP;
+    let own = snap.node();
+    let owner = if l4 && snap.frontend(key.dst, key.proto, key.dport).is_some() {
+        client_owner(key.src, n)
+    } else if is_own_ip(snap, key.dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == key.dst)
+    {
+        port_owner(key.dport, n)
+    } else if l4 && snap.backend_alive(key.src, key.sport, key.proto) {
+        client_owner(key.dst, n)
+    } else if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod(key.src).is_some() {
+        client_owner(key.src, n)
+    } else {
+        return None;
+    };
+    (owner != me).then_some(owner)
 }
 
 fn new_flow(
@@ -419,7 +458,11 @@ fn pick_port(
         };
         !flows.contains(&reply, now)
     };
-    if keep_first && free(key.sport) {
+    // With several workers the port must name this worker (`port_owner`), so
+    // the reply, which carries it, comes back here.
+    let (me, n) = flows.ownership();
+    let mine = |port: u16| port_owner(port, n) == me;
+    if keep_first && mine(key.sport) && free(key.sport) {
         return Some(key.sport);
     }
     let (lo, hi) = match snap.spec.masquerade_ports {
@@ -429,9 +472,9 @@ fn pick_port(
     let (lo, hi) = (lo.min(hi), lo.max(hi));
     let span = u64::from(hi - lo) + 1;
     let start = flow_hash(key) % span;
-    (0..span.min(128))
+    (0..span.min(128 * u64::from(n)))
         .map(|i| lo + ((start + i) % span) as u16)
-        .find(|&port| free(port))
+        .find(|&port| mine(port) && free(port))
 }
 
 /// The service stage (§4 items 3–9) for a new flow to a frontend.

@@ -47,10 +47,12 @@ pub enum DropReason {
     TcpNoFlow,
     /// Transmit ring full or the frame could not be queued.
     TxFull,
+    /// The ring to the worker that owns the frame's flow was full.
+    HandoffFull,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Malformed,
@@ -73,6 +75,7 @@ impl DropReason {
         DropReason::HostUnreachable,
         DropReason::TcpNoFlow,
         DropReason::TxFull,
+        DropReason::HandoffFull,
     ];
 
     /// The snake_case name used as the metrics label.
@@ -98,6 +101,7 @@ impl DropReason {
             DropReason::HostUnreachable => "host_unreachable",
             DropReason::TcpNoFlow => "tcp_no_flow",
             DropReason::TxFull => "tx_full",
+            DropReason::HandoffFull => "handoff_full",
         }
     }
 }
@@ -122,6 +126,10 @@ pub struct Counters {
     /// Flows removed because their backend left the Service (UDP flush / stale TCP).
     pub flows_flushed: u64,
     pub masqueraded: u64,
+    /// Frames sent to the worker that owns their flow (`Verdict::Handoff`).
+    pub handed_off: u64,
+    /// Frames received from another worker (also counted in `rx_packets`).
+    pub handed_in: u64,
     pub drops: [u64; DropReason::COUNT],
 }
 
@@ -154,6 +162,8 @@ impl Counters {
         self.flow_evictions += other.flow_evictions;
         self.flows_flushed += other.flows_flushed;
         self.masqueraded += other.masqueraded;
+        self.handed_off += other.handed_off;
+        self.handed_in += other.handed_in;
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
             *a += *b;
         }

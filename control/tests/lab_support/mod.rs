@@ -59,6 +59,11 @@ pub struct Lab {
 impl Lab {
     /// Brings a lab up; `None` (with a printed reason) when not root.
     pub fn up(tag: &str) -> Option<Lab> {
+        Self::up_with(tag, &[])
+    }
+
+    /// `up` with extra environment for `scripts/testbed up` (e.g. NP_LAB_QUEUES).
+    pub fn up_with(tag: &str, env: &[(&str, &str)]) -> Option<Lab> {
         if !is_root() {
             eprintln!("skipping: lab tests need root (CI runs them as root)");
             return None;
@@ -71,6 +76,7 @@ impl Lab {
         };
         let out = Command::new(repo().join("scripts/testbed"))
             .args(["up", "--prefix", &prefix])
+            .envs(env.iter().copied())
             .output()
             .expect("run scripts/testbed");
         assert!(

@@ -193,6 +193,14 @@ impl FramePool {
         self.free.pop()
     }
 
+    /// A free chunk into our hands (for a frame another worker handed over).
+    #[inline]
+    pub fn alloc(&mut self) -> Option<u64> {
+        let base = self.pop_free()?;
+        self.take(base);
+        Some(base)
+    }
+
     /// A chunk came back from the kernel (rx or completion) into our hands.
     #[inline]
     fn take(&mut self, base: u64) {

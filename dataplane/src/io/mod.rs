@@ -16,6 +16,7 @@
 //! built yet.
 
 pub mod afxdp;
+pub mod handoff;
 pub mod netif;
 pub mod steering;
 pub mod worker;

@@ -28,6 +28,7 @@ use shared::{Counters, DropReason, Snapshot};
 use super::afxdp::{
     FrameAccount, FramePool, RingSizes, UmemRegion, XskSocket, XskStats, MAX_RX_FRAME,
 };
+use super::handoff::{self, HandoffRx, HandoffTx};
 use super::netif;
 use super::steering::{InterfaceRole, Steering, SteeringParams, XdpMode, QUEUES_PER_INTERFACE};
 use super::IoError;
@@ -188,10 +189,10 @@ impl WorkerPool {
             });
         }
         if cfg.workers > 1 {
-            tracing::warn!(
+            tracing::info!(
                 workers = cfg.workers,
-                "more than one worker: connection tracking is per worker, so NAT flows are \
-                 only translated when both directions arrive on the same worker's queues"
+                "flows are owned per worker (by client IP, or by masquerade port); a frame \
+                 that lands on another worker's queue is handed to the owner"
             );
         }
         let steering = Arc::new(Steering::load()?);
@@ -211,6 +212,7 @@ impl WorkerPool {
             interfaces: BTreeMap::new(),
             stopped: false,
         };
+        let mut mesh = handoff_mesh(cfg.workers).into_iter();
         for id in 0..cfg.workers {
             let core = match cores.len() {
                 0 => None,
@@ -230,10 +232,12 @@ impl WorkerPool {
                 steering: pool.steering.clone(),
                 cmds: cmd_rx,
                 report: report.clone(),
+                workers: cfg.workers,
             };
+            let rings = mesh.next().unwrap_or_default();
             let thread = std::thread::Builder::new()
                 .name(format!("np-worker-{id}"))
-                .spawn(move || worker_main(ctx, ready_tx))
+                .spawn(move || worker_main(ctx, rings, ready_tx))
                 .map_err(IoError::Spawn)?;
             pool.workers.push(WorkerHandle {
                 cmd: cmd_tx,
@@ -468,6 +472,8 @@ struct WorkerCtx {
     steering: Arc<Steering>,
     cmds: Receiver<Cmd>,
     report: ReportSlot,
+    /// Number of workers in the pool (flow ownership).
+    workers: usize,
 }
 
 /// One socket of the worker with what the worker needs to know about it.
@@ -607,7 +613,7 @@ pub fn monotonic_ns() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
-fn worker_main(ctx: WorkerCtx, ready: Sender<Result<(), IoError>>) {
+fn worker_main(ctx: WorkerCtx, handoff: Handoff, ready: Sender<Result<(), IoError>>) {
     let pinned = ctx
         .core
         .filter(|c| core_affinity::set_for_current(*c))
@@ -632,9 +638,10 @@ fn worker_main(ctx: WorkerCtx, ready: Sender<Result<(), IoError>>) {
         active: Vec::new(),
         tx_of: HashMap::new(),
     };
-    let flows = FlowTable::new(ctx.flow_capacity);
+    let mut flows = FlowTable::new(ctx.flow_capacity);
+    flows.set_ownership(ctx.id as u16, ctx.workers as u16);
     let _ = ready.send(Ok(()));
-    run(&ctx, &region, io, flows, hist, pinned);
+    run(&ctx, &region, io, flows, hist, pinned, handoff);
 }
 
 /// The poll loop. Returns when told to stop or when the pool is gone.
@@ -645,10 +652,12 @@ fn run(
     mut flows: FlowTable,
     mut hist: Histogram<u64>,
     core: Option<usize>,
+    mut handoff: Handoff,
 ) {
     let mut counters = Counters::default();
     let mut frames: Vec<Frame<'_>> = Vec::with_capacity(RX_BATCH);
     let mut bases = [0u64; RX_BATCH];
+    let mut origs = [(0usize, 0usize); RX_BATCH];
     let mut verdicts = [Verdict::Pass; RX_BATCH];
     let mut generation = ctx.tables.load().generation;
     let report_every = ctx.opts.report_interval.as_nanos() as u64;
@@ -681,6 +690,7 @@ fn run(
             frames.clear();
             s.xsk.receive(pool, RX_BATCH as u32, |base, off, len| {
                 bases[nb] = base;
+                origs[nb] = (off, len);
                 // SAFETY: the chunk was just received: it is in our hands only
                 // (not in any ring), and each rx descriptor names a distinct chunk.
                 let buf = unsafe { region.chunk(base) };
@@ -699,41 +709,67 @@ fn run(
                 &mut counters,
                 now,
             );
-            for k in 0..nb {
-                let base = bases[k];
-                let Verdict::Tx { ifindex: out } = verdicts[k] else {
-                    // Pass and Drop were counted by the pipeline; the frame is free.
-                    io.pool.recycle(base);
-                    continue;
+            dispatch(
+                &mut io,
+                &mut counters,
+                &frames,
+                &verdicts[..nb],
+                &bases[..nb],
+                &origs[..nb],
+                &mut handoff.tx,
+            );
+            frames.clear();
+        }
+        // Frames other workers handed over: their flows are ours.
+        for src in 0..handoff.rx.len() {
+            let mut nb = 0usize;
+            frames.clear();
+            while nb < RX_BATCH {
+                let Some(base) = io.pool.alloc() else {
+                    break; // no free chunk now: they wait in the ring
                 };
-                let (off, len) = (frames[k].offset(), frames[k].len());
-                let reason = match io.tx_of.get(&out).copied() {
-                    // The kernel drops an empty descriptor without completing
-                    // it, which would leak the frame.
-                    _ if len == 0 => Some(DropReason::Malformed),
-                    None => Some(DropReason::NoRoute),
-                    Some(tid) => {
-                        let Io { pool, socks, .. } = &mut io;
-                        match socks.get_mut(usize::from(tid)).and_then(Option::as_mut) {
-                            Some(t) => {
-                                if t.xsk.queue_tx(pool, base, off, len) {
-                                    None
-                                } else {
-                                    Some(DropReason::TxFull)
-                                }
-                            }
-                            None => Some(DropReason::NoRoute),
-                        }
+                // SAFETY: `alloc` just took this chunk off the free list: it is
+                // in our hands only, and distinct from every other chunk in use.
+                let buf = unsafe { region.chunk(base) };
+                match handoff.rx[src].recv(&mut buf[HANDOFF_HEADROOM..]) {
+                    None => {
+                        io.pool.recycle(base);
+                        break;
                     }
-                };
-                if let Some(r) = reason {
-                    // The pipeline counted a transmit that did not happen.
-                    counters.tx_packets = counters.tx_packets.saturating_sub(1);
-                    counters.tx_bytes = counters.tx_bytes.saturating_sub(len as u64);
-                    counters.drop(r);
-                    io.pool.recycle(base);
+                    Some((_, 0)) => {
+                        io.pool.recycle(base);
+                        counters.drop(DropReason::Malformed);
+                    }
+                    Some((ifindex, len)) => {
+                        bases[nb] = base;
+                        origs[nb] = (HANDOFF_HEADROOM, len);
+                        frames.push(Frame::new(buf, HANDOFF_HEADROOM, len, ifindex).handed_in());
+                        nb += 1;
+                    }
                 }
             }
+            if nb == 0 {
+                continue;
+            }
+            received += nb;
+            counters.handed_in += nb as u64;
+            process_batch(
+                &mut frames,
+                &mut verdicts[..nb],
+                &snap,
+                &mut flows,
+                &mut counters,
+                now,
+            );
+            dispatch(
+                &mut io,
+                &mut counters,
+                &frames,
+                &verdicts[..nb],
+                &bases[..nb],
+                &origs[..nb],
+                &mut handoff.tx,
+            );
             frames.clear();
         }
         // One publish per tx ring, then kick while the kernel has unsent frames.
@@ -768,6 +804,105 @@ fn run(
     for id in io.active.clone() {
         if let Some(s) = io.socks.get_mut(usize::from(id)).and_then(Option::take) {
             ctx.steering.clear_socket(s.slot);
+        }
+    }
+}
+
+/// Where handed-over frames start in a chunk (room for VXLAN encapsulation).
+const HANDOFF_HEADROOM: usize = 256;
+
+/// This worker's ends of the handoff rings, indexed by the other worker's id
+/// (`None` at its own index).
+#[derive(Default)]
+pub(crate) struct Handoff {
+    tx: Vec<Option<HandoffTx>>,
+    rx: Vec<HandoffRx>,
+}
+
+/// Rings between every ordered pair of `n` workers; element i is worker i's.
+fn handoff_mesh(n: usize) -> Vec<Handoff> {
+    let mut mesh: Vec<Handoff> = (0..n)
+        .map(|_| Handoff {
+            tx: (0..n).map(|_| None).collect(),
+            rx: Vec::new(),
+        })
+        .collect();
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                let (tx, rx) = handoff::channel(handoff::RING_BYTES);
+                mesh[from].tx[to] = Some(tx);
+                mesh[to].rx.push(rx);
+            }
+        }
+    }
+    mesh
+}
+
+/// Acts on a processed batch's verdicts: transmit on the destination
+/// interface's socket (same UMEM, no copy), hand to the flow's owner (one
+/// copy into the ring), or free the frame (pass and drop were counted by the
+/// pipeline).
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    io: &mut Io,
+    counters: &mut Counters,
+    frames: &[Frame<'_>],
+    verdicts: &[Verdict],
+    bases: &[u64],
+    origs: &[(usize, usize)],
+    handoff_tx: &mut [Option<HandoffTx>],
+) {
+    for k in 0..verdicts.len() {
+        let base = bases[k];
+        let out = match verdicts[k] {
+            Verdict::Tx { ifindex } => ifindex,
+            Verdict::Handoff { worker } => {
+                // The frame as received: the pipeline has not changed its bytes.
+                let (off, len) = origs[k];
+                let data = frames[k].buffer().get(off..off + len).unwrap_or(&[]);
+                let sent = handoff_tx
+                    .get_mut(usize::from(worker))
+                    .and_then(Option::as_mut)
+                    .is_some_and(|t| t.send(frames[k].ifindex, data));
+                if !sent {
+                    counters.handed_off = counters.handed_off.saturating_sub(1);
+                    counters.drop(DropReason::HandoffFull);
+                }
+                io.pool.recycle(base);
+                continue;
+            }
+            Verdict::Pass | Verdict::Drop(_) => {
+                io.pool.recycle(base);
+                continue;
+            }
+        };
+        let (off, len) = (frames[k].offset(), frames[k].len());
+        let reason = match io.tx_of.get(&out).copied() {
+            // The kernel drops an empty descriptor without completing
+            // it, which would leak the frame.
+            _ if len == 0 => Some(DropReason::Malformed),
+            None => Some(DropReason::NoRoute),
+            Some(tid) => {
+                let Io { pool, socks, .. } = &mut *io;
+                match socks.get_mut(usize::from(tid)).and_then(Option::as_mut) {
+                    Some(t) => {
+                        if t.xsk.queue_tx(pool, base, off, len) {
+                            None
+                        } else {
+                            Some(DropReason::TxFull)
+                        }
+                    }
+                    None => Some(DropReason::NoRoute),
+                }
+            }
+        };
+        if let Some(r) = reason {
+            // The pipeline counted a transmit that did not happen.
+            counters.tx_packets = counters.tx_packets.saturating_sub(1);
+            counters.tx_bytes = counters.tx_bytes.saturating_sub(len as u64);
+            counters.drop(r);
+            io.pool.recycle(base);
         }
     }
 }

@@ -282,9 +282,29 @@ impl Default for Worker {
 
 impl Worker {
     pub fn run(&mut self, snap: &Snapshot, ingress: u32, bytes: &[u8]) -> Out {
+        self.run_as(snap, ingress, bytes, false)
+    }
+
+    /// A worker of `workers` owning its share of flows.
+    pub fn owning(me: u16, workers: u16) -> Worker {
+        let mut w = Worker::default();
+        w.flows.set_ownership(me, workers);
+        w
+    }
+
+    /// `run` for a frame another worker handed over.
+    pub fn run_handed_in(&mut self, snap: &Snapshot, ingress: u32, bytes: &[u8]) -> Out {
+        self.run_as(snap, ingress, bytes, true)
+    }
+
+    fn run_as(&mut self, snap: &Snapshot, ingress: u32, bytes: &[u8], handed_in: bool) -> Out {
         let mut buf = vec![0u8; BUF];
         buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
-        let mut frames = [Frame::new(&mut buf, HEADROOM, bytes.len(), ingress)];
+        let mut frame = Frame::new(&mut buf, HEADROOM, bytes.len(), ingress);
+        if handed_in {
+            frame = frame.handed_in();
+        }
+        let mut frames = [frame];
         let mut verdicts = [Verdict::Pass];
         process_batch(
             &mut frames,
