@@ -1,5 +1,9 @@
 //! nodeplane-perf: measurement tools. `pipeline_bench` is the in-memory pipeline
-//! micro-benchmark (no I/O, one core); the traffic generator and sink live in
-//! their own modules.
+//! micro-benchmark (no I/O, one core); `gen` is the AF_XDP traffic generator
+//! (frames from `traffic`), `sink` the receiver that measures loss, reordering
+//! and latency.
 
+pub mod gen;
 pub mod pipeline_bench;
+pub mod sink;
+pub mod traffic;

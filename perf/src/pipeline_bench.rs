@@ -56,6 +56,11 @@ pub struct PipelineArgs {
     /// Core to pin to.
     #[arg(long, default_value_t = 1)]
     pub core: usize,
+    /// Flow-table capacity (flows). Default: 2 × --flows (established), or
+    /// room for every packet's flow (new: creation without eviction). The
+    /// agent's default is 262144.
+    #[arg(long)]
+    pub capacity: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -265,9 +270,10 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
     let t = Instant::now();
     let snap = build_snapshot(args.services);
     let snapshot_build_s = t.elapsed().as_secs_f64();
-    let capacity = match args.path {
-        PathKind::Established => (2 * args.flows).max(1024),
-        PathKind::New => (args.packets.min(4_000_000) as usize + 1024).max(args.flows),
+    let capacity = match (args.capacity, args.path) {
+        (Some(c), _) => c.max(1024),
+        (None, PathKind::Established) => (2 * args.flows).max(1024),
+        (None, PathKind::New) => (args.packets.min(4_000_000) as usize + 1024).max(args.flows),
     };
     let mut flows = FlowTable::new(capacity);
     let mut counters = Counters::default();

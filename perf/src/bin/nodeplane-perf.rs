@@ -17,6 +17,10 @@ struct Cli {
 enum Command {
     /// In-memory pipeline micro-benchmark (no I/O, one core).
     Pipeline(perf::pipeline_bench::PipelineArgs),
+    /// AF_XDP traffic generator (UDP, TCP or VXLAN frames carrying probes).
+    Gen(Box<perf::gen::GenArgs>),
+    /// Receives the generator's UDP probes: loss, reordering, one-way latency.
+    Sink(perf::sink::SinkArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,6 +28,14 @@ fn main() -> anyhow::Result<()> {
         Command::Pipeline(args) => {
             let r = perf::pipeline_bench::run(&args)?;
             perf::pipeline_bench::print(&r, args.json)
+        }
+        Command::Gen(args) => {
+            let r = perf::gen::run(&args)?;
+            perf::gen::print(&r, args.json)
+        }
+        Command::Sink(args) => {
+            let r = perf::sink::run(&args)?;
+            perf::sink::print(&r, args.json)
         }
     }
 }
