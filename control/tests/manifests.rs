@@ -451,3 +451,63 @@ async fn run_control_fails_clearly_on_a_missing_manifest_directory() {
     let msg = format!("{:#}", r.unwrap_err());
     assert!(msg.contains("/nonexistent/nodeplane-manifests"), "{msg}");
 }
+
+/// The benchmark's Services (configs/bench/) parse and reduce next to the
+/// demo's: one UDP frontend per scenario, each with its one backend, and the
+/// NodePort on the node's address.
+#[test]
+fn the_benchmark_manifests_reduce_to_their_scenarios() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (sub, prefix) in [("configs/demo", "demo"), ("configs/bench", "bench")] {
+        for e in std::fs::read_dir(root.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            let name = format!("{prefix}-{}", p.file_name().unwrap().to_string_lossy());
+            std::fs::copy(&p, tmp.path().join(name)).unwrap();
+        }
+    }
+    let store = StoreHandle::new();
+    let dir = manifests::load(tmp.path(), &store).unwrap();
+    assert!(dir.errors().is_empty(), "{:?}", dir.errors());
+    let spec = store.read(|s| {
+        control::reducer::reduce(
+            s,
+            &LocalConfig {
+                node_name: "node-a".into(),
+                uplink_ip: Some("198.18.0.2".parse().unwrap()),
+                ..LocalConfig::default()
+            },
+            &LocalFacts::default(),
+        )
+    });
+    let find = |name: &str| {
+        spec.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    for (name, ip, port, backend, node_port) in [
+        ("bench-remote", "198.18.96.20", 9000, "198.19.3.10", None),
+        ("bench-local", "198.18.96.21", 9000, "198.19.1.10", None),
+        (
+            "bench-nodeport",
+            "198.18.96.22",
+            9000,
+            "198.19.1.10",
+            Some(30090),
+        ),
+        ("bench-sockperf", "198.18.96.23", 11111, "198.19.1.10", None),
+    ] {
+        let s = find(name);
+        assert_eq!(
+            s.cluster_ips,
+            vec![ip.parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        let p = &s.ports[0];
+        assert_eq!((p.port, p.proto), (port, shared::L4Proto::Udp));
+        assert_eq!(p.node_port, node_port);
+        assert_eq!(p.endpoints.len(), 1);
+        assert_eq!(p.endpoints[0].ip.to_string(), backend);
+    }
+    assert_eq!(spec.services.len(), 7, "3 demo + 4 bench Services");
+}

@@ -5,5 +5,7 @@
 
 pub mod gen;
 pub mod pipeline_bench;
+pub mod report;
 pub mod sink;
+pub mod suite;
 pub mod traffic;

@@ -42,6 +42,9 @@ pub struct SinkArgs {
     /// Core to pin to.
     #[arg(long)]
     pub core: Option<usize>,
+    /// Include the latency CDF (percentile, µs) in the report.
+    #[arg(long)]
+    pub cdf: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -64,6 +67,9 @@ pub struct SinkResult {
     pub latency_us_p999: f64,
     pub latency_us_max: f64,
     pub latency_samples: u64,
+    /// (percentile, latency µs) points, with `--cdf`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cdf: Vec<(f64, f64)>,
 }
 
 /// Per-flow sequence tracking: one past the highest sequence seen (a repeat
@@ -118,6 +124,12 @@ impl Accounting {
             .unwrap_or(0)
     }
 }
+
+/// Percentiles reported with `--cdf`.
+const CDF_POINTS: [f64; 16] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.995, 99.999,
+    100.0,
+];
 
 pub fn run(a: &SinkArgs) -> anyhow::Result<SinkResult> {
     anyhow::ensure!(
@@ -209,6 +221,14 @@ pub fn run(a: &SinkArgs) -> anyhow::Result<SinkResult> {
         latency_us_p999: q(0.999),
         latency_us_max: hist.max() as f64 / 1000.0,
         latency_samples: hist.len(),
+        cdf: if a.cdf && !hist.is_empty() {
+            CDF_POINTS
+                .iter()
+                .map(|&p| (p, hist.value_at_quantile(p / 100.0) as f64 / 1000.0))
+                .collect()
+        } else {
+            Vec::new()
+        },
     })
 }
 

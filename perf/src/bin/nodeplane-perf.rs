@@ -21,6 +21,8 @@ enum Command {
     Gen(Box<perf::gen::GenArgs>),
     /// Receives the generator's UDP probes: loss, reordering, one-way latency.
     Sink(perf::sink::SinkArgs),
+    /// The end-to-end suite against the kernel path (root; builds its own labs).
+    Bench(perf::suite::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,6 +38,13 @@ fn main() -> anyhow::Result<()> {
         Command::Sink(args) => {
             let r = perf::sink::run(&args)?;
             perf::sink::print(&r, args.json)
+        }
+        Command::Bench(args) => {
+            let r = perf::suite::run(&args)?;
+            let summary = perf::report::write(&r, &args.out)?;
+            println!("{summary}");
+            println!("results, report and plots in {}", args.out.display());
+            Ok(())
         }
     }
 }
