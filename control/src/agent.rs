@@ -105,10 +105,18 @@ fn run_with_pool(
     };
     let facts = facts_provider(settings, uplink, state.clone(), pool.clone());
 
+    // Keep the control threads off the workers' cores when there are others,
+    // so a publish or a facts tick never preempts a poll-mode worker.
+    let control_cores = control_cores(state);
+    if !control_cores.is_empty() {
+        info!(cores = ?control_cores, "control threads kept off the worker cores");
+        pin_to_any(&control_cores);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .thread_name("nodeplane-control")
+        .on_thread_start(move || pin_to_any(&control_cores))
         .build()
         .context("starting the control runtime")?;
     rt.block_on(async {
@@ -177,6 +185,45 @@ async fn shutdown_signal() -> anyhow::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+/// Cores no worker is pinned to (empty when the workers use them all, or
+/// pinning failed: then the kernel places the control threads).
+fn control_cores(state: &AgentState) -> Vec<usize> {
+    // Workers report their core once started; wait briefly for the reports.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut used: Vec<Option<usize>>;
+    loop {
+        used = lock(&state.workers).iter().map(|w| w.load().core).collect();
+        if used.iter().all(Option::is_some) || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if used.iter().any(Option::is_none) {
+        return Vec::new();
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n).filter(|c| !used.contains(&Some(*c))).collect()
+}
+
+/// Restricts the calling thread to `cores` (best effort).
+fn pin_to_any(cores: &[usize]) {
+    if cores.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes within it
+    // for core ids below CPU_SETSIZE; sched_setaffinity(0, …) affects only the
+    // calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cores {
+            if c < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// The node-local facts the reducer needs, read on every control tick: pods the

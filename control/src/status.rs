@@ -207,6 +207,7 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
                 "flow_capacity": r.flow_capacity,
                 "flow_fill_percent": if r.flow_capacity == 0 { 0.0 } else { 100.0 * r.flow_entries as f64 / r.flow_capacity as f64 },
                 "batch_latency": r.batch_latency,
+                "xsk_drops": r.xsk,
             })
         })
         .collect();
@@ -426,6 +427,24 @@ pub fn metrics_text(state: &AgentState) -> String {
         "Object change seen to every worker on the new generation, last publication",
         gauge(to_i64(publish.programming_latency_us.unwrap_or(0))),
     );
+    let ring = Family::<Vec<(String, String)>, Counter<u64>>::default();
+    for w in lock(&state.workers).iter() {
+        let x = w.load().xsk.clone();
+        for (k, v) in [
+            ("rx_dropped", x.rx_dropped),
+            ("rx_ring_full", x.rx_ring_full),
+            ("fill_ring_empty", x.fill_ring_empty),
+            ("tx_invalid", x.tx_invalid),
+        ] {
+            ring.get_or_create(&vec![("reason".to_string(), k.to_string())])
+                .inc_by(v);
+        }
+    }
+    reg.register(
+        "afxdp_kernel_drops",
+        "Frames the kernel dropped at the workers' AF_XDP sockets, by reason",
+        ring,
+    );
     let xdp = Family::<Vec<(String, String)>, Counter<u64>>::default();
     for (k, v) in lock(&state.steering).iter() {
         xdp.get_or_create(&vec![("decision".to_string(), k.clone())])
@@ -543,6 +562,12 @@ pub fn print_status(addr: &str, json_out: bool, out: &mut dyn Write) -> anyhow::
     for w in v["workers"].as_array().into_iter().flatten() {
         for (k, n) in w["drops"].as_object().into_iter().flatten() {
             *drops.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    // The kernel's own drops at the AF_XDP rings, next to the pipeline's.
+    for w in v["workers"].as_array().into_iter().flatten() {
+        for (k, n) in w["xsk_drops"].as_object().into_iter().flatten() {
+            *drops.entry(format!("afxdp_{k}")).or_default() += n.as_u64().unwrap_or(0);
         }
     }
     drops.retain(|_, n| *n > 0);

@@ -17,6 +17,18 @@ pub struct LatencySummary {
     pub max_ns: u64,
 }
 
+/// Frames the kernel dropped at this worker's AF_XDP sockets (summed over
+/// the sockets it has now; refreshed about once a second). These never reach
+/// the pipeline, so they are not in `Counters`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct XskDrops {
+    /// No room in the rx ring or no frame in the fill ring.
+    pub rx_dropped: u64,
+    pub rx_ring_full: u64,
+    pub fill_ring_empty: u64,
+    pub tx_invalid: u64,
+}
+
 /// One worker's published state.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerReport {
@@ -31,6 +43,7 @@ pub struct WorkerReport {
     pub flow_entries: u64,
     pub flow_capacity: u64,
     pub batch_latency: LatencySummary,
+    pub xsk: XskDrops,
     /// Monotonic nanoseconds when this report was written.
     pub updated_ns: u64,
 }

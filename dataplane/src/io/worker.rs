@@ -35,7 +35,7 @@ use super::IoError;
 use crate::flow::FlowTable;
 use crate::frame::{Frame, Verdict};
 use crate::pipeline::{process_batch, BATCH};
-use crate::report::{new_slot, LatencySummary, ReportSlot, WorkerReport};
+use crate::report::{new_slot, LatencySummary, ReportSlot, WorkerReport, XskDrops};
 
 /// Most frames taken from one rx ring per batch.
 pub const RX_BATCH: usize = BATCH;
@@ -662,6 +662,8 @@ fn run(
     let mut generation = ctx.tables.load().generation;
     let report_every = ctx.opts.report_interval.as_nanos() as u64;
     let mut last_report = 0u64;
+    let mut last_xsk = 0u64;
+    let mut xsk = XskDrops::default();
     let mut idle_since = monotonic_ns();
     let total = region.frames();
 
@@ -795,11 +797,20 @@ fn run(
         if end.saturating_sub(last_report) >= report_every {
             last_report = end;
             debug_assert!(io.conserved(total), "UMEM frame accounting broken");
-            publish(ctx, &io, &counters, &flows, &hist, generation, core, end);
+            if end.saturating_sub(last_xsk) >= 1_000_000_000 {
+                last_xsk = end;
+                xsk = xsk_drops(&io);
+            }
+            publish(
+                ctx, &io, &counters, &flows, &hist, generation, core, end, &xsk,
+            );
         }
     }
     let end = monotonic_ns();
-    publish(ctx, &io, &counters, &flows, &hist, generation, core, end);
+    let xsk = xsk_drops(&io);
+    publish(
+        ctx, &io, &counters, &flows, &hist, generation, core, end, &xsk,
+    );
     // Close every socket before the UMEM region is unmapped (it outlives `io`).
     for id in io.active.clone() {
         if let Some(s) = io.socks.get_mut(usize::from(id)).and_then(Option::take) {
@@ -940,6 +951,7 @@ fn publish(
     generation: u64,
     core: Option<usize>,
     now: u64,
+    xsk: &XskDrops,
 ) {
     let queues = io
         .active
@@ -967,6 +979,22 @@ fn publish(
         flow_entries: flows.len() as u64,
         flow_capacity: flows.capacity() as u64,
         batch_latency,
+        xsk: xsk.clone(),
         updated_ns: now,
     }));
+}
+
+/// The kernel's drop counters of every socket the worker has now.
+fn xsk_drops(io: &Io) -> XskDrops {
+    let mut d = XskDrops::default();
+    for &id in &io.active {
+        if let Some(s) = io.sock(id) {
+            let k = s.xsk.stats();
+            d.rx_dropped += k.rx_dropped;
+            d.rx_ring_full += k.rx_ring_full;
+            d.fill_ring_empty += k.rx_fill_ring_empty_descs;
+            d.tx_invalid += k.tx_invalid_descs;
+        }
+    }
+    d
 }
