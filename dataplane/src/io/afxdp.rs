@@ -663,6 +663,18 @@ impl XskSocket {
         n
     }
 
+    /// Frames in the fill ring the kernel has not taken yet.
+    #[inline]
+    pub fn fill_level(&self) -> u32 {
+        self.fill.prod_outstanding()
+    }
+
+    /// Entries the fill ring can hold (the most `fill_target` can be).
+    #[inline]
+    pub fn fill_capacity(&self) -> u32 {
+        self.fill.size
+    }
+
     /// Tops the fill ring up to `fill_target` from the free list; wakes the
     /// kernel if it asked for it. Returns how many frames were added.
     #[inline]

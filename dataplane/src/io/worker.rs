@@ -57,11 +57,14 @@ const UPLINK_RINGS: RingSizes = RingSizes {
 };
 const UPLINK_FILL: u32 = 2048;
 const POD_RINGS: RingSizes = RingSizes {
-    rx: 512,
-    tx: 512,
-    fill: 512,
-    comp: 512,
+    rx: 2048,
+    tx: 2048,
+    fill: 2048,
+    comp: 2048,
 };
+/// A pod socket's initial fill target; it grows with the socket's traffic
+/// (up to the ring, see `adapt_fill`) and shrinks back when the pod is quiet, so
+/// many idle pods do not hold the UMEM while a busy one can ride out a stall.
 const POD_FILL: u32 = 256;
 
 /// What the agent configures.
@@ -481,6 +484,12 @@ struct Sock {
     xsk: XskSocket,
     slot: u32,
     label: String,
+    /// The fill target it started with (adaptive fill shrinks back to it).
+    base_fill: u32,
+    /// Frames received since the last once-a-second check.
+    rx_window: u32,
+    /// Consecutive seconds with less traffic than the fill target.
+    quiet_secs: u8,
 }
 
 /// Everything of a worker except the UMEM memory (borrowed by the frames).
@@ -531,10 +540,14 @@ impl Io {
             self.pool.reclaim_socket(id16);
             return Err(e.into());
         }
+        let base_fill = xsk.fill_target;
         self.socks[id] = Some(Sock {
             xsk,
             slot,
             label: format!("{}/{queue}", q.name),
+            base_fill,
+            rx_window: 0,
+            quiet_secs: 0,
         });
         self.active.push(id16);
         self.tx_of.entry(ifindex).or_insert(id16);
@@ -663,6 +676,8 @@ fn run(
     let report_every = ctx.opts.report_interval.as_nanos() as u64;
     let mut last_report = 0u64;
     let mut last_xsk = 0u64;
+    // Frames the adaptive fill targets leave free for bursts elsewhere.
+    let reserve = (region.frames() / 8) as usize;
     let mut xsk = XskDrops::default();
     let mut idle_since = monotonic_ns();
     let total = region.frames();
@@ -686,6 +701,7 @@ fn run(
                 continue;
             };
             s.xsk.reap_completions(pool);
+            adapt_fill(s, pool.free_count(), reserve);
             s.xsk.refill(pool);
             let ifindex = s.xsk.ifindex;
             let mut nb = 0usize;
@@ -702,6 +718,7 @@ fn run(
             if nb == 0 {
                 continue;
             }
+            s.rx_window = s.rx_window.saturating_add(nb as u32);
             received += nb;
             process_batch(
                 &mut frames,
@@ -800,6 +817,7 @@ fn run(
             if end.saturating_sub(last_xsk) >= 1_000_000_000 {
                 last_xsk = end;
                 xsk = xsk_drops(&io);
+                shrink_idle_fills(&mut io);
             }
             publish(
                 ctx, &io, &counters, &flows, &hist, generation, core, end, &xsk,
@@ -982,6 +1000,42 @@ fn publish(
         xsk: xsk.clone(),
         updated_ns: now,
     }));
+}
+
+/// Adaptive fill: a socket whose fill ring the kernel nearly emptied since the
+/// last refill (a burst, or this worker was off its core) gets twice the fill
+/// target, up to the ring, while the UMEM keeps `reserve` frames free.
+#[inline]
+fn adapt_fill(s: &mut Sock, free: usize, reserve: usize) {
+    let t = s.xsk.fill_target;
+    if t < s.xsk.fill_capacity() && s.xsk.fill_level() < t / 4 && free > reserve + t as usize {
+        s.xsk.fill_target = (t * 2).min(s.xsk.fill_capacity());
+    }
+}
+
+/// Seconds a socket must stay quiet before its fill target shrinks.
+const FILL_SHRINK_AFTER_S: u8 = 10;
+
+/// Once a second: a socket that has received less than its fill target per
+/// second for `FILL_SHRINK_AFTER_S` seconds goes back towards its initial
+/// target (frames above the target are used up by traffic, not taken back).
+fn shrink_idle_fills(io: &mut Io) {
+    for i in 0..io.active.len() {
+        let id = io.active[i];
+        if let Some(s) = io.sock_mut(id) {
+            let t = s.xsk.fill_target;
+            if s.rx_window < t {
+                s.quiet_secs = s.quiet_secs.saturating_add(1);
+            } else {
+                s.quiet_secs = 0;
+            }
+            if t > s.base_fill && s.quiet_secs >= FILL_SHRINK_AFTER_S {
+                s.xsk.fill_target = (t / 2).max(s.base_fill);
+                s.quiet_secs = 0;
+            }
+            s.rx_window = 0;
+        }
+    }
 }
 
 /// The kernel's drop counters of every socket the worker has now.
