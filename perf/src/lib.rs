@@ -4,6 +4,7 @@
 //! and latency.
 
 pub mod gen;
+pub mod kernel_path;
 pub mod pipeline_bench;
 pub mod report;
 pub mod sink;

@@ -271,12 +271,14 @@ impl Lab {
         Ok(())
     }
 
-    fn kernel_path(&mut self, mode: &str, manifests: &Path, services: usize) -> anyhow::Result<()> {
-        let mut cmd = Command::new(repo().join("scripts/kernel-path"));
-        cmd.args(["up", "--prefix", &self.prefix, "--mode", mode, "--rps"])
-            .args(["--manifests", &manifests.display().to_string()])
-            .args(["--services", &services.to_string()]);
-        run_ok(&mut cmd)?;
+    /// kube-proxy's rules (from `manifests`) on every node, RPS to core 1.
+    fn kernel_path(&mut self, mode: &str, manifests: &Path) -> anyhow::Result<()> {
+        for (node, name) in [("a", "node-a"), ("b", "node-b"), ("k", "node-k")] {
+            let ns = self.ns(node)?;
+            let spec = crate::kernel_path::spec_for(manifests, name)?;
+            crate::kernel_path::apply(&ns, mode, &spec)?;
+            crate::kernel_path::set_rps(&ns, "2")?;
+        }
         self.kernel_mode = Some(mode.to_string());
         Ok(())
     }
@@ -300,9 +302,11 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         if self.kernel_mode.is_some() {
-            let _ = Command::new(repo().join("scripts/kernel-path"))
-                .args(["down", "--prefix", &self.prefix])
-                .output();
+            for node in ["a", "b", "k"] {
+                if let Ok(ns) = self.ns(node) {
+                    crate::kernel_path::remove(&ns);
+                }
+            }
         }
         let _ = Command::new(repo().join("scripts/testbed"))
             .args(["down", "--prefix", &self.prefix])
@@ -836,7 +840,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
         let manifests = PathBuf::from(lab.var("NP_LAB_DIR")?).join("bench-manifests");
         write_manifests(&manifests, 0)?;
         if kernel {
-            lab.kernel_path(path, &manifests, 0)?;
+            lab.kernel_path(path, &manifests)?;
         } else {
             lab.start_agent("a", &manifests)?;
             lab.start_agent("b", &manifests)?;
@@ -865,7 +869,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
             pb.set_message(format!("{path}: {n} services"));
             write_manifests(&manifests, n.saturating_sub(BASE_SERVICES))?;
             if kernel {
-                lab.kernel_path(path, &manifests, 0)?;
+                lab.kernel_path(path, &manifests)?;
             } else {
                 // The agents pick the directory up live; wait for the tables.
                 lab.wait_services(n.max(BASE_SERVICES))?;
