@@ -61,10 +61,8 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) ->
     let file = std::fs::File::open(Path::new("/var/run/netns").join(ns)).unwrap();
     std::thread::spawn(move || {
         // SAFETY: setns on an open namespace fd; affects only this thread.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
         f()
     })
     .join()
