@@ -276,9 +276,19 @@ impl ManifestDir {
             }
         }
         let mut report = ScanReport::default();
-        let before = self.objects();
+        // Whether the objects in force may have changed: a file with objects
+        // went away, or a file's objects were replaced by different ones. (No
+        // copy of everything per rescan: with 10,000 Services that was most
+        // of a core.)
+        let mut changed = false;
         let present_paths: BTreeSet<&PathBuf> = present.iter().map(|(p, _)| p).collect();
-        self.files.retain(|p, _| present_paths.contains(p));
+        self.files.retain(|p, f| {
+            let keep = present_paths.contains(p);
+            if !keep && f.good.as_ref().is_some_and(|g| !g.is_empty()) {
+                changed = true;
+            }
+            keep
+        });
         for (path, stamp) in present {
             let known = self.files.get(&path);
             if !verify && known.is_some_and(|f| f.stamp == stamp) {
@@ -332,6 +342,9 @@ impl ManifestDir {
             f.hash = hash;
             match parsed {
                 Ok(objs) => {
+                    if f.good.as_ref() != Some(&objs) {
+                        changed = true;
+                    }
                     f.good = Some(objs);
                     f.error = None;
                 }
@@ -343,7 +356,7 @@ impl ManifestDir {
         }
         self.dir_error = None;
         self.scans = self.scans.wrapping_add(1);
-        report.changed = self.objects() != before;
+        report.changed = changed;
         Ok(report)
     }
 
