@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -441,7 +443,20 @@ fn cpu_jiffies() -> (u64, u64) {
 
 /// One trial: a sink in the destination pod, the generator at `rate` (0 = flat
 /// out) for `secs`.
+/// Set by SIGINT/SIGTERM: the suite stops at the next trial and the labs it
+/// built come down through their `Drop` (agents stopped by pid, namespaces removed).
+static INTERRUPTED: std::sync::LazyLock<Arc<AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted: stopping, labs are being removed");
+    }
+    Ok(())
+}
+
 fn trial(sc: &Scenario, rate: u64, secs: f64, ceiling: f64) -> anyhow::Result<Trial> {
+    check_interrupted()?;
     let perf = bin_dir()?.join("nodeplane-perf");
     let packets = if rate == 0 {
         (ceiling.max(100_000.0) * secs * 2.0) as u64
@@ -811,6 +826,10 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     anyhow::ensure!(euid == 0, "the benchmark needs root (namespaces, XDP)");
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&INTERRUPTED))
+            .context("installing the signal handler")?;
+    }
     let t0 = Instant::now();
     std::fs::create_dir_all(&a.out)?;
     let mut res = BenchResult {
@@ -835,6 +854,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
     for path in &a.paths {
         let kernel = path != "nodeplane";
         let prefix = format!("bn{}", std::process::id() % 10_000);
+        check_interrupted()?;
         pb.set_message(format!("{path}: lab up"));
         let mut lab = Lab::up(&prefix, kernel)?;
         let manifests = PathBuf::from(lab.var("NP_LAB_DIR")?).join("bench-manifests");
