@@ -23,6 +23,10 @@ use shared::maglev::mix64;
 /// Ways per set.
 pub const WAYS: usize = 8;
 const NONE: u32 = u32::MAX;
+/// `FlowTable::probe` found no way whose tag matches.
+pub const NO_SLOT: u32 = u32::MAX;
+/// A slot's tag: a few hash bits compared before any key (0 = empty slot).
+type Tag = u16;
 const NS: u64 = 1_000_000_000;
 
 /// A directional 5-tuple. Addresses are host-order `u32`.
@@ -42,6 +46,52 @@ pub struct Rewrite {
     pub dst: u32,
     pub sport: u16,
     pub dport: u16,
+}
+
+/// The checksum changes a rewrite makes, summed once (RFC 1624, folded) so each
+/// packet of the flow adds one word per checksum instead of recomputing them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChecksumDeltas {
+    /// IPv4 header: the rewritten addresses (the TTL decrement is added per packet).
+    pub ip: u16,
+    /// TCP/UDP: addresses (pseudo-header) and ports; ICMP: the echo identifier.
+    pub l4: u16,
+}
+
+impl ChecksumDeltas {
+    /// The changes of rewriting `key` to `rw`; only fields that change count.
+    pub fn between(key: &FlowKey, rw: &Rewrite) -> ChecksumDeltas {
+        use shared::wire::checksum::Incremental;
+        let dword = |acc: Incremental, old: u32, new: u32| {
+            if old == new {
+                acc
+            } else {
+                acc.dword(old, new)
+            }
+        };
+        let word = |acc: Incremental, old: u16, new: u16| {
+            if old == new {
+                acc
+            } else {
+                acc.word(old, new)
+            }
+        };
+        let addrs = dword(
+            dword(Incremental::changes(), key.src, rw.src),
+            key.dst,
+            rw.dst,
+        );
+        let ports = |acc| word(word(acc, key.sport, rw.sport), key.dport, rw.dport);
+        let l4 = match key.proto {
+            6 | 17 => ports(addrs).folded(),
+            1 => ports(Incremental::changes()).folded(),
+            _ => 0,
+        };
+        ChecksumDeltas {
+            ip: addrs.folded(),
+            l4,
+        }
+    }
 }
 
 impl FlowKey {
@@ -100,6 +150,20 @@ pub enum FlowState {
 }
 
 impl FlowState {
+    const COUNT: usize = 9;
+    /// Every state, in discriminant order.
+    const ALL: [FlowState; Self::COUNT] = [
+        FlowState::UdpUnreplied,
+        FlowState::UdpReplied,
+        FlowState::TcpSynSent,
+        FlowState::TcpSynRecv,
+        FlowState::TcpEstablished,
+        FlowState::TcpFinWait,
+        FlowState::TcpCloseWait,
+        FlowState::TcpTimeWait,
+        FlowState::TcpClose,
+    ];
+
     pub fn is_assured(self) -> bool {
         matches!(
             self,
@@ -145,6 +209,11 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// Each state's timeout in nanoseconds, indexed by `FlowState as usize`.
+    fn by_state_ns(&self) -> [u64; FlowState::COUNT] {
+        FlowState::ALL.map(|s| self.of(s))
+    }
+
     fn of(&self, s: FlowState) -> u64 {
         u64::from(match s {
             FlowState::UdpUnreplied => self.udp,
@@ -164,6 +233,8 @@ impl Timeouts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowMeta {
     /// The backend a Service flow was sent to (ip, port); `None` for plain routing.
+    /// It is the destination of the flow's rewrite (DNAT), so only whether
+    /// there is one is stored.
     pub backend: Option<(u32, u16)>,
     /// Source NAT was applied (masquerade).
     pub snat: bool,
@@ -184,9 +255,11 @@ struct Entry {
     expires_ns: u64,
     /// Snapshot generation (low 32 bits) the backend was last checked against.
     checked_gen: u32,
-    backend_ip: u32,
-    backend_port: u16,
-    has_backend: bool,
+    /// This direction's checksum changes (`ChecksumDeltas`).
+    ip_delta: u16,
+    l4_delta: u16,
+    /// The flow is DNATed to a Service backend: the master's rewrite destination.
+    dnat: bool,
     snat: bool,
     /// True for the original direction (holds state/expiry).
     master: bool,
@@ -205,9 +278,7 @@ const _: () = assert!(
 impl Entry {
     fn meta(&self) -> FlowMeta {
         FlowMeta {
-            backend: self
-                .has_backend
-                .then_some((self.backend_ip, self.backend_port)),
+            backend: self.dnat.then_some((self.rewrite.dst, self.rewrite.dport)),
             snat: self.snat,
             client_mac: (self.client_mac != [0; 6]).then_some(self.client_mac),
         }
@@ -223,6 +294,8 @@ pub struct Hit {
     /// The packet travels in the reply direction.
     pub is_reply: bool,
     pub meta: FlowMeta,
+    /// The checksum changes of `rewrite`.
+    pub deltas: ChecksumDeltas,
     /// Low 32 bits of the generation the flow's backend was last checked against.
     pub checked_gen: u32,
     pub state: FlowState,
@@ -245,8 +318,9 @@ pub mod tcp_flags {
 
 /// The per-worker flow table.
 pub struct FlowTable {
-    /// 0 = empty, else (hash >> 32) | 1.
-    tags: Box<[u32]>,
+    /// 0 = empty, else the top 16 bits of the hash with the low bit set. A set's
+    /// 8 tags are 16 bytes: four sets share a cache line.
+    tags: Box<[Tag]>,
     entries: Box<[Entry]>,
     set_mask: usize,
     /// Per-table random seed: attackers choose 5-tuples.
@@ -254,6 +328,8 @@ pub struct FlowTable {
     flows: usize,
     capacity: usize,
     timeouts: Timeouts,
+    /// `timeouts` per state in nanoseconds (read on every packet).
+    timeout_ns: [u64; FlowState::COUNT],
     evictions: u64,
     /// ClientIP session affinity, owned by the same worker.
     pub affinity: AffinityTable,
@@ -302,7 +378,7 @@ impl FlowTable {
         // Two entries per flow; size the table at ≤ 50% load when full.
         let slots = (capacity * 4).next_power_of_two().max(WAYS * 2);
         let sets = slots / WAYS;
-        let tags = prefaulted(slots, 0u32);
+        let tags = prefaulted(slots, 0 as Tag);
         let entries = prefaulted(slots, Entry::default());
         FlowTable {
             tags: tags.into_boxed_slice(),
@@ -312,6 +388,7 @@ impl FlowTable {
             flows: 0,
             capacity,
             timeouts,
+            timeout_ns: timeouts.by_state_ns(),
             evictions: 0,
             affinity: AffinityTable::new((capacity / 4).max(1024)),
             ownership: (0, 1),
@@ -372,8 +449,8 @@ impl FlowTable {
     }
 
     #[inline]
-    fn tag_of(h: u64) -> u32 {
-        ((h >> 32) as u32) | 1
+    fn tag_of(h: u64) -> Tag {
+        ((h >> 48) as Tag) | 1
     }
 
     #[inline]
@@ -381,21 +458,53 @@ impl FlowTable {
         ((h as usize) & self.set_mask) * WAYS
     }
 
-    /// Second prefetch pass: with the set's tags already in cache, hints the CPU
-    /// to load the matching entry itself.
+    /// The ways of the set at `base` whose tag is `tag`, as a bit mask (bit w =
+    /// way w): one 128-bit compare of the set's 8 tags.
     #[inline]
-    pub fn prefetch_entry(&self, key: &FlowKey, h: u64) {
-        let base = self.set_base(h);
-        let tag = Self::tag_of(h);
-        if let Some(w) = self.tags[base..base + WAYS].iter().position(|&t| t == tag) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let p = std::ptr::from_ref(&self.entries[base + w]).cast::<i8>();
-                // SAFETY: prefetch is only a hint; the pointer is inside `entries`.
-                unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0) };
+    fn tag_matches(&self, base: usize, tag: Tag) -> u32 {
+        let Some(tags) = self.tags.get(base..base + WAYS) else {
+            return 0;
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            use core::arch::x86_64::*;
+            const _: () = assert!(WAYS * std::mem::size_of::<Tag>() == 16);
+            // SAFETY: `tags` is 8 u16 = 16 readable bytes (checked above; the
+            // load is unaligned); SSE2 is part of the x86_64 baseline.
+            unsafe {
+                let set = _mm_loadu_si128(tags.as_ptr().cast::<__m128i>());
+                let eq = _mm_cmpeq_epi16(set, _mm_set1_epi16(tag as i16));
+                (_mm_movemask_epi8(_mm_packs_epi16(eq, _mm_setzero_si128())) as u32) & 0xff
             }
         }
-        let _ = key;
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let mut m = 0u32;
+            for (w, &t) in tags.iter().enumerate() {
+                m |= u32::from(t == tag) << w;
+            }
+            m
+        }
+    }
+
+    /// Second prefetch pass: with the set's tags already in cache, finds the way
+    /// whose tag matches `h` and hints the CPU to load that entry. Returns the
+    /// slot (`NO_SLOT` when no tag matches), for `lookup_probed`.
+    #[inline]
+    pub fn probe(&self, h: u64) -> u32 {
+        let base = self.set_base(h);
+        let m = self.tag_matches(base, Self::tag_of(h));
+        if m == 0 {
+            return NO_SLOT;
+        }
+        let slot = base + m.trailing_zeros() as usize;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(e) = self.entries.get(slot) {
+            let p = std::ptr::from_ref(e).cast::<i8>();
+            // SAFETY: prefetch is only a hint; the pointer is inside `entries`.
+            unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0) };
+        }
+        slot as u32
     }
 
     /// Hints the CPU to load the set of hash `h` (for batch prefetching).
@@ -403,8 +512,8 @@ impl FlowTable {
     pub fn prefetch(&self, h: u64) {
         let base = self.set_base(h);
         #[cfg(target_arch = "x86_64")]
-        {
-            let p = self.tags[base..].as_ptr() as *const i8;
+        if let Some(t) = self.tags.get(base) {
+            let p = std::ptr::from_ref(t).cast::<i8>();
             // SAFETY: prefetch is only a hint; the pointer is inside `tags`.
             unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0) };
         }
@@ -420,12 +529,13 @@ impl FlowTable {
     #[inline]
     fn find_hashed(&self, key: &FlowKey, h: u64) -> Option<usize> {
         let base = self.set_base(h);
-        let tag = Self::tag_of(h);
-        let tags = &self.tags[base..base + WAYS];
-        for (w, &t) in tags.iter().enumerate() {
-            if t == tag && self.entries[base + w].key == *key {
-                return Some(base + w);
+        let mut m = self.tag_matches(base, Self::tag_of(h));
+        while m != 0 {
+            let slot = base + m.trailing_zeros() as usize;
+            if self.entries.get(slot).is_some_and(|e| e.key == *key) {
+                return Some(slot);
             }
+            m &= m - 1;
         }
         None
     }
@@ -441,9 +551,42 @@ impl FlowTable {
     #[inline]
     pub fn lookup_hashed(&mut self, key: &FlowKey, h: u64, now_ns: u64) -> Option<Hit> {
         let slot = self.find_hashed(key, h)?;
-        let e = &self.entries[slot];
+        self.hit_at(slot, now_ns)
+    }
+
+    /// `lookup_hashed` starting from the slot `probe` returned for `h` earlier in
+    /// the batch: when that slot still holds `key` (the common case) the set is
+    /// not scanned again. Otherwise (a tag collision, or the batch changed the
+    /// set since) it falls back to the full lookup, so the answer is the same.
+    #[inline]
+    pub fn lookup_probed(
+        &mut self,
+        key: &FlowKey,
+        h: u64,
+        probed: u32,
+        now_ns: u64,
+    ) -> Option<Hit> {
+        let s = probed as usize;
+        let still = self.tags.get(s).is_some_and(|&t| t == Self::tag_of(h))
+            && self.entries.get(s).is_some_and(|e| e.key == *key);
+        if still {
+            self.hit_at(s, now_ns)
+        } else {
+            self.lookup_hashed(key, h, now_ns)
+        }
+    }
+
+    #[inline]
+    fn hit_at(&mut self, slot: usize, now_ns: u64) -> Option<Hit> {
+        let e = self.entries.get(slot)?;
         let master = if e.master { slot } else { e.peer as usize };
-        let m = &self.entries[master];
+        let rewrite = e.rewrite;
+        let is_reply = !e.master;
+        let deltas = ChecksumDeltas {
+            ip: e.ip_delta,
+            l4: e.l4_delta,
+        };
+        let m = self.entries.get(master)?;
         if m.expires_ns <= now_ns {
             self.remove(slot as u32);
             return None;
@@ -451,8 +594,9 @@ impl FlowTable {
         Some(Hit {
             slot: slot as u32,
             master: master as u32,
-            rewrite: e.rewrite,
-            is_reply: !e.master,
+            rewrite,
+            is_reply,
+            deltas,
             meta: m.meta(),
             checked_gen: m.checked_gen,
             state: m.state,
@@ -489,7 +633,7 @@ impl FlowTable {
             }
             Some(f) => next_tcp_state(m.state, &mut m.fins, f, hit.is_reply),
         };
-        m.expires_ns = now_ns.saturating_add(self.timeouts.of(m.state));
+        m.expires_ns = now_ns.saturating_add(self.timeout_ns[m.state as usize]);
     }
 
     /// Inserts a new flow whose original-direction packets match `key` and are
@@ -533,8 +677,13 @@ impl FlowTable {
         if let Some(f) = tcp {
             state = next_tcp_state(FlowState::TcpSynSent, &mut fins, f, false);
         }
-        let expires_ns = now_ns.saturating_add(self.timeouts.of(state));
-        let (backend_ip, backend_port) = meta.backend.unwrap_or((0, 0));
+        let expires_ns = now_ns.saturating_add(self.timeout_ns[state as usize]);
+        debug_assert!(
+            meta.backend.is_none_or(|b| b == (rw.dst, rw.dport)),
+            "a flow's backend is its rewrite destination"
+        );
+        let fwd = ChecksumDeltas::between(&key, &rw);
+        let rev = ChecksumDeltas::between(&reply_key, &reply_rw);
         self.entries[s1] = Entry {
             key,
             rewrite: rw,
@@ -544,9 +693,9 @@ impl FlowTable {
             fins,
             expires_ns,
             checked_gen: generation as u32,
-            backend_ip,
-            backend_port,
-            has_backend: meta.backend.is_some(),
+            ip_delta: fwd.ip,
+            l4_delta: fwd.l4,
+            dnat: meta.backend.is_some(),
             snat: meta.snat,
             client_mac: meta.client_mac.unwrap_or([0; 6]),
         };
@@ -556,6 +705,8 @@ impl FlowTable {
             rewrite: reply_rw,
             peer: s1 as u32,
             master: false,
+            ip_delta: rev.ip,
+            l4_delta: rev.l4,
             ..Entry::default()
         };
         self.flows += 1;
@@ -1019,6 +1170,13 @@ impl AffinityTable {
 
 #[cfg(test)]
 mod layout_tests {
+    #[test]
+    fn states_are_listed_in_discriminant_order() {
+        for (i, s) in super::FlowState::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
+    }
+
     #[test]
     fn an_entry_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<super::Entry>(), 64);

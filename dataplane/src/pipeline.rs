@@ -15,12 +15,14 @@
 
 use shared::counters::{Counters, DropReason};
 use shared::maglev::mix64;
-use shared::snapshot::{FrontendKind, RemoteNode, Snapshot};
-use shared::wire::checksum;
+use shared::snapshot::{FrontendKind, RemoteHop, Snapshot};
+use shared::wire::checksum::{self, Incremental};
 use shared::wire::vxlan::{VxlanPacket, VxlanRepr};
 use shared::wire::{ETH_HLEN, VXLAN_OVERHEAD};
 
-use crate::flow::{client_owner, port_owner, tcp_flags, FlowKey, FlowMeta, FlowTable, Rewrite};
+use crate::flow::{
+    client_owner, port_owner, tcp_flags, ChecksumDeltas, FlowKey, FlowMeta, FlowTable, Rewrite,
+};
 use crate::frame::{Frame, Verdict};
 
 /// Frames processed per stage pass.
@@ -42,10 +44,13 @@ const VXLAN_SPORT_RANGE: (u16, u16) = (32768, 60999);
 /// whose first byte is the (inner, after decap) Ethernet header.
 #[derive(Clone, Copy, Debug, Default)]
 struct Parsed {
-    ihl: usize,
+    /// IPv4 header length in bytes (20–60).
+    ihl: u8,
     key: FlowKey,
     /// The flow table's hash of `key`, computed once in the prefetch stage.
     hash: u64,
+    /// The slot `FlowTable::probe` found for `hash` (`NO_SLOT`: none).
+    probe: u32,
     tcp_flags: u8,
     icmp_type: u8,
     /// Came through the overlay.
@@ -55,7 +60,7 @@ struct Parsed {
 impl Parsed {
     #[inline]
     fn l4(&self) -> usize {
-        ETH_HLEN + self.ihl
+        ETH_HLEN + usize::from(self.ihl)
     }
     #[inline]
     fn tcp(&self) -> Option<u8> {
@@ -63,14 +68,40 @@ impl Parsed {
     }
 }
 
-#[inline]
-fn rd16(b: &[u8], o: usize) -> u16 {
-    u16::from_be_bytes([b[o], b[o + 1]])
-}
+/// Ethernet plus a minimal IPv4 header: what every classified frame holds.
+const L3_HLEN: usize = ETH_HLEN + 20;
 
-#[inline]
+#[inline(always)]
 fn rd32(b: &[u8], o: usize) -> u32 {
     u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+/// Big-endian reads and writes at constant offsets of fixed-size header views:
+/// once a frame is seen as `&[u8; N]` they need no bounds checks.
+#[inline(always)]
+fn be16<const N: usize>(h: &[u8; N], o: usize) -> u16 {
+    u16::from_be_bytes([h[o], h[o + 1]])
+}
+
+#[inline(always)]
+fn be32<const N: usize>(h: &[u8; N], o: usize) -> u32 {
+    u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]])
+}
+
+#[inline(always)]
+fn put16<const N: usize>(h: &mut [u8; N], o: usize, v: u16) {
+    let b = v.to_be_bytes();
+    h[o] = b[0];
+    h[o + 1] = b[1];
+}
+
+#[inline(always)]
+fn put32<const N: usize>(h: &mut [u8; N], o: usize, v: u32) {
+    let b = v.to_be_bytes();
+    h[o] = b[0];
+    h[o + 1] = b[1];
+    h[o + 2] = b[2];
+    h[o + 3] = b[3];
 }
 
 #[inline]
@@ -139,7 +170,8 @@ fn run_chunk(
             Err(r) => verdicts[i] = Verdict::Drop(r),
         }
     }
-    // Stage 2: prefetch flow-table sets.
+    // Stage 2: prefetch the flow-table sets of the batch, then (their tags
+    // having arrived meanwhile) the matching entries.
     for i in 0..frames.len() {
         if live[i] {
             let h = flows.hash(&parsed[i].key);
@@ -149,7 +181,7 @@ fn run_chunk(
     }
     for i in 0..frames.len() {
         if live[i] {
-            flows.prefetch_entry(&parsed[i].key, parsed[i].hash);
+            parsed[i].probe = flows.probe(parsed[i].hash);
         }
     }
     // Stage 3+4: conntrack / service / route / rewrite.
@@ -157,6 +189,8 @@ fn run_chunk(
         if live[i] {
             verdicts[i] = forward(&mut frames[i], &parsed[i], snap, flows, c, now);
         }
+    }
+    for i in 0..frames.len() {
         match verdicts[i] {
             Verdict::Drop(r) => c.drop(r),
             Verdict::Pass => c.passed += 1,
@@ -171,77 +205,79 @@ fn run_chunk(
 }
 
 /// Ethernet + IPv4 + L4 checks on `f.data()`; trims Ethernet padding.
+#[inline(always)]
 fn classify_l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
     let d = f.data();
-    if d.len() < ETH_HLEN {
+    let Some(eth) = d.first_chunk::<ETH_HLEN>() else {
         return Err(DropReason::Malformed);
-    }
-    if rd16(d, 12) != ETHERTYPE_IPV4 {
+    };
+    if be16(eth, 12) != ETHERTYPE_IPV4 {
         return Err(DropReason::UnsupportedEtherType);
     }
-    if d.len() < ETH_HLEN + 20 {
+    let Some(h) = d.first_chunk::<L3_HLEN>() else {
         return Err(DropReason::Malformed);
-    }
+    };
     let ip = ETH_HLEN;
-    if d[ip] >> 4 != 4 {
+    if h[ip] >> 4 != 4 {
         return Err(DropReason::Malformed);
     }
-    let ihl = usize::from(d[ip] & 0x0f) * 4;
-    let total = usize::from(rd16(d, ip + 2));
-    if ihl < 20 || total < ihl || ip + total > d.len() {
+    let ihl = h[ip] & 0x0f;
+    let ihl_bytes = usize::from(ihl) * 4;
+    let total = usize::from(be16(h, ip + 2));
+    if ihl_bytes < 20 || total < ihl_bytes || ip + total > d.len() {
         return Err(DropReason::Malformed);
     }
-    if rd16(d, ip + 6) & 0x3fff != 0 {
+    if be16(h, ip + 6) & 0x3fff != 0 {
         return Err(DropReason::Fragment);
     }
-    let proto = d[ip + 9];
+    let proto = h[ip + 9];
     let mut p = Parsed {
-        ihl,
+        ihl: ihl * 4,
         key: FlowKey {
-            src: rd32(d, ip + 12),
-            dst: rd32(d, ip + 16),
+            src: be32(h, ip + 12),
+            dst: be32(h, ip + 16),
             sport: 0,
             dport: 0,
             proto,
         },
         ..Parsed::default()
     };
-    let l4 = ip + ihl;
-    let l4len = total - ihl;
+    // The L4 segment as the IPv4 total length gives it.
+    let seg = d.get(ip + ihl_bytes..ip + total).unwrap_or_default();
     match proto {
         PROTO_TCP => {
-            if l4len < 20 {
+            let Some(t) = seg.first_chunk::<20>() else {
+                return Err(DropReason::MalformedL4);
+            };
+            let doff = usize::from(t[12] >> 4) * 4;
+            if doff < 20 || doff > seg.len() {
                 return Err(DropReason::MalformedL4);
             }
-            let doff = usize::from(d[l4 + 12] >> 4) * 4;
-            if doff < 20 || doff > l4len {
-                return Err(DropReason::MalformedL4);
-            }
-            p.key.sport = rd16(d, l4);
-            p.key.dport = rd16(d, l4 + 2);
-            p.tcp_flags = d[l4 + 13];
+            p.key.sport = be16(t, 0);
+            p.key.dport = be16(t, 2);
+            p.tcp_flags = t[13];
         }
         PROTO_UDP => {
-            if l4len < 8 {
+            let Some(u) = seg.first_chunk::<8>() else {
+                return Err(DropReason::MalformedL4);
+            };
+            let ulen = usize::from(be16(u, 4));
+            if ulen < 8 || ulen > seg.len() {
                 return Err(DropReason::MalformedL4);
             }
-            let ulen = usize::from(rd16(d, l4 + 4));
-            if ulen < 8 || ulen > l4len {
-                return Err(DropReason::MalformedL4);
-            }
-            p.key.sport = rd16(d, l4);
-            p.key.dport = rd16(d, l4 + 2);
+            p.key.sport = be16(u, 0);
+            p.key.dport = be16(u, 2);
         }
         PROTO_ICMP => {
-            if l4len < 8 {
+            let Some(m) = seg.first_chunk::<8>() else {
                 return Err(DropReason::MalformedL4);
-            }
-            p.icmp_type = d[l4];
+            };
+            p.icmp_type = m[0];
             // Echo: the identifier plays the port, on the side that makes
             // request and reply mirror images of each other.
             match p.icmp_type {
-                ICMP_ECHO_REQUEST => p.key.sport = rd16(d, l4 + 4),
-                ICMP_ECHO_REPLY => p.key.dport = rd16(d, l4 + 4),
+                ICMP_ECHO_REQUEST => p.key.sport = be16(m, 4),
+                ICMP_ECHO_REPLY => p.key.dport = be16(m, 4),
                 _ => {}
             }
         }
@@ -256,10 +292,11 @@ fn classify_l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
 }
 
 /// Stage 1 for one frame: classify, and decapsulate VXLAN addressed to us.
+#[inline(always)]
 fn classify(f: &mut Frame<'_>, snap: &Snapshot, c: &mut Counters) -> Result<Parsed, DropReason> {
     let p = classify_l3(f)?;
     let overlay = snap.overlay();
-    if p.key.proto != PROTO_UDP || p.key.dport != overlay.port || !is_own_ip(snap, p.key.dst) {
+    if p.key.proto != PROTO_UDP || p.key.dport != overlay.port || !snap.is_own_ip(p.key.dst) {
         return Ok(p);
     }
     let vx = p.l4() + 8;
@@ -283,11 +320,6 @@ fn classify(f: &mut Frame<'_>, snap: &Snapshot, c: &mut Counters) -> Result<Pars
     Ok(q)
 }
 
-#[inline]
-fn is_own_ip(snap: &Snapshot, ip: u32) -> bool {
-    snap.is_node_ip(ip) || snap.node().underlay_ip.is_some_and(|u| u32::from(u) == ip)
-}
-
 /// Stage 3 for one frame.
 fn forward(
     f: &mut Frame<'_>,
@@ -298,7 +330,7 @@ fn forward(
     now: u64,
 ) -> Verdict {
     let key = p.key;
-    if let Some(hit) = flows.lookup_hashed(&key, p.hash, now) {
+    if let Some(hit) = flows.lookup_probed(&key, p.hash, p.probe, now) {
         let mut live = true;
         if hit.checked_gen != snap.generation as u32 {
             match hit.meta.backend {
@@ -320,7 +352,7 @@ fn forward(
             } else {
                 None
             };
-            return rewrite_and_route_via(f, p, &hit.rewrite, snap, c, back_to);
+            return rewrite_and_route_via(f, p, &hit.rewrite, hit.deltas, snap, c, back_to);
         }
         if hit.is_reply {
             // A reply from a backend that is gone: nothing to translate it to.
@@ -355,12 +387,12 @@ fn foreign_owner(f: &Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &FlowTable) 
     let own = snap.node();
     let owner = if l4 && snap.frontend(key.dst, key.proto, key.dport).is_some() {
         client_owner(key.src, n)
-    } else if is_own_ip(snap, key.dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == key.dst)
-    {
+    } else if snap.is_own_ip(key.dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == key.dst) {
         port_owner(key.dport, n)
     } else if l4 && snap.backend_alive(key.src, key.sport, key.proto) {
         client_owner(key.dst, n)
-    } else if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod(key.src).is_some() {
+    } else if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod_hop(key.src).is_some()
+    {
         client_owner(key.src, n)
     } else {
         return None;
@@ -386,7 +418,7 @@ fn new_flow(
     if snap.in_service_cidr(key.dst) {
         return Verdict::Drop(DropReason::UnallocatedServiceIp);
     }
-    if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod(key.src).is_some() {
+    if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod_hop(key.src).is_some() {
         return masquerade_out(f, p, snap, flows, c, now);
     }
     let rw = key.identity();
@@ -395,7 +427,7 @@ fn new_flow(
 
 #[inline]
 fn is_off_cluster(snap: &Snapshot, ip: u32) -> bool {
-    !snap.in_local_pod_cidr(ip) && snap.remote_node_for(ip).is_none() && !is_own_ip(snap, ip)
+    !snap.in_local_pod_cidr(ip) && snap.remote_route(ip).is_none() && !snap.is_own_ip(ip)
 }
 
 /// Pod traffic leaving the cluster: SNAT to the node's underlay IP with a port
@@ -502,7 +534,7 @@ fn service(
     if sp.backends.is_empty() {
         return reject(f, p, snap, c);
     }
-    let from_local_pod = !p.decapped && snap.local_pod(key.src).is_some();
+    let from_local_pod = !p.decapped && snap.local_pod_hop(key.src).is_some();
     // eTP=Local applies to traffic from outside; pods on this node reaching an
     // external frontend use the cluster-wide set, as kube-proxy does.
     let local_only = if kind.is_external() {
@@ -597,15 +629,19 @@ fn rewrite_and_route(
     snap: &Snapshot,
     c: &mut Counters,
 ) -> Verdict {
-    rewrite_and_route_via(f, p, rw, snap, c, None)
+    let deltas = ChecksumDeltas::between(&p.key, rw);
+    rewrite_and_route_via(f, p, rw, deltas, snap, c, None)
 }
 
-/// `rewrite_and_route`, with a MAC to use for an off-cluster destination the
-/// snapshot has no neighbour for.
+/// `rewrite_and_route` with the rewrite's checksum changes already summed
+/// (`deltas`, from the flow entry), and a MAC to use for an off-cluster
+/// destination the snapshot has no neighbour for.
+#[inline]
 fn rewrite_and_route_via(
     f: &mut Frame<'_>,
     p: &Parsed,
     rw: &Rewrite,
+    deltas: ChecksumDeltas,
     snap: &Snapshot,
     c: &mut Counters,
     fallback_mac: Option<[u8; 6]>,
@@ -613,60 +649,60 @@ fn rewrite_and_route_via(
     let key = p.key;
     let l4 = p.l4();
     let d = f.data_mut();
+    // Classify saw at least this much; anything shorter is not from it.
+    let Some(h) = d.first_chunk_mut::<L3_HLEN>() else {
+        return Verdict::Drop(DropReason::Malformed);
+    };
     let ip = ETH_HLEN;
-    let ttl = d[ip + 8];
+    let ttl = h[ip + 8];
     if ttl <= 1 {
         return Verdict::Drop(DropReason::TtlExceeded);
     }
-    let mut ipsum = rd16(d, ip + 10);
-    let old_ttl_word = u16::from_be_bytes([ttl, d[ip + 9]]);
-    d[ip + 8] = ttl - 1;
-    ipsum = checksum::update16(
-        ipsum,
-        old_ttl_word,
-        u16::from_be_bytes([ttl - 1, d[ip + 9]]),
-    );
-    if rw.src != key.src || rw.dst != key.dst {
-        ipsum = checksum::update32(ipsum, key.src, rw.src);
-        ipsum = checksum::update32(ipsum, key.dst, rw.dst);
-        wr32(d, ip + 12, rw.src);
-        wr32(d, ip + 16, rw.dst);
-    }
-    wr16(d, ip + 10, ipsum);
+    h[ip + 8] = ttl - 1;
+    let ipsum = Incremental::new(be16(h, ip + 10))
+        .ttl_decrement()
+        .apply(deltas.ip);
+    put16(h, ip + 10, ipsum.finish());
     let addr_changed = rw.src != key.src || rw.dst != key.dst;
+    if addr_changed {
+        put32(h, ip + 12, rw.src);
+        put32(h, ip + 16, rw.dst);
+    }
     let ports_changed = rw.sport != key.sport || rw.dport != key.dport;
     if addr_changed || ports_changed {
+        let seg = d.get_mut(l4..).unwrap_or_default();
         match key.proto {
-            PROTO_TCP | PROTO_UDP => {
-                let cs_off = if key.proto == PROTO_TCP {
-                    l4 + 16
-                } else {
-                    l4 + 6
-                };
-                let mut cs = rd16(d, cs_off);
-                let udp_no_csum = key.proto == PROTO_UDP && cs == 0;
-                if !udp_no_csum {
-                    cs = checksum::update32(cs, key.src, rw.src);
-                    cs = checksum::update32(cs, key.dst, rw.dst);
-                    cs = checksum::update16(cs, key.sport, rw.sport);
-                    cs = checksum::update16(cs, key.dport, rw.dport);
-                    if key.proto == PROTO_UDP {
-                        cs = checksum::udp_nonzero(cs);
-                    }
-                    wr16(d, cs_off, cs);
+            PROTO_TCP => {
+                if let Some(t) = seg.first_chunk_mut::<20>() {
+                    let cs = Incremental::new(be16(t, 16)).apply(deltas.l4);
+                    put16(t, 16, cs.finish());
+                    put16(t, 0, rw.sport);
+                    put16(t, 2, rw.dport);
                 }
-                wr16(d, l4, rw.sport);
-                wr16(d, l4 + 2, rw.dport);
+            }
+            PROTO_UDP => {
+                if let Some(u) = seg.first_chunk_mut::<8>() {
+                    let old = be16(u, 6);
+                    // 0: the sender computed no checksum; keep it that way.
+                    if old != 0 {
+                        let cs = Incremental::new(old).apply(deltas.l4);
+                        put16(u, 6, checksum::udp_nonzero(cs.finish()));
+                    }
+                    put16(u, 0, rw.sport);
+                    put16(u, 2, rw.dport);
+                }
             }
             PROTO_ICMP if ports_changed => {
-                let (old, new) = if p.icmp_type == ICMP_ECHO_REQUEST {
-                    (key.sport, rw.sport)
-                } else {
-                    (key.dport, rw.dport)
-                };
-                let cs = checksum::update16(rd16(d, l4 + 2), old, new);
-                wr16(d, l4 + 2, cs);
-                wr16(d, l4 + 4, new);
+                if let Some(m) = seg.first_chunk_mut::<8>() {
+                    let new = if p.icmp_type == ICMP_ECHO_REQUEST {
+                        rw.sport
+                    } else {
+                        rw.dport
+                    };
+                    let cs = Incremental::new(be16(m, 2)).apply(deltas.l4);
+                    put16(m, 2, cs.finish());
+                    put16(m, 4, new);
+                }
             }
             _ => {}
         }
@@ -681,6 +717,7 @@ fn route(f: &mut Frame<'_>, out: &FlowKey, snap: &Snapshot, c: &mut Counters) ->
     route_via(f, out, snap, c, None)
 }
 
+#[inline]
 fn route_via(
     f: &mut Frame<'_>,
     out: &FlowKey,
@@ -689,19 +726,17 @@ fn route_via(
     fallback_mac: Option<[u8; 6]>,
 ) -> Verdict {
     let dst = out.dst;
-    if let Some(pod) = snap.local_pod(dst) {
-        let d = f.data_mut();
-        d[0..6].copy_from_slice(&pod.mac);
-        d[6..12].copy_from_slice(&pod.host_mac);
+    if let Some(pod) = snap.local_pod_hop(dst) {
+        set_macs(f, &pod.mac, &pod.host_mac);
         return Verdict::Tx {
             ifindex: pod.host_ifindex,
         };
     }
-    if let Some(node) = snap.remote_node_for(dst) {
-        return encap(f, out, node, snap, c);
+    if let Some(remote) = snap.remote_route(dst) {
+        return encap(f, out, remote, snap, c);
     }
     let own = snap.node();
-    if is_own_ip(snap, dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
+    if snap.is_own_ip(dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
         return Verdict::Pass;
     }
     if snap.in_local_pod_cidr(dst) {
@@ -715,11 +750,18 @@ fn route_via(
     let Some(mac) = mac else {
         return Verdict::Drop(DropReason::NoNeighbor);
     };
-    let d = f.data_mut();
-    d[0..6].copy_from_slice(&mac);
-    d[6..12].copy_from_slice(&own.uplink_mac);
+    set_macs(f, &mac, &own.uplink_mac);
     Verdict::Tx {
         ifindex: own.uplink_ifindex,
+    }
+}
+
+/// Writes the Ethernet destination and source.
+#[inline(always)]
+fn set_macs(f: &mut Frame<'_>, dst: &[u8; 6], src: &[u8; 6]) {
+    if let Some(m) = f.data_mut().first_chunk_mut::<12>() {
+        m[..6].copy_from_slice(dst);
+        m[6..].copy_from_slice(src);
     }
 }
 
@@ -727,15 +769,16 @@ fn route_via(
 fn encap(
     f: &mut Frame<'_>,
     out: &FlowKey,
-    node: &RemoteNode,
+    remote: RemoteHop<'_>,
     snap: &Snapshot,
     c: &mut Counters,
 ) -> Verdict {
     let own = snap.node();
+    let node = remote.node;
     let Some(src_ip) = own.underlay_ip else {
         return Verdict::Drop(DropReason::NoRoute);
     };
-    let Some(next_hop) = snap.neighbor(u32::from(node.underlay_ip)) else {
+    let Some(next_hop) = remote.next_hop else {
         return Verdict::Drop(DropReason::NoNeighbor);
     };
     {
@@ -832,7 +875,7 @@ fn reject(f: &mut Frame<'_>, p: &Parsed, snap: &Snapshot, c: &mut Counters) -> V
             write_ipv4(&mut scratch[ip..body], key.dst, key.src, PROTO_TCP, 40);
         } else {
             // ICMP type 3 code 3 quoting the IP header and 8 bytes of payload.
-            let quote = p.ihl + 8;
+            let quote = usize::from(p.ihl) + 8;
             scratch[body] = 3;
             scratch[body + 1] = 3;
             scratch[body + 8..body + 8 + quote].copy_from_slice(&d[ip..ip + quote]);

@@ -441,8 +441,6 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// One trial: a sink in the destination pod, the generator at `rate` (0 = flat
-/// out) for `secs`.
 /// Set by SIGINT/SIGTERM: the suite stops at the next trial and the labs it
 /// built come down through their `Drop` (agents stopped by pid, namespaces removed).
 static INTERRUPTED: std::sync::LazyLock<Arc<AtomicBool>> =
@@ -455,6 +453,8 @@ fn check_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One trial: a sink in the destination pod, the generator at `rate` (0 = flat
+/// out) for `secs`.
 fn trial(sc: &Scenario, rate: u64, secs: f64, ceiling: f64) -> anyhow::Result<Trial> {
     check_interrupted()?;
     let perf = bin_dir()?.join("nodeplane-perf");

@@ -227,6 +227,84 @@ pub struct ServicePort {
 /// Key of the frontend map: destination IP, protocol number, destination port.
 pub type FrontendKey = (u32, u8, u16);
 
+/// Where the pipeline sends a frame for a local pod: the per-packet copy of a
+/// `PodRoute` (16 bytes, no strings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodHop {
+    pub mac: Mac,
+    pub host_mac: Mac,
+    pub host_ifindex: u32,
+}
+
+/// A remote node's route for the per-packet path: the node, and the MAC of its
+/// underlay next hop when the neighbour table has it.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteHop<'a> {
+    pub node: &'a RemoteNode,
+    pub next_hop: Option<Mac>,
+}
+
+/// Local pods by IP, for the per-packet path: a direct-indexed array over this
+/// node's first pod CIDR (prefixes /16 and longer), a hash map for pods outside it.
+#[derive(Clone, Debug, Default)]
+struct PodTable {
+    net: u32,
+    mask: u32,
+    /// 0 = no pod, else index + 1 into `hops`; empty when no CIDR is indexed.
+    slots: Box<[u32]>,
+    others: HashMap<u32, u32>,
+    hops: Vec<PodHop>,
+}
+
+/// The longest pod CIDR this table indexes directly (2^16 slots of 4 bytes).
+const POD_TABLE_MIN_PREFIX: u8 = 16;
+
+impl PodTable {
+    fn build(cidr: Option<&Ipv4Cidr>, pods: &[PodRoute]) -> PodTable {
+        let mut t = PodTable::default();
+        if let Some(c) = cidr.filter(|c| c.prefix_len() >= POD_TABLE_MIN_PREFIX) {
+            t.net = c.network_u32();
+            t.mask = c.mask();
+            t.slots = vec![0u32; 1usize << (32 - u32::from(c.prefix_len()))].into_boxed_slice();
+        }
+        // A later route for the same IP replaces an earlier one, as in the map
+        // of routes.
+        for p in pods {
+            let ip = u32::from(p.ip);
+            t.hops.push(PodHop {
+                mac: p.mac,
+                host_mac: p.host_mac,
+                host_ifindex: p.host_ifindex,
+            });
+            let idx = u32::try_from(t.hops.len()).unwrap_or(u32::MAX);
+            let slot = if t.slots.is_empty() || ip & t.mask != t.net {
+                None
+            } else {
+                t.slots.get_mut(ip.wrapping_sub(t.net) as usize)
+            };
+            match slot {
+                Some(s) => *s = idx,
+                None => {
+                    t.others.insert(ip, idx);
+                }
+            }
+        }
+        t
+    }
+
+    #[inline]
+    fn get(&self, ip: u32) -> Option<&PodHop> {
+        let idx = if ip & self.mask == self.net && !self.slots.is_empty() {
+            self.slots.get(ip.wrapping_sub(self.net) as usize).copied()
+        } else if self.others.is_empty() {
+            None
+        } else {
+            self.others.get(&ip).copied()
+        }?;
+        self.hops.get((idx as usize).checked_sub(1)?)
+    }
+}
+
 /// The immutable tables of one generation.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -236,9 +314,15 @@ pub struct Snapshot {
     frontends: HashMap<FrontendKey, Frontend>,
     node_ports: HashMap<(u8, u16), u32>,
     node_ips: Vec<u32>,
+    /// The node's own addresses: node IPs and the underlay IP.
+    own_ips: Vec<u32>,
     local_pods: HashMap<u32, PodRoute>,
-    /// (cidr, index into spec.remote_nodes), longest prefix first.
-    remote_routes: Vec<(Ipv4Cidr, usize)>,
+    pod_hops: PodTable,
+    /// Remote pod CIDRs grouped by prefix length, longest first: (mask,
+    /// network → index into spec.remote_nodes).
+    remote_routes: Vec<(u32, HashMap<u32, usize>)>,
+    /// The underlay next hop's MAC of each remote node (same index).
+    remote_next_hops: Vec<Option<Mac>>,
     neighbors: HashMap<u32, Mac>,
     live_backends: HashSet<(u32, u16, u8)>,
 }
@@ -342,22 +426,56 @@ impl Snapshot {
             .filter(|ip| !ip.is_loopback())
             .map(|ip| u32::from(*ip))
             .collect();
+        let mut own_ips: Vec<u32> = node_ips;
+        own_ips.extend(spec.node.underlay_ip.map(u32::from));
+        own_ips.sort_unstable();
+        own_ips.dedup();
+        let node_ips = spec
+            .node
+            .node_ips
+            .iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| u32::from(*ip))
+            .collect();
         let local_pods = spec
             .local_pods
             .iter()
             .map(|p| (u32::from(p.ip), p.clone()))
             .collect();
-        let mut remote_routes: Vec<(Ipv4Cidr, usize)> = spec
+        let pod_hops = PodTable::build(spec.node.pod_cidrs.first(), &spec.local_pods);
+        // Longest prefix first; within one length the first node listed wins.
+        let mut remote_routes: Vec<(u32, HashMap<u32, usize>)> = Vec::new();
+        let mut by_len: Vec<(u8, u32, usize)> = spec
             .remote_nodes
             .iter()
             .enumerate()
-            .flat_map(|(i, n)| n.pod_cidrs.iter().map(move |c| (*c, i)))
+            .flat_map(|(i, n)| {
+                n.pod_cidrs
+                    .iter()
+                    .map(move |c| (c.prefix_len(), c.network_u32(), i))
+            })
             .collect();
-        remote_routes.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.0.cmp(&b.0)));
-        let neighbors = spec
+        by_len.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        for (len, net, i) in by_len {
+            let mask = Ipv4Cidr::new(Ipv4Addr::from(net), len)
+                .map(|c| c.mask())
+                .unwrap_or(u32::MAX);
+            if remote_routes.last().is_none_or(|(m, _)| *m != mask) {
+                remote_routes.push((mask, HashMap::new()));
+            }
+            if let Some((_, map)) = remote_routes.last_mut() {
+                map.entry(net).or_insert(i);
+            }
+        }
+        let neighbors: HashMap<u32, Mac> = spec
             .neighbors
             .iter()
             .map(|(ip, mac)| (u32::from(*ip), *mac))
+            .collect();
+        let remote_next_hops = spec
+            .remote_nodes
+            .iter()
+            .map(|n| neighbors.get(&u32::from(n.underlay_ip)).copied())
             .collect();
         Snapshot {
             generation,
@@ -366,8 +484,11 @@ impl Snapshot {
             frontends,
             node_ports,
             node_ips,
+            own_ips,
             local_pods,
+            pod_hops,
             remote_routes,
+            remote_next_hops,
             neighbors,
             live_backends,
         }
@@ -420,18 +541,43 @@ impl Snapshot {
         self.spec.node.pod_cidrs.iter().any(|c| c.contains_u32(ip))
     }
 
+    /// One of this node's own addresses: a node IP or the underlay IP.
+    #[inline]
+    pub fn is_own_ip(&self, ip: u32) -> bool {
+        self.own_ips.contains(&ip)
+    }
+
     #[inline]
     pub fn local_pod(&self, ip: u32) -> Option<&PodRoute> {
         self.local_pods.get(&ip)
     }
 
+    /// The next hop of a local pod (the per-packet form of `local_pod`).
+    #[inline]
+    pub fn local_pod_hop(&self, ip: u32) -> Option<&PodHop> {
+        self.pod_hops.get(ip)
+    }
+
     /// The remote node whose pod CIDR holds `ip` (longest prefix).
     #[inline]
     pub fn remote_node_for(&self, ip: u32) -> Option<&RemoteNode> {
-        self.remote_routes
-            .iter()
-            .find(|(c, _)| c.contains_u32(ip))
-            .and_then(|(_, i)| self.spec.remote_nodes.get(*i))
+        self.remote_route(ip).map(|r| r.node)
+    }
+
+    /// The remote node whose pod CIDR holds `ip` (longest prefix), with the MAC
+    /// of its underlay next hop.
+    #[inline]
+    pub fn remote_route(&self, ip: u32) -> Option<RemoteHop<'_>> {
+        for (mask, nets) in &self.remote_routes {
+            if let Some(&i) = nets.get(&(ip & mask)) {
+                let node = self.spec.remote_nodes.get(i)?;
+                return Some(RemoteHop {
+                    node,
+                    next_hop: self.remote_next_hops.get(i).copied().flatten(),
+                });
+            }
+        }
+        None
     }
 
     #[inline]
