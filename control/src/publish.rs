@@ -85,7 +85,11 @@ impl Publisher {
         }
         let t0 = Instant::now();
         let generation = self.generation + 1;
-        let snap = Snapshot::build(spec.clone(), generation);
+        // Tables whose backends did not change are copied from the running
+        // snapshot rather than rebuilt.
+        let prev = self.state.tables.load_full();
+        let snap = Snapshot::build_after(spec.clone(), generation, Some(&prev));
+        drop(prev);
         let build_us = u64::try_from((reduce_time + t0.elapsed()).as_micros()).unwrap_or(u64::MAX);
         self.state.tables.store(Arc::new(snap));
         self.generation = generation;

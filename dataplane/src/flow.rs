@@ -19,6 +19,7 @@
 //! above is what bounds it.
 
 use shared::maglev::mix64;
+use shared::mem::prefaulted;
 
 /// Ways per set.
 pub const WAYS: usize = 8;
@@ -558,7 +559,7 @@ impl FlowTable {
     /// the batch: when that slot still holds `key` (the common case) the set is
     /// not scanned again. Otherwise (a tag collision, or the batch changed the
     /// set since) it falls back to the full lookup, so the answer is the same.
-    #[inline]
+    #[inline(always)]
     pub fn lookup_probed(
         &mut self,
         key: &FlowKey,
@@ -576,7 +577,7 @@ impl FlowTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn hit_at(&mut self, slot: usize, now_ns: u64) -> Option<Hit> {
         let e = self.entries.get(slot)?;
         let master = if e.master { slot } else { e.peer as usize };
@@ -648,21 +649,57 @@ impl FlowTable {
         generation: u64,
         now_ns: u64,
     ) -> Result<u32, InsertError> {
+        let h1 = self.hash(&key);
+        let h2 = self.hash(&key.rewritten(&rw).reversed());
+        self.insert_prehashed(key, h1, h2, rw, meta, tcp, generation, now_ns)
+    }
+
+    /// Hints the CPU to fetch, for writing, the entry a flow whose key hashes
+    /// to `h` would be inserted into (the set's first free way; its tags should
+    /// be in cache already, see `prefetch`).
+    #[inline]
+    pub fn prefetch_for_insert(&self, h: u64) {
+        let base = self.set_base(h);
+        let free = self.tag_matches(base, 0);
+        if free == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(e) = self.entries.get(base + free.trailing_zeros() as usize) {
+            let p = std::ptr::from_ref(e).cast::<i8>();
+            // SAFETY: prefetch is only a hint; the pointer is inside `entries`.
+            unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_ET0) };
+        }
+    }
+
+    /// `insert` with the hashes of `key` (`h1`) and of its reply key
+    /// (`h2`, the hash of `key.rewritten(&rw).reversed()`) already computed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_prehashed(
+        &mut self,
+        key: FlowKey,
+        h1: u64,
+        h2: u64,
+        rw: Rewrite,
+        meta: FlowMeta,
+        tcp: Option<u8>,
+        generation: u64,
+        now_ns: u64,
+    ) -> Result<u32, InsertError> {
         let reply_key = key.rewritten(&rw).reversed();
         let reply_rw = key.reversed().identity();
+        debug_assert_eq!(h1, self.hash(&key));
+        debug_assert_eq!(h2, self.hash(&reply_key));
         // Replace stale entries with the same keys (e.g. a port reused).
-        for k in [key, reply_key] {
-            if let Some(s) = self.find(&k) {
+        for (k, h) in [(key, h1), (reply_key, h2)] {
+            if let Some(s) = self.find_hashed(&k, h) {
                 self.remove(s as u32);
             }
         }
-        let h1 = self.hash(&key);
         let b1 = self.set_base(h1);
         let s1 = self.free_way(b1, now_ns, None).ok_or(InsertError::Full)?;
         // Reserve s1 so the reply's search cannot pick it.
         self.tags[s1] = Self::tag_of(h1);
-        self.entries[s1].key = key;
-        let h2 = self.hash(&reply_key);
         let b2 = self.set_base(h2);
         let Some(s2) = self.free_way(b2, now_ns, Some(s1)) else {
             self.tags[s1] = 0;
@@ -796,34 +833,6 @@ impl FlowTable {
     pub fn evictions(&self) -> u64 {
         self.evictions
     }
-}
-
-/// A vector of `n` copies of `v` backed by transparent huge pages where the
-/// kernel allows (fewer TLB misses on a table that is randomly accessed), and
-/// written element by element so every page is faulted in now, at start, rather
-/// than as page-fault latency under load.
-fn prefaulted<T: Clone>(n: usize, v: T) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(n);
-    let bytes = n * std::mem::size_of::<T>();
-    if bytes >= 4 << 20 {
-        let huge = 2usize << 20;
-        let start = out.as_mut_ptr() as usize;
-        let aligned = (start + huge - 1) & !(huge - 1);
-        let end = (start + bytes) & !(huge - 1);
-        if end > aligned {
-            // SAFETY: the range lies inside this vector's own allocation; advice
-            // changes no contents and a failure is harmless (plain pages).
-            unsafe {
-                libc::madvise(
-                    aligned as *mut libc::c_void,
-                    end - aligned,
-                    libc::MADV_HUGEPAGE,
-                );
-            }
-        }
-    }
-    out.resize(n, v);
-    out
 }
 
 /// A compact TCP state machine after Linux conntrack's main transitions.

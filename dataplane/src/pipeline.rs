@@ -13,15 +13,17 @@
 //! 4. rewrite with RFC 1624 incremental checksums and TTL decrement, then route:
 //!    local pod, remote node (VXLAN encap), host, or off-cluster via the uplink.
 
+use arrayvec::ArrayVec;
 use shared::counters::{Counters, DropReason};
 use shared::maglev::mix64;
-use shared::snapshot::{FrontendKind, RemoteHop, Snapshot};
+use shared::snapshot::{Frontend, FrontendKind, RemoteHop, Snapshot};
 use shared::wire::checksum::{self, Incremental};
 use shared::wire::vxlan::{VxlanPacket, VxlanRepr};
 use shared::wire::{ETH_HLEN, VXLAN_OVERHEAD};
 
 use crate::flow::{
     client_owner, port_owner, tcp_flags, ChecksumDeltas, FlowKey, FlowMeta, FlowTable, Rewrite,
+    NO_SLOT,
 };
 use crate::frame::{Frame, Verdict};
 
@@ -51,6 +53,9 @@ struct Parsed {
     hash: u64,
     /// The slot `FlowTable::probe` found for `hash` (`NO_SLOT`: none).
     probe: u32,
+    /// The frontend of a TCP/UDP `key` no tag matched (`probe == NO_SLOT`),
+    /// looked up by the prefetch stage; `None` otherwise.
+    frontend: Option<Frontend>,
     tcp_flags: u8,
     icmp_type: u8,
     /// Came through the overlay.
@@ -182,12 +187,63 @@ fn run_chunk(
     for i in 0..frames.len() {
         if live[i] {
             parsed[i].probe = flows.probe(parsed[i].hash);
+            if parsed[i].probe == NO_SLOT {
+                prefetch_service(&mut parsed[i], snap);
+            }
         }
     }
-    // Stage 3+4: conntrack / service / route / rewrite.
+    // Stage 3: conntrack, service choice, rewrite and route for the whole batch.
+    // A new Service flow is only decided here; its reply key's set is
+    // prefetched and the flow inserted in stage 4, so the cache misses of the
+    // batch's new flows overlap instead of adding up.
+    let mut later: ArrayVec<(usize, Step), BATCH> = ArrayVec::new();
+    let mut decided = Decided::default();
     for i in 0..frames.len() {
         if live[i] {
-            verdicts[i] = forward(&mut frames[i], &parsed[i], snap, flows, c, now);
+            let st = first_pass(
+                &mut frames[i],
+                &parsed[i],
+                snap,
+                flows,
+                c,
+                now,
+                &decided,
+                &mut verdicts[i],
+            );
+            if let Step::Commit { reply_hash, .. } = st {
+                decided.add(parsed[i].hash, reply_hash);
+            }
+            if !matches!(st, Step::Done) && later.try_push((i, st)).is_err() {
+                // Unreachable (a chunk has at most BATCH frames); run it now.
+                verdicts[i] = forward(&mut frames[i], &parsed[i], snap, flows, c, now);
+            }
+        }
+    }
+    // Stage 4: insert the decided flows (and run the frames that waited for
+    // them) in batch order.
+    if !later.is_empty() {
+        for &(_, reply_hash) in decided.flows() {
+            flows.prefetch_for_insert(reply_hash);
+        }
+        for &(i, st) in &later {
+            match st {
+                Step::Done => {}
+                Step::Commit { flow, reply_hash } => {
+                    verdicts[i] = commit(
+                        &mut frames[i],
+                        &parsed[i],
+                        &flow,
+                        reply_hash,
+                        snap,
+                        flows,
+                        c,
+                        now,
+                    );
+                }
+                Step::Later => {
+                    verdicts[i] = forward(&mut frames[i], &parsed[i], snap, flows, c, now);
+                }
+            }
         }
     }
     for i in 0..frames.len() {
@@ -202,6 +258,32 @@ fn run_chunk(
         }
     }
     c.flow_evictions = flows.evictions();
+}
+
+/// For a frame no flow-table tag matched (most likely a new flow): if it goes
+/// to a frontend, hints the CPU to load what the service stage will read, the
+/// Service port's Maglev entry for this flow and its backends, so that with
+/// thousands of Services those misses overlap across the batch.
+#[inline]
+fn prefetch_service(p: &mut Parsed, snap: &Snapshot) {
+    let key = p.key;
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return;
+    }
+    p.frontend = snap.frontend(key.dst, key.proto, key.dport);
+    let Some(sp) = p.frontend.and_then(|fe| snap.service_port(fe.service_port)) else {
+        return;
+    };
+    snap.maglev.prefetch(&sp.maglev, flow_hash(&key));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is only a hint; the pointer is the vector's own buffer
+    // (dangling but never dereferenced when it is empty).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(
+            sp.backends.as_ptr().cast::<i8>(),
+            core::arch::x86_64::_MM_HINT_T0,
+        );
+    }
 }
 
 /// Ethernet + IPv4 + L4 checks on `f.data()`; trims Ethernet padding.
@@ -320,7 +402,126 @@ fn classify(f: &mut Frame<'_>, snap: &Snapshot, c: &mut Counters) -> Result<Pars
     Ok(q)
 }
 
-/// Stage 3 for one frame.
+/// What stage 3 left for stage 4 to do with a frame.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// Its verdict is set.
+    Done,
+    /// A new Service flow, decided: insert it (its reply key hashes to
+    /// `reply_hash`), then rewrite and route the frame.
+    Commit { flow: NewFlow, reply_hash: u64 },
+    /// It shares a key with a flow decided earlier in the batch (another packet
+    /// of that flow, or its reply): run it once that flow is in the table.
+    Later,
+}
+
+/// The flows decided in stage 3 of a batch, by (key hash, reply key hash), with
+/// a bit filter of those hashes so a frame that matches none (nearly all)
+/// skips the comparison.
+#[derive(Default)]
+struct Decided {
+    hashes: ArrayVec<(u64, u64), BATCH>,
+    filter: [u64; 16],
+}
+
+impl Decided {
+    #[inline]
+    fn bit(h: u64) -> (usize, u64) {
+        // The flow table's set index uses the low bits; take others.
+        let b = (h >> 40) as usize & 1023;
+        (b >> 6, 1 << (b & 63))
+    }
+
+    #[inline]
+    fn add(&mut self, key_hash: u64, reply_hash: u64) {
+        // At most one per frame of a chunk: never full.
+        let _ = self.hashes.try_push((key_hash, reply_hash));
+        for h in [key_hash, reply_hash] {
+            let (w, m) = Self::bit(h);
+            self.filter[w] |= m;
+        }
+    }
+
+    /// Does a frame whose key hashes to `h` belong to a decided flow (same
+    /// key, or its reply)?
+    #[inline]
+    fn touches(&self, h: u64) -> bool {
+        let (w, m) = Self::bit(h);
+        self.filter[w] & m != 0 && self.flows().iter().any(|&(k, r)| k == h || r == h)
+    }
+
+    fn flows(&self) -> &[(u64, u64)] {
+        &self.hashes
+    }
+}
+
+/// A new Service flow as the service stage decided it, before it is inserted.
+#[derive(Clone, Copy, Debug)]
+struct NewFlow {
+    rw: Rewrite,
+    meta: FlowMeta,
+}
+
+/// What the service stage made of a new flow.
+enum Decision {
+    /// Dropped or rejected: no flow.
+    Done(Verdict),
+    Flow(NewFlow),
+}
+
+/// Stage 3 for one frame: the whole pipeline for a flow-table hit or a frame
+/// that needs no new flow; the decision only for a new Service flow, unless
+/// it is masqueraded (its port was chosen against the table as it is now, so
+/// it is inserted at once). `decided` holds the flows decided earlier in the
+/// batch.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn first_pass(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+    decided: &Decided,
+    verdict: &mut Verdict,
+) -> Step {
+    if let Some(v) = conntrack(f, p, snap, flows, c, now) {
+        *verdict = v;
+        return Step::Done;
+    }
+    if decided.touches(p.hash) {
+        return Step::Later;
+    }
+    let key = p.key;
+    if key.proto == PROTO_TCP || key.proto == PROTO_UDP {
+        // The prefetch stage looked it up for frames no tag matched.
+        let fe = if p.probe == NO_SLOT {
+            p.frontend
+        } else {
+            snap.frontend(key.dst, key.proto, key.dport)
+        };
+        if let Some(fe) = fe {
+            *verdict = match decide_service(f, p, fe.kind, fe.service_port, snap, flows, c, now) {
+                Decision::Done(v) => v,
+                Decision::Flow(flow) => {
+                    let reply_hash = flows.hash(&key.rewritten(&flow.rw).reversed());
+                    if !flow.meta.snat {
+                        flows.prefetch(reply_hash);
+                        flows.prefetch_for_insert(p.hash);
+                        return Step::Commit { flow, reply_hash };
+                    }
+                    commit(f, p, &flow, reply_hash, snap, flows, c, now)
+                }
+            };
+            return Step::Done;
+        }
+    }
+    *verdict = new_flow_off_frontend(f, p, snap, flows, c, now);
+    Step::Done
+}
+
+/// Stage 3 and 4 for one frame, in one go.
 fn forward(
     f: &mut Frame<'_>,
     p: &Parsed,
@@ -329,6 +530,24 @@ fn forward(
     c: &mut Counters,
     now: u64,
 ) -> Verdict {
+    match conntrack(f, p, snap, flows, c, now) {
+        Some(v) => v,
+        None => new_flow(f, p, snap, flows, c, now),
+    }
+}
+
+/// The conntrack fast path: a verdict for a flow-table hit (or a frame another
+/// worker owns), `None` when the frame starts a new flow here. Inlined into the
+/// batch loop: this is the path nearly every packet takes.
+#[inline(always)]
+fn conntrack(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Option<Verdict> {
     let key = p.key;
     if let Some(hit) = flows.lookup_probed(&key, p.hash, p.probe, now) {
         let mut live = true;
@@ -352,16 +571,24 @@ fn forward(
             } else {
                 None
             };
-            return rewrite_and_route_via(f, p, &hit.rewrite, hit.deltas, snap, c, back_to);
+            return Some(rewrite_and_route_via(
+                f,
+                p,
+                &hit.rewrite,
+                hit.deltas,
+                snap,
+                c,
+                back_to,
+            ));
         }
         if hit.is_reply {
             // A reply from a backend that is gone: nothing to translate it to.
-            return Verdict::Drop(DropReason::NoRoute);
+            return Some(Verdict::Drop(DropReason::NoRoute));
         }
     } else if let Some(worker) = foreign_owner(f, p, snap, flows) {
-        return Verdict::Handoff { worker };
+        return Some(Verdict::Handoff { worker });
     }
-    new_flow(f, p, snap, flows, c, now)
+    None
 }
 
 /// With several workers: the worker that owns this frame's flow when it is not
@@ -412,9 +639,29 @@ fn new_flow(
     let l4_proxied = key.proto == PROTO_TCP || key.proto == PROTO_UDP;
     if l4_proxied {
         if let Some(fe) = snap.frontend(key.dst, key.proto, key.dport) {
-            return service(f, p, fe.kind, fe.service_port, snap, flows, c, now);
+            return match decide_service(f, p, fe.kind, fe.service_port, snap, flows, c, now) {
+                Decision::Done(v) => v,
+                Decision::Flow(flow) => {
+                    let reply_hash = flows.hash(&key.rewritten(&flow.rw).reversed());
+                    commit(f, p, &flow, reply_hash, snap, flows, c, now)
+                }
+            };
         }
     }
+    new_flow_off_frontend(f, p, snap, flows, c, now)
+}
+
+/// A new flow to an address that is not a frontend: an unallocated ClusterIP,
+/// pod traffic leaving the cluster (masqueraded), or plain routing.
+fn new_flow_off_frontend(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
+    let key = p.key;
     if snap.in_service_cidr(key.dst) {
         return Verdict::Drop(DropReason::UnallocatedServiceIp);
     }
@@ -509,9 +756,10 @@ fn pick_port(
         .find(|&port| mine(port) && free(port))
 }
 
-/// The service stage (§4 items 3–9) for a new flow to a frontend.
+/// The service stage (§4 items 3–9) for a new flow to a frontend: drop,
+/// reject, or the flow to create (backend, DNAT and SNAT).
 #[allow(clippy::too_many_arguments)]
-fn service(
+fn decide_service(
     f: &mut Frame<'_>,
     p: &Parsed,
     kind: FrontendKind,
@@ -520,19 +768,19 @@ fn service(
     flows: &mut FlowTable,
     c: &mut Counters,
     now: u64,
-) -> Verdict {
+) -> Decision {
     let key = p.key;
     let Some(sp) = snap.service_port(sp_id) else {
-        return Verdict::Drop(DropReason::NoRoute);
+        return Decision::Done(Verdict::Drop(DropReason::NoRoute));
     };
     if kind == FrontendKind::LoadBalancer
         && !sp.source_ranges.is_empty()
         && !sp.source_ranges.iter().any(|r| r.contains_u32(key.src))
     {
-        return Verdict::Drop(DropReason::SourceRangeDenied);
+        return Decision::Done(Verdict::Drop(DropReason::SourceRangeDenied));
     }
     if sp.backends.is_empty() {
-        return reject(f, p, snap, c);
+        return Decision::Done(reject(f, p, snap, c));
     }
     let from_local_pod = !p.decapped && snap.local_pod_hop(key.src).is_some();
     // eTP=Local applies to traffic from outside; pods on this node reaching an
@@ -545,7 +793,7 @@ fn service(
     let table = if local_only {
         match &sp.maglev_local {
             Some(m) if sp.local_backends > 0 => m,
-            _ => return Verdict::Drop(DropReason::NoLocalEndpoint),
+            _ => return Decision::Done(Verdict::Drop(DropReason::NoLocalEndpoint)),
         }
     } else {
         &sp.maglev
@@ -562,12 +810,13 @@ fn service(
     }
     let backend = match chosen {
         Some(b) => b,
-        None => match table
-            .lookup(flow_hash(&key))
+        None => match snap
+            .maglev
+            .lookup(table, flow_hash(&key))
             .and_then(|i| sp.backends.get(usize::from(i)))
         {
             Some(b) => *b,
-            None => return Verdict::Drop(DropReason::NoLocalEndpoint),
+            None => return Decision::Done(Verdict::Drop(DropReason::NoLocalEndpoint)),
         },
     };
     let bip = u32::from(backend.ip);
@@ -587,11 +836,11 @@ fn service(
     if masq {
         let node = snap.node();
         let Some(ip) = node.overlay_ip().or(node.underlay_ip) else {
-            return Verdict::Drop(DropReason::NoRoute);
+            return Decision::Done(Verdict::Drop(DropReason::NoRoute));
         };
         rw.src = u32::from(ip);
         let Some(port) = pick_port(flows, &key, &rw, snap, true, now) else {
-            return Verdict::Drop(DropReason::NoMasqueradePort);
+            return Decision::Done(Verdict::Drop(DropReason::NoMasqueradePort));
         };
         rw.sport = port;
         c.masqueraded += 1;
@@ -610,14 +859,39 @@ fn service(
         snat: masq,
         client_mac,
     };
+    Decision::Flow(NewFlow { rw, meta })
+}
+
+/// Inserts a decided flow (`reply_hash`: the hash of its reply key), then
+/// rewrites and routes the frame.
+#[allow(clippy::too_many_arguments)]
+fn commit(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    flow: &NewFlow,
+    reply_hash: u64,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
     if flows
-        .insert(key, rw, meta, p.tcp(), snap.generation, now)
+        .insert_prehashed(
+            p.key,
+            p.hash,
+            reply_hash,
+            flow.rw,
+            flow.meta,
+            p.tcp(),
+            snap.generation,
+            now,
+        )
         .is_err()
     {
         return Verdict::Drop(DropReason::FlowTableFull);
     }
     c.flows_created += 1;
-    rewrite_and_route(f, p, &rw, snap, c)
+    rewrite_and_route(f, p, &flow.rw, snap, c)
 }
 
 /// Applies `rw` to the packet (addresses, ports, checksums), decrements TTL and routes.

@@ -2,11 +2,13 @@
 //!
 //! Owns: packet views (`wire`), addressing helpers (`net`), the immutable table
 //! snapshot the control thread publishes (`snapshot`), Maglev tables (`maglev`),
-//! drop reasons and per-worker counters (`counters`). It does no I/O and holds no
+//! huge-page memory for large tables (`mem`), drop reasons and per-worker
+//! counters (`counters`). It does no I/O and holds no
 //! threads; nothing here may allocate on a per-packet path.
 
 pub mod counters;
 pub mod maglev;
+pub mod mem;
 pub mod net;
 pub mod snapshot;
 pub mod wire;

@@ -31,12 +31,8 @@ impl Maglev {
                 backends: 0,
             };
         }
-        let min = u64::try_from(n).unwrap_or(u64::MAX) * 2 + 1;
-        let mut m = u64::from(size.max(3)).max(min);
-        while !is_prime(m) {
-            m += 1;
-        }
-        let m_usize = usize::try_from(m).unwrap_or(usize::MAX);
+        let m_usize = Self::size_for(n, size);
+        let m = m_usize as u64;
         let perms: Vec<(u64, u64)> = keys[..n]
             .iter()
             .map(|&k| {
@@ -68,6 +64,21 @@ impl Maglev {
             table: table.into_boxed_slice(),
             backends: n as u16,
         }
+    }
+
+    /// The size `build` gives a table of `backends` backends asked to be
+    /// `size`: the next prime ≥ max(size, 2·backends+1), 0 with no backends.
+    pub fn size_for(backends: usize, size: u32) -> usize {
+        let n = backends.min(usize::from(u16::MAX));
+        if n == 0 {
+            return 0;
+        }
+        let min = u64::try_from(n).unwrap_or(u64::MAX) * 2 + 1;
+        let mut m = u64::from(size.max(3)).max(min);
+        while !is_prime(m) {
+            m += 1;
+        }
+        usize::try_from(m).unwrap_or(usize::MAX)
     }
 
     /// Rewrites entries through `map` (entry i becomes `map[i]`): used to build a
@@ -117,6 +128,149 @@ impl Maglev {
     }
 }
 
+/// Where one table sits in a `MaglevTables`: a slice of `size` entries (a
+/// prime, 0 for a table with no backends) from `start`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MaglevRef {
+    start: usize,
+    size: usize,
+    backends: u16,
+}
+
+impl MaglevRef {
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Number of backends the table spreads over.
+    pub fn backends(&self) -> usize {
+        usize::from(self.backends)
+    }
+
+    /// Table size (a prime), 0 when empty.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+}
+
+/// Every Maglev table of one snapshot in one array, each a slice of it: with
+/// 10,000 Services (32 KiB each at the default size) the tables take 320 MiB,
+/// and one huge-page-backed array lets a worker reach any of them with a cache
+/// miss but no TLB miss. Built once per snapshot; read-only afterwards.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MaglevTables {
+    entries: Box<[u16]>,
+}
+
+impl std::fmt::Debug for MaglevTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MaglevTables({} entries)", self.entries.len())
+    }
+}
+
+impl MaglevTables {
+    /// The backend index for a flow hash in table `r`, or `None` if it has no
+    /// backends.
+    #[inline]
+    pub fn lookup(&self, r: &MaglevRef, hash: u64) -> Option<u16> {
+        if r.size == 0 {
+            return None;
+        }
+        let i = r.start + (hash % r.size as u64) as usize;
+        self.entries.get(i).copied()
+    }
+
+    /// Hints the CPU to load the entry `lookup(r, hash)` will read.
+    #[inline]
+    pub fn prefetch(&self, r: &MaglevRef, hash: u64) {
+        if r.size == 0 {
+            return;
+        }
+        let i = r.start + (hash % r.size as u64) as usize;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(e) = self.entries.get(i) {
+            // SAFETY: prefetch is only a hint; the pointer is inside `entries`.
+            unsafe {
+                core::arch::x86_64::_mm_prefetch(
+                    std::ptr::from_ref(e).cast::<i8>(),
+                    core::arch::x86_64::_MM_HINT_T0,
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
+    /// The entries of table `r`.
+    pub fn table(&self, r: &MaglevRef) -> &[u16] {
+        self.entries
+            .get(r.start..r.start + r.size)
+            .unwrap_or_default()
+    }
+
+    /// Slots owned by each of `n` backends in table `r` (for tests and status).
+    pub fn slot_counts(&self, r: &MaglevRef, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; n];
+        for &e in self.table(r) {
+            if let Some(c) = counts.get_mut(usize::from(e)) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+
+    /// Total entries over all tables.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Collects tables into a `MaglevTables`; `with_capacity` should be the sum
+/// of `Maglev::size_for` over the tables to come, so the array is allocated
+/// once, on huge pages.
+pub struct MaglevTablesBuilder {
+    entries: Vec<u16>,
+}
+
+impl MaglevTablesBuilder {
+    pub fn with_capacity(entries: usize) -> Self {
+        MaglevTablesBuilder {
+            entries: crate::mem::huge_vec(entries),
+        }
+    }
+
+    /// Appends a table built with `Maglev::build`.
+    pub fn push(&mut self, m: &Maglev) -> MaglevRef {
+        self.push_entries(&m.table, m.backends)
+    }
+
+    /// Appends a copy of table `r` of `from` (a table kept from the previous
+    /// snapshot: same backends, same size).
+    pub fn push_copy(&mut self, from: &MaglevTables, r: &MaglevRef) -> MaglevRef {
+        self.push_entries(from.table(r), r.backends)
+    }
+
+    fn push_entries(&mut self, table: &[u16], backends: u16) -> MaglevRef {
+        let r = MaglevRef {
+            start: self.entries.len(),
+            size: table.len(),
+            backends,
+        };
+        self.entries.extend_from_slice(table);
+        r
+    }
+
+    pub fn finish(self) -> MaglevTables {
+        MaglevTables {
+            entries: self.entries.into_boxed_slice(),
+        }
+    }
+}
+
 fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
@@ -138,6 +292,35 @@ fn is_prime(n: u64) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn tables_in_one_array_answer_as_built_and_copies_as_the_original() {
+        let a = Maglev::build(&keys(3), 101);
+        let b = Maglev::build(&keys(40), 16381);
+        let none = Maglev::build(&[], 16381);
+        let total: usize = [3, 40, 0]
+            .iter()
+            .zip([101, 16381, 16381])
+            .map(|(&n, s)| Maglev::size_for(n, s))
+            .sum();
+        assert_eq!(total, a.size() + b.size() + none.size());
+        let mut build = MaglevTablesBuilder::with_capacity(total);
+        let (ra, rb, rn) = (build.push(&a), build.push(&b), build.push(&none));
+        let tables = build.finish();
+        assert_eq!(tables.len(), total);
+        let mut again = MaglevTablesBuilder::with_capacity(b.size());
+        let rb2 = again.push_copy(&tables, &rb);
+        let copy = again.finish();
+        for h in (0..5000u64).map(mix64) {
+            assert_eq!(tables.lookup(&ra, h), a.lookup(h));
+            assert_eq!(tables.lookup(&rb, h), b.lookup(h));
+            assert_eq!(copy.lookup(&rb2, h), b.lookup(h));
+            tables.prefetch(&rb, h);
+        }
+        assert_eq!(tables.lookup(&rn, 7), None);
+        assert!(rn.is_empty() && rb.backends() == 40 && rb.size() == 16381);
+        assert_eq!(tables.slot_counts(&rb, 40), b.slot_counts(40));
+    }
 
     fn keys(n: u64) -> Vec<u64> {
         (0..n).map(|i| (0xc612_0000 + i) << 16 | 8080).collect()
