@@ -50,6 +50,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             cores: settings.cores.clone(),
             idle_sleep: (settings.idle_sleep_us > 0)
                 .then(|| Duration::from_micros(settings.idle_sleep_us)),
+            xdp_mode: settings.xdp_mode,
             ..IoOptions::default()
         },
     )

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use dataplane::io::XdpMode;
 use shared::{net::parse_mac, Ipv4Cidr, Mac};
 
 /// nodeplane: a Kubernetes node dataplane (kube-proxy + flannel VXLAN) on AF_XDP.
@@ -79,6 +80,12 @@ pub struct RunArgs {
     /// busy-poll, the default; use on shared machines and labs).
     #[arg(long, value_name = "US")]
     pub idle_sleep_us: Option<u64>,
+    /// How the XDP steering program is attached: auto (driver mode, else
+    /// generic; the default), native (driver mode only) or generic. Generic
+    /// mode runs after Receive Packet Steering, so RPS can move the receive
+    /// work of a veth off the sending CPU (labs of network namespaces).
+    #[arg(long, value_name = "MODE")]
+    pub xdp_mode: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -112,6 +119,7 @@ pub struct FileConfig {
     pub maglev_size: Option<u32>,
     pub cores: Option<String>,
     pub idle_sleep_us: Option<u64>,
+    pub xdp_mode: Option<String>,
 }
 
 /// Where Kubernetes objects come from.
@@ -142,6 +150,8 @@ pub struct Settings {
     pub cores: Vec<usize>,
     /// 0: busy-poll always.
     pub idle_sleep_us: u64,
+    /// None: driver mode, falling back to generic.
+    pub xdp_mode: Option<XdpMode>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -359,6 +369,12 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     if idle_sleep_us > 100_000 {
         return Err(invalid("idle sleep", idle_sleep_us, "want 0..=100000 µs"));
     }
+    let xdp_mode = match args.xdp_mode.clone().or(file.xdp_mode).as_deref() {
+        None | Some("auto") => None,
+        Some("native") => Some(XdpMode::Native),
+        Some("generic") => Some(XdpMode::Generic),
+        Some(other) => return Err(invalid("XDP mode", other, "want auto, native or generic")),
+    };
     Ok(Settings {
         node_name,
         uplink,
@@ -375,6 +391,7 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         maglev_size,
         cores: cores_list,
         idle_sleep_us,
+        xdp_mode,
     })
 }
 
@@ -430,6 +447,23 @@ mod tests {
         let mut a = args();
         a.workers = Some(0);
         assert!(resolve(&a).unwrap_err().to_string().contains("workers"));
+        let mut a = args();
+        a.xdp_mode = Some("offload".into());
+        assert!(resolve(&a).unwrap_err().to_string().contains("XDP mode"));
+    }
+
+    #[test]
+    fn xdp_mode_is_auto_unless_chosen() {
+        assert_eq!(resolve(&args()).unwrap().xdp_mode, None);
+        for (text, want) in [
+            ("auto", None),
+            ("native", Some(XdpMode::Native)),
+            ("generic", Some(XdpMode::Generic)),
+        ] {
+            let mut a = args();
+            a.xdp_mode = Some(text.into());
+            assert_eq!(resolve(&a).unwrap().xdp_mode, want, "{text}");
+        }
     }
 
     #[test]

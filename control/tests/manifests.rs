@@ -487,7 +487,7 @@ fn the_benchmark_manifests_reduce_to_their_scenarios() {
             .unwrap_or_else(|| panic!("{name} missing"))
     };
     for (name, ip, port, backend, node_port) in [
-        ("bench-remote", "198.18.96.20", 9000, "198.19.3.10", None),
+        ("bench-remote", "198.18.96.20", 9000, "198.19.2.10", None),
         ("bench-local", "198.18.96.21", 9000, "198.19.1.10", None),
         (
             "bench-nodeport",

@@ -21,13 +21,23 @@
 use shared::maglev::mix64;
 use shared::mem::prefaulted;
 
-/// Ways per set.
-pub const WAYS: usize = 8;
+/// Ways per set. With 16, a set overflows (and a new flow must evict or be
+/// refused) with a probability near 1e-6 at half the table's capacity, where
+/// 8 ways gave 2e-4 (Poisson, 4 and 2 entries per set on average).
+pub const WAYS: usize = 16;
 const NONE: u32 = u32::MAX;
 /// `FlowTable::probe` found no way whose tag matches.
 pub const NO_SLOT: u32 = u32::MAX;
 /// A slot's tag: a few hash bits compared before any key (0 = empty slot).
 type Tag = u16;
+
+/// One set's tags: 32 bytes, aligned so that a set never straddles two
+/// cache lines (two sets share one).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(32))]
+struct TagSet([Tag; WAYS]);
+
+const _: () = assert!(std::mem::size_of::<TagSet>() == 32);
 const NS: u64 = 1_000_000_000;
 
 /// A directional 5-tuple. Addresses are host-order `u32`.
@@ -319,9 +329,9 @@ pub mod tcp_flags {
 
 /// The per-worker flow table.
 pub struct FlowTable {
-    /// 0 = empty, else the top 16 bits of the hash with the low bit set. A set's
-    /// 8 tags are 16 bytes: four sets share a cache line.
-    tags: Box<[Tag]>,
+    /// Per set, per way: 0 = empty, else the top 16 bits of the hash with the
+    /// low bit set.
+    tags: Box<[TagSet]>,
     entries: Box<[Entry]>,
     set_mask: usize,
     /// Per-table random seed: attackers choose 5-tuples.
@@ -379,7 +389,7 @@ impl FlowTable {
         // Two entries per flow; size the table at ≤ 50% load when full.
         let slots = (capacity * 4).next_power_of_two().max(WAYS * 2);
         let sets = slots / WAYS;
-        let tags = prefaulted(slots, 0 as Tag);
+        let tags = prefaulted(sets, TagSet::default());
         let entries = prefaulted(slots, Entry::default());
         FlowTable {
             tags: tags.into_boxed_slice(),
@@ -426,7 +436,7 @@ impl FlowTable {
 
     /// The hard bound: every flow takes two of the fixed slots.
     pub fn max_flows(&self) -> usize {
-        self.tags.len() / 2
+        self.slots() / 2
     }
 
     pub fn timeouts(&self) -> &Timeouts {
@@ -459,29 +469,51 @@ impl FlowTable {
         ((h as usize) & self.set_mask) * WAYS
     }
 
+    /// Slots in the table (sets × ways).
+    #[inline]
+    fn slots(&self) -> usize {
+        self.tags.len() * WAYS
+    }
+
+    /// The tag of `slot` (0: empty, or out of range).
+    #[inline]
+    fn tag(&self, slot: usize) -> Tag {
+        self.tags
+            .get(slot / WAYS)
+            .map_or(0, |set| set.0[slot % WAYS])
+    }
+
+    #[inline]
+    fn set_tag(&mut self, slot: usize, tag: Tag) {
+        if let Some(set) = self.tags.get_mut(slot / WAYS) {
+            set.0[slot % WAYS] = tag;
+        }
+    }
+
     /// The ways of the set at `base` whose tag is `tag`, as a bit mask (bit w =
-    /// way w): one 128-bit compare of the set's 8 tags.
+    /// way w): two 128-bit compares of the set's 16 tags.
     #[inline]
     fn tag_matches(&self, base: usize, tag: Tag) -> u32 {
-        let Some(tags) = self.tags.get(base..base + WAYS) else {
+        let Some(set) = self.tags.get(base / WAYS) else {
             return 0;
         };
         #[cfg(target_arch = "x86_64")]
         {
             use core::arch::x86_64::*;
-            const _: () = assert!(WAYS * std::mem::size_of::<Tag>() == 16);
-            // SAFETY: `tags` is 8 u16 = 16 readable bytes (checked above; the
-            // load is unaligned); SSE2 is part of the x86_64 baseline.
+            // SAFETY: `set` is a 32-byte-aligned TagSet: two aligned 16-byte
+            // loads read exactly its bytes; SSE2 is part of the x86_64 baseline.
             unsafe {
-                let set = _mm_loadu_si128(tags.as_ptr().cast::<__m128i>());
-                let eq = _mm_cmpeq_epi16(set, _mm_set1_epi16(tag as i16));
-                (_mm_movemask_epi8(_mm_packs_epi16(eq, _mm_setzero_si128())) as u32) & 0xff
+                let p = set.0.as_ptr().cast::<__m128i>();
+                let want = _mm_set1_epi16(tag as i16);
+                let lo = _mm_cmpeq_epi16(_mm_load_si128(p), want);
+                let hi = _mm_cmpeq_epi16(_mm_load_si128(p.add(1)), want);
+                (_mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32) & 0xffff
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             let mut m = 0u32;
-            for (w, &t) in tags.iter().enumerate() {
+            for (w, &t) in set.0.iter().enumerate() {
                 m |= u32::from(t == tag) << w;
             }
             m
@@ -513,7 +545,7 @@ impl FlowTable {
     pub fn prefetch(&self, h: u64) {
         let base = self.set_base(h);
         #[cfg(target_arch = "x86_64")]
-        if let Some(t) = self.tags.get(base) {
+        if let Some(t) = self.tags.get(base / WAYS) {
             let p = std::ptr::from_ref(t).cast::<i8>();
             // SAFETY: prefetch is only a hint; the pointer is inside `tags`.
             unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0) };
@@ -568,8 +600,8 @@ impl FlowTable {
         now_ns: u64,
     ) -> Option<Hit> {
         let s = probed as usize;
-        let still = self.tags.get(s).is_some_and(|&t| t == Self::tag_of(h))
-            && self.entries.get(s).is_some_and(|e| e.key == *key);
+        let still =
+            self.tag(s) == Self::tag_of(h) && self.entries.get(s).is_some_and(|e| e.key == *key);
         if still {
             self.hit_at(s, now_ns)
         } else {
@@ -699,10 +731,10 @@ impl FlowTable {
         let b1 = self.set_base(h1);
         let s1 = self.free_way(b1, now_ns, None).ok_or(InsertError::Full)?;
         // Reserve s1 so the reply's search cannot pick it.
-        self.tags[s1] = Self::tag_of(h1);
+        self.set_tag(s1, Self::tag_of(h1));
         let b2 = self.set_base(h2);
         let Some(s2) = self.free_way(b2, now_ns, Some(s1)) else {
-            self.tags[s1] = 0;
+            self.set_tag(s1, 0);
             return Err(InsertError::Full);
         };
         let mut state = if tcp.is_some() {
@@ -736,7 +768,7 @@ impl FlowTable {
             snat: meta.snat,
             client_mac: meta.client_mac.unwrap_or([0; 6]),
         };
-        self.tags[s2] = Self::tag_of(h2);
+        self.set_tag(s2, Self::tag_of(h2));
         self.entries[s2] = Entry {
             key: reply_key,
             rewrite: reply_rw,
@@ -753,16 +785,21 @@ impl FlowTable {
     /// A free way in the set at `base`: empty, expired (reclaimed), or made free
     /// by evicting per the policy. `keep` is a slot that must not be chosen.
     fn free_way(&mut self, base: usize, now_ns: u64, keep: Option<usize>) -> Option<usize> {
-        for w in base..base + WAYS {
-            if Some(w) == keep {
-                continue;
+        // Empty ways, from the tags at once; `keep` (a way just reserved) is not one.
+        let free = |t: &FlowTable| {
+            let mut m = t.tag_matches(base, 0);
+            if let Some(k) = keep.and_then(|k| k.checked_sub(base)).filter(|&k| k < WAYS) {
+                m &= !(1 << k);
             }
-            if self.tags[w] == 0 {
-                return Some(w);
-            }
+            m
+        };
+        let m = free(self);
+        if m != 0 {
+            return Some(base + m.trailing_zeros() as usize);
         }
         if self.evict_one(base, now_ns, keep) {
-            (base..base + WAYS).find(|&w| self.tags[w] == 0 && Some(w) != keep)
+            let m = free(self);
+            (m != 0).then(|| base + m.trailing_zeros() as usize)
         } else {
             None
         }
@@ -775,7 +812,7 @@ impl FlowTable {
     fn evict_one(&mut self, base: usize, now_ns: u64, keep: Option<usize>) -> bool {
         let mut victim: Option<(usize, u64)> = None;
         for w in base..base + WAYS {
-            if self.tags[w] == 0 || Some(w) == keep || !self.entries[w].master {
+            if self.tag(w) == 0 || Some(w) == keep || !self.entries[w].master {
                 continue;
             }
             let e = &self.entries[w];
@@ -788,7 +825,7 @@ impl FlowTable {
             // Only reply entries here: fall back to their flows' masters (one
             // extra memory access each; rare at ≤ 50% load).
             for w in base..base + WAYS {
-                if self.tags[w] == 0 || Some(w) == keep || self.entries[w].master {
+                if self.tag(w) == 0 || Some(w) == keep || self.entries[w].master {
                     continue;
                 }
                 let m = self.entries[w].peer as usize;
@@ -817,13 +854,13 @@ impl FlowTable {
     /// Removes the flow that owns `slot` (both directions).
     pub fn remove(&mut self, slot: u32) {
         let s = slot as usize;
-        if s >= self.tags.len() || self.tags[s] == 0 {
+        if s >= self.slots() || self.tag(s) == 0 {
             return;
         }
         let peer = self.entries[s].peer as usize;
-        self.tags[s] = 0;
-        if peer < self.tags.len() && self.tags[peer] != 0 && self.entries[peer].peer as usize == s {
-            self.tags[peer] = 0;
+        self.set_tag(s, 0);
+        if peer < self.slots() && self.tag(peer) != 0 && self.entries[peer].peer as usize == s {
+            self.set_tag(peer, 0);
         }
         self.entries[s].peer = NONE;
         self.flows = self.flows.saturating_sub(1);

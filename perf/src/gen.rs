@@ -175,6 +175,13 @@ pub fn run(a: &GenArgs) -> anyhow::Result<GenResult> {
             .filter(|x| core_affinity::set_for_current(*x))
             .map(|x| x.id)
     });
+    if a.rate > 0 {
+        // Pacing sleeps are tens of µs; the default 50 µs timer slack would
+        // stretch each of them and turn a steady rate into bursts.
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only affects
+        // this thread.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) };
+    }
     let region = UmemRegion::new(UMEM_FRAMES)?;
     let mut pool = FramePool::new(region.frames());
     let sizes = RingSizes {

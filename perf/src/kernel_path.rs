@@ -404,7 +404,7 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("-m statistic --mode random --probability 0.5000000000"));
-        assert!(r.contains("-j DNAT --to-destination 198.19.3.10:9000"));
+        assert!(r.contains("-j DNAT --to-destination 198.19.2.10:9000"));
         assert!(r.contains("--dport 30090 -j KUBE-EXT-"));
         assert!(
             r.contains("-d 198.18.96.12/32 -p tcp -m tcp --dport 80") && r.contains("-j REJECT")

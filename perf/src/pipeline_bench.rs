@@ -84,6 +84,9 @@ pub struct PipelineResult {
     pub flow_evictions: u64,
     pub flow_table_capacity: usize,
     pub snapshot_build_s: f64,
+    /// Rebuilding the snapshot after one Service lost an endpoint (the
+    /// control thread's work for one EndpointSlice change).
+    pub snapshot_rebuild_s: f64,
     pub pinned_core: Option<usize>,
 }
 
@@ -367,6 +370,18 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
     let t = Instant::now();
     let snap = build_snapshot(args.services);
     let snapshot_build_s = t.elapsed().as_secs_f64();
+    let mut changed = snap.spec.clone();
+    if let Some(p) = changed
+        .services
+        .first_mut()
+        .and_then(|s| s.ports.first_mut())
+    {
+        p.endpoints.pop();
+    }
+    let t = Instant::now();
+    let rebuilt = Snapshot::build_after(changed, 2, Some(&snap));
+    let snapshot_rebuild_s = t.elapsed().as_secs_f64();
+    drop(rebuilt);
     let capacity = match (args.capacity, args.path) {
         (Some(c), _) => c.max(1024),
         (None, PathKind::Established) => (2 * args.flows).max(1024),
@@ -487,6 +502,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
         flow_evictions: flows.evictions(),
         flow_table_capacity: capacity,
         snapshot_build_s,
+        snapshot_rebuild_s,
         pinned_core: pinned,
     })
 }

@@ -73,14 +73,26 @@ pub fn write(r: &BenchResult, out: &Path) -> anyhow::Result<String> {
          test was not the limit there.\n",
         r.generator_ceiling_pps
     )?;
+    writeln!(
+        md,
+        "Where the work runs (the same for every path): core 1 is node-a's, the node under \
+         test: nodeplane's worker busy-polls it; the kernel path's receive work for node-a's \
+         interfaces is steered to it with RPS. Core 0 runs the generator, the sink (at real-time \
+         priority, so the scheduler does not set the latency) and the other nodes, whose receive \
+         work RPS steers there. On veth, work a sender triggers runs on the sender's core: a \
+         pod's stack after node-a forwards to it runs on core 1 on both paths, and nodeplane's \
+         XDP program and AF_XDP receive copy, which run in the receiving veth's NAPI, run on the \
+         sending core (core 0 for traffic from the generator). The last column shows each \
+         core's user, system and softirq time at full load.\n"
+    )?;
     writeln!(md, "## Summary\n\n```\n{summary}```\n")?;
     writeln!(md, "## Per scenario and path\n")?;
-    writeln!(md, "| scenario | path | zero-loss pps | gen-limited | full load: offered → delivered pps (loss) | p50 / p99 / p99.9 µs at half rate | CPU ns/packet (machine) |")?;
-    writeln!(md, "| --- | --- | ---: | --- | --- | --- | ---: |")?;
+    writeln!(md, "| scenario | path | zero-loss pps | gen-limited | full load: offered → delivered pps (loss) | p50 / p99 / p99.9 µs at half rate | CPU ns/packet (machine) | full load, core 0 / core 1: user+sys+softirq % |")?;
+    writeln!(md, "| --- | --- | ---: | --- | --- | --- | ---: | --- |")?;
     for s in &r.scenarios {
         writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {:.0} → {:.0} ({:.2}%) | {:.1} / {:.1} / {:.1} | {:.0} |",
+            "| {} | {} | {:.0} | {} | {:.0} → {:.0} ({:.2}%) | {:.1} / {:.1} / {:.1} | {:.0} | {} |",
             s.scenario,
             s.path,
             s.zero_loss_pps,
@@ -91,7 +103,8 @@ pub fn write(r: &BenchResult, out: &Path) -> anyhow::Result<String> {
             s.at_half_rate.latency_us_p50,
             s.at_half_rate.latency_us_p99,
             s.at_half_rate.latency_us_p999,
-            s.full_load.cpu_ns_per_packet
+            s.full_load.cpu_ns_per_packet,
+            cores_cell(&s.full_load.cores)
         )?;
     }
     if !r.pingpong.is_empty() {
@@ -143,6 +156,22 @@ pub fn write(r: &BenchResult, out: &Path) -> anyhow::Result<String> {
     }
     std::fs::write(out.join("report.md"), md)?;
     Ok(summary)
+}
+
+/// "u+s+si / u+s+si" per core, in percent.
+fn cores_cell(cores: &[crate::suite::CoreUse]) -> String {
+    cores
+        .iter()
+        .map(|c| {
+            format!(
+                "{:.0}+{:.0}+{:.0}",
+                c.user * 100.0,
+                c.system * 100.0,
+                c.softirq * 100.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// The table printed at the end: nodeplane against the best kernel mode.

@@ -261,6 +261,8 @@ pub struct Steering {
     prog_fd: c_int,
     maps: MapFds,
     state: Mutex<AttachState>,
+    /// The modes tried when attaching, in order.
+    modes: &'static [XdpMode],
 }
 
 // SAFETY: `obj` is only dereferenced by libbpf in `Drop` (close); everything else
@@ -321,6 +323,7 @@ impl Steering {
                 by_ifindex: HashMap::new(),
                 used_slots: vec![false; MAX_INTERFACES as usize],
             }),
+            modes: &[XdpMode::Native, XdpMode::Generic],
         };
         // SAFETY: `obj` is a valid, not yet loaded object.
         let ret = unsafe { libbpf_sys::bpf_object__load(obj) };
@@ -464,9 +467,20 @@ impl Steering {
         Ok(a)
     }
 
+    /// Attaches only in `mode` (`None`: driver mode, falling back to generic).
+    /// Generic mode runs the program after the kernel's receive steering (RPS),
+    /// driver mode in the driver's receive path: on veth, on the sender's CPU.
+    pub fn set_mode(&mut self, mode: Option<XdpMode>) {
+        self.modes = match mode {
+            None => &[XdpMode::Native, XdpMode::Generic],
+            Some(XdpMode::Native) => &[XdpMode::Native],
+            Some(XdpMode::Generic) => &[XdpMode::Generic],
+        };
+    }
+
     fn attach_prog(&self, ifindex: u32) -> Result<XdpMode, SteeringError> {
         let mut last = None;
-        for mode in [XdpMode::Native, XdpMode::Generic] {
+        for &mode in self.modes {
             let flags = mode.flag() | libbpf_sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
             // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
             let ret = unsafe {

@@ -93,6 +93,9 @@ pub struct IoOptions {
     pub umem_frames: u32,
     /// How often a worker publishes its report.
     pub report_interval: Duration,
+    /// Attach the steering program only in this mode (None: driver mode,
+    /// falling back to generic).
+    pub xdp_mode: Option<XdpMode>,
 }
 
 impl Default for IoOptions {
@@ -103,6 +106,7 @@ impl Default for IoOptions {
             idle_sleep: None,
             umem_frames: 16384,
             report_interval: Duration::from_millis(10),
+            xdp_mode: None,
         }
     }
 }
@@ -198,7 +202,9 @@ impl WorkerPool {
                  that lands on another worker's queue is handed to the owner"
             );
         }
-        let steering = Arc::new(Steering::load()?);
+        let mut steering = Steering::load()?;
+        steering.set_mode(opts.xdp_mode);
+        let steering = Arc::new(steering);
         let cores = if !opts.pin {
             Vec::new()
         } else if opts.cores.is_empty() {
@@ -631,6 +637,14 @@ fn worker_main(ctx: WorkerCtx, handoff: Handoff, ready: Sender<Result<(), IoErro
         .core
         .filter(|c| core_affinity::set_for_current(*c))
         .map(|c| c.id);
+    if ctx.opts.idle_sleep.is_some() {
+        // An idle worker sleeps in short naps; the default 50 µs timer slack
+        // would let each nap run twice as long, and a packet arriving meanwhile
+        // wait that much longer.
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only affects
+        // this thread.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) };
+    }
     let region = match UmemRegion::new(ctx.opts.umem_frames) {
         Ok(r) => r,
         Err(e) => {
