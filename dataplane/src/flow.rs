@@ -65,7 +65,8 @@ pub struct Rewrite {
 pub struct ChecksumDeltas {
     /// IPv4 header: the rewritten addresses (the TTL decrement is added per packet).
     pub ip: u16,
-    /// TCP/UDP: addresses (pseudo-header) and ports; ICMP: the echo identifier.
+    /// TCP/UDP: addresses (pseudo-header) and ports. 0 for ICMP, whose
+    /// checksum the pipeline updates from the identifier bytes it replaces.
     pub l4: u16,
 }
 
@@ -95,7 +96,6 @@ impl ChecksumDeltas {
         let ports = |acc| word(word(acc, key.sport, rw.sport), key.dport, rw.dport);
         let l4 = match key.proto {
             6 | 17 => ports(addrs).folded(),
-            1 => ports(Incremental::changes()).folded(),
             _ => 0,
         };
         ChecksumDeltas {
@@ -456,7 +456,10 @@ impl FlowTable {
     pub fn hash(&self, key: &FlowKey) -> u64 {
         let a = (u64::from(key.src) << 32) | u64::from(key.dst);
         let b = (u64::from(key.sport) << 32) | (u64::from(key.dport) << 16) | u64::from(key.proto);
-        mix64(a ^ self.seed.0).wrapping_add(mix64(b ^ self.seed.1))
+        // One folded multiply of the seeded halves (as foldhash does): the
+        // high half of the product depends on every input bit.
+        let m = u128::from(a ^ self.seed.0) * u128::from(b ^ self.seed.1);
+        (m as u64) ^ ((m >> 64) as u64)
     }
 
     #[inline]

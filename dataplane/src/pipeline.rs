@@ -198,6 +198,7 @@ fn run_chunk(
     // batch's new flows overlap instead of adding up.
     let mut later: ArrayVec<(usize, Step), BATCH> = ArrayVec::new();
     let mut decided = Decided::default();
+    let mut barrier = false;
     for i in 0..frames.len() {
         if live[i] {
             let st = first_pass(
@@ -208,6 +209,7 @@ fn run_chunk(
                 c,
                 now,
                 &decided,
+                &mut barrier,
                 &mut verdicts[i],
             );
             if let Step::Commit { reply_hash, .. } = st {
@@ -453,6 +455,10 @@ impl Decided {
     fn flows(&self) -> &[(u64, u64)] {
         &self.hashes
     }
+
+    fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
 }
 
 /// A new Service flow as the service stage decided it, before it is inserted.
@@ -484,16 +490,22 @@ fn first_pass(
     c: &mut Counters,
     now: u64,
     decided: &Decided,
+    barrier: &mut bool,
     verdict: &mut Verdict,
 ) -> Step {
+    // After a barrier, and for a frame of a flow decided earlier in the batch
+    // (another packet of it, or its reply; even a hit, since that flow's
+    // insert replaces entries with its keys), everything runs in batch order
+    // in stage 4.
+    if *barrier || decided.touches(p.hash) {
+        return Step::Later;
+    }
     if let Some(v) = conntrack(f, p, snap, flows, c, now) {
         *verdict = v;
         return Step::Done;
     }
-    if decided.touches(p.hash) {
-        return Step::Later;
-    }
     let key = p.key;
+    let pending = !decided.is_empty();
     if key.proto == PROTO_TCP || key.proto == PROTO_UDP {
         // The prefetch stage looked it up for frames no tag matched.
         let fe = if p.probe == NO_SLOT {
@@ -502,6 +514,14 @@ fn first_pass(
             snap.frontend(key.dst, key.proto, key.dport)
         };
         if let Some(fe) = fe {
+            // A flow that may be masqueraded chooses its port against the
+            // table: with flows decided but not inserted yet it would not see
+            // theirs. It waits for them, and everything after it follows in
+            // order.
+            if pending && (fe.kind.is_external() || snap.is_backend_ip(key.src)) {
+                *barrier = true;
+                return Step::Later;
+            }
             *verdict = match decide_service(f, p, fe.kind, fe.service_port, snap, flows, c, now) {
                 Decision::Done(v) => v,
                 Decision::Flow(flow) => {
@@ -517,8 +537,24 @@ fn first_pass(
             return Step::Done;
         }
     }
+    if pending && leaves_cluster(snap, p) {
+        // Masqueraded off the cluster: the same as above.
+        *barrier = true;
+        return Step::Later;
+    }
     *verdict = new_flow_off_frontend(f, p, snap, flows, c, now);
     Step::Done
+}
+
+/// Pod traffic to an address outside the cluster: masqueraded by
+/// `new_flow_off_frontend`.
+#[inline]
+fn leaves_cluster(snap: &Snapshot, p: &Parsed) -> bool {
+    let key = p.key;
+    !p.decapped
+        && !snap.in_service_cidr(key.dst)
+        && is_off_cluster(snap, key.dst)
+        && snap.local_pod_hop(key.src).is_some()
 }
 
 /// Stage 3 and 4 for one frame, in one go.
@@ -665,7 +701,7 @@ fn new_flow_off_frontend(
     if snap.in_service_cidr(key.dst) {
         return Verdict::Drop(DropReason::UnallocatedServiceIp);
     }
-    if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod_hop(key.src).is_some() {
+    if leaves_cluster(snap, p) {
         return masquerade_out(f, p, snap, flows, c, now);
     }
     let rw = key.identity();
@@ -973,7 +1009,8 @@ fn rewrite_and_route_via(
                     } else {
                         rw.dport
                     };
-                    let cs = Incremental::new(be16(m, 2)).apply(deltas.l4);
+                    // From the bytes replaced, whatever message matched the flow.
+                    let cs = Incremental::new(be16(m, 2)).word(be16(m, 4), new);
                     put16(m, 2, cs.finish());
                     put16(m, 4, new);
                 }

@@ -249,6 +249,17 @@ fn forward_all(
     one_at_a_time: bool,
 ) -> (Vec<(Verdict, Vec<u8>)>, Counters, usize) {
     let mut flows = FlowTable::new(4096);
+    let (out, c) = forward_on(s, &mut flows, inputs, one_at_a_time);
+    (out, c, flows.len())
+}
+
+/// `forward_all` on a given flow table.
+fn forward_on(
+    s: &Snapshot,
+    flows: &mut FlowTable,
+    inputs: &[(u32, Vec<u8>)],
+    one_at_a_time: bool,
+) -> (Vec<(Verdict, Vec<u8>)>, Counters) {
     let mut c = Counters::default();
     let mut bufs: Vec<Vec<u8>> = inputs
         .iter()
@@ -266,17 +277,42 @@ fn forward_all(
     let mut verdicts = vec![SENTINEL; frames.len()];
     if one_at_a_time {
         for (f, v) in frames.chunks_mut(1).zip(verdicts.chunks_mut(1)) {
-            process_batch(f, v, s, &mut flows, &mut c, 5 * NS);
+            process_batch(f, v, s, flows, &mut c, 5 * NS);
         }
     } else {
-        process_batch(&mut frames, &mut verdicts, s, &mut flows, &mut c, 5 * NS);
+        process_batch(&mut frames, &mut verdicts, s, flows, &mut c, 5 * NS);
     }
     let out = frames
         .iter()
         .zip(verdicts)
         .map(|(f, v)| (v, f.data().to_vec()))
         .collect();
-    (out, c, flows.len())
+    (out, c)
+}
+
+/// What the backend a forwarded frame reached sends back to what it saw: from
+/// its pod interface, or from its node through the overlay.
+fn reply_to(verdict: Verdict, out: &[u8]) -> Option<(u32, Vec<u8>)> {
+    let fwd = if verdict == tx(UPLINK) {
+        seen(&unwrap_vxlan(out).2)
+    } else if let Verdict::Tx { .. } = verdict {
+        seen(out)
+    } else {
+        return None;
+    };
+    let l4 = match fwd.proto {
+        17 => udp(fwd.dport, fwd.sport),
+        6 => tcp(fwd.dport, fwd.sport, SYN | ACK),
+        _ => return None,
+    };
+    let r = |smac, dmac| frame(smac, dmac, fwd.dst, fwd.src, l4, 64);
+    match fwd.dst {
+        x if x == A1 => Some((A1_IF, r(A1_MAC, A1_HOST_MAC))),
+        x if x == A2 => Some((A2_IF, r(A2_MAC, A2_HOST_MAC))),
+        x if x == B1 => Some((UPLINK, vxlan(NODE_B, MAC_B, 1, 0x08, &r(VTEP_B, VTEP_A)))),
+        x if x == K1 => Some((UPLINK, vxlan(NODE_K, MAC_K, 1, 0x08, &r(VTEP_K, VTEP_A)))),
+        _ => None,
+    }
 }
 
 proptest! {
@@ -308,5 +344,47 @@ proptest! {
         }
         prop_assert_eq!(bc, sc);
         prop_assert_eq!(bflows, sflows);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    /// Replies to existing flows (NATed both ways, some masqueraded) mixed with
+    /// new flows and repeats in one batch: forwarded exactly as one frame at a
+    /// time would be, from the same tables.
+    #[test]
+    fn replies_and_new_flows_in_one_batch_forward_like_one_at_a_time(
+        pool in proptest::collection::vec((any::<u8>(), 1u8..250, 1024u16..65535), 1..6),
+        first in proptest::collection::vec(any::<prop::sample::Index>(), 1..24),
+        second in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>()), 1..64),
+    ) {
+        let s = lab();
+        let frame_of = |i: &prop::sample::Index| {
+            let (k, a, p) = pool[i.index(pool.len())];
+            valid_frame(k, a, p)
+        };
+        let opening: Vec<(u32, Vec<u8>)> = first.iter().map(frame_of).collect();
+        // The same opening on two tables.
+        let mut t_batch = FlowTable::new(4096);
+        let mut t_single = FlowTable::new(4096);
+        let (out, _) = forward_on(&s, &mut t_batch, &opening, true);
+        forward_on(&s, &mut t_single, &opening, true);
+        let replies: Vec<(u32, Vec<u8>)> =
+            out.iter().filter_map(|(v, b)| reply_to(*v, b)).collect();
+        let mixed: Vec<(u32, Vec<u8>)> = second
+            .iter()
+            .map(|(reply, i)| match replies.get(i.index(replies.len().max(1))) {
+                Some(r) if *reply => r.clone(),
+                _ => frame_of(i),
+            })
+            .collect();
+        let (b, bc) = forward_on(&s, &mut t_batch, &mixed, false);
+        let (one, sc) = forward_on(&s, &mut t_single, &mixed, true);
+        for (i, (x, y)) in b.iter().zip(&one).enumerate() {
+            prop_assert_eq!(x, y, "frame {}", i);
+        }
+        prop_assert_eq!(bc, sc);
+        prop_assert_eq!(t_batch.len(), t_single.len());
     }
 }

@@ -330,6 +330,8 @@ pub struct Snapshot {
     remote_next_hops: Vec<Option<Mac>>,
     neighbors: HashMap<u32, Mac>,
     live_backends: HashSet<(u32, u16, u8)>,
+    /// The addresses of `live_backends`.
+    backend_ips: HashSet<u32>,
 }
 
 impl Snapshot {
@@ -555,6 +557,7 @@ impl Snapshot {
             .iter()
             .map(|n| neighbors.get(&u32::from(n.underlay_ip)).copied())
             .collect();
+        let backend_ips = live_backends.iter().map(|&(ip, _, _)| ip).collect();
         Snapshot {
             generation,
             spec,
@@ -571,6 +574,7 @@ impl Snapshot {
             remote_next_hops,
             neighbors,
             live_backends,
+            backend_ips,
         }
     }
 
@@ -663,6 +667,12 @@ impl Snapshot {
     #[inline]
     pub fn neighbor(&self, ip: u32) -> Option<Mac> {
         self.neighbors.get(&ip).copied()
+    }
+
+    /// Is `ip` a usable backend of some Service port (any port, any protocol)?
+    #[inline]
+    pub fn is_backend_ip(&self, ip: u32) -> bool {
+        self.backend_ips.contains(&ip)
     }
 
     /// Is `ip:port` still a usable backend of some Service port with this protocol?
