@@ -813,24 +813,15 @@ fn sockperf(
     // Client and server on core 0 at real-time priority, like the sink: core 1
     // is the node's (node-a's worker spins there; the kernel path's receive
     // work is steered there).
-    let server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            server_ns,
-            "taskset",
-            "-c",
-            "0",
-            "chrt",
-            "-f",
-            "10",
-            "sockperf",
-            "server",
-            "-i",
-            "0.0.0.0",
-            "-p",
-            &port.to_string(),
-        ])
+    let sockperf_in = |ns: &str| {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns", "exec", ns, "taskset", "-c", "0", "chrt", "-f", "10", "sockperf",
+        ]);
+        c
+    };
+    let server = sockperf_in(server_ns)
+        .args(["server", "-i", "0.0.0.0", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
@@ -839,24 +830,8 @@ fn sockperf(
         return r;
     };
     std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            client_ns,
-            "taskset",
-            "-c",
-            "0",
-            "chrt",
-            "-f",
-            "10",
-            "sockperf",
-            "ping-pong",
-            "-i",
-            dst,
-            "-p",
-            &port.to_string(),
-        ])
+    let out = sockperf_in(client_ns)
+        .args(["ping-pong", "-i", dst, "-p", &port.to_string()])
         .args(["-t", "3", "--mps", "10000", "--full-rtt"])
         .output();
     let _ = server.kill();
