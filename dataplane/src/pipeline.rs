@@ -412,8 +412,10 @@ enum Step {
     /// A new Service flow, decided: insert it (its reply key hashes to
     /// `reply_hash`), then rewrite and route the frame.
     Commit { flow: NewFlow, reply_hash: u64 },
-    /// It shares a key with a flow decided earlier in the batch (another packet
-    /// of that flow, or its reply): run it once that flow is in the table.
+    /// Run the whole pipeline on it in stage 4, in batch order: it shares a key
+    /// with a flow decided earlier in the batch (another packet of that flow, or
+    /// its reply), or it comes at or after a barrier (a frame that may be
+    /// masqueraded while flows are decided but not inserted).
     Later,
 }
 
@@ -476,10 +478,10 @@ enum Decision {
 }
 
 /// Stage 3 for one frame: the whole pipeline for a flow-table hit or a frame
-/// that needs no new flow; the decision only for a new Service flow, unless
-/// it is masqueraded (its port was chosen against the table as it is now, so
-/// it is inserted at once). `decided` holds the flows decided earlier in the
-/// batch.
+/// that needs no new flow; only the decision for a new Service flow (a
+/// masqueraded one, which can only be decided with no flow pending, is
+/// inserted at once); `Step::Later` for the frames stage 4 must run in order.
+/// `decided` holds the flows decided earlier in the batch.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn first_pass(
@@ -524,15 +526,13 @@ fn first_pass(
             }
             *verdict = match decide_service(f, p, fe.kind, fe.service_port, snap, flows, c, now) {
                 Decision::Done(v) => v,
-                Decision::Flow(flow) => {
+                Decision::Flow(flow) if !flow.meta.snat => {
                     let reply_hash = flows.hash(&key.rewritten(&flow.rw).reversed());
-                    if !flow.meta.snat {
-                        flows.prefetch(reply_hash);
-                        flows.prefetch_for_insert(p.hash);
-                        return Step::Commit { flow, reply_hash };
-                    }
-                    commit(f, p, &flow, reply_hash, snap, flows, c, now)
+                    flows.prefetch(reply_hash);
+                    flows.prefetch_for_insert(p.hash);
+                    return Step::Commit { flow, reply_hash };
                 }
+                Decision::Flow(flow) => commit_now(f, p, &flow, snap, flows, c, now),
             };
             return Step::Done;
         }
@@ -677,10 +677,7 @@ fn new_flow(
         if let Some(fe) = snap.frontend(key.dst, key.proto, key.dport) {
             return match decide_service(f, p, fe.kind, fe.service_port, snap, flows, c, now) {
                 Decision::Done(v) => v,
-                Decision::Flow(flow) => {
-                    let reply_hash = flows.hash(&key.rewritten(&flow.rw).reversed());
-                    commit(f, p, &flow, reply_hash, snap, flows, c, now)
-                }
+                Decision::Flow(flow) => commit_now(f, p, &flow, snap, flows, c, now),
             };
         }
     }
@@ -896,6 +893,20 @@ fn decide_service(
         client_mac,
     };
     Decision::Flow(NewFlow { rw, meta })
+}
+
+/// `commit`, hashing the flow's reply key here.
+fn commit_now(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    flow: &NewFlow,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
+    let reply_hash = flows.hash(&p.key.rewritten(&flow.rw).reversed());
+    commit(f, p, flow, reply_hash, snap, flows, c, now)
 }
 
 /// Inserts a decided flow (`reply_hash`: the hash of its reply key), then

@@ -254,6 +254,8 @@ struct PodTable {
     slots: Box<[u32]>,
     others: HashMap<u32, u32>,
     hops: Vec<PodHop>,
+    /// Distinct pod IPs (a later route for an IP replaces an earlier one).
+    pods: usize,
 }
 
 /// The longest pod CIDR this table indexes directly (2^16 slots of 4 bytes).
@@ -282,12 +284,11 @@ impl PodTable {
             } else {
                 t.slots.get_mut(ip.wrapping_sub(t.net) as usize)
             };
-            match slot {
-                Some(s) => *s = idx,
-                None => {
-                    t.others.insert(ip, idx);
-                }
-            }
+            let new_ip = match slot {
+                Some(s) => std::mem::replace(s, idx) == 0,
+                None => t.others.insert(ip, idx).is_none(),
+            };
+            t.pods += usize::from(new_ip);
         }
         t
     }
@@ -321,7 +322,6 @@ pub struct Snapshot {
     node_ips: Vec<u32>,
     /// The node's own addresses: node IPs and the underlay IP.
     own_ips: Vec<u32>,
-    local_pods: HashMap<u32, PodRoute>,
     pod_hops: PodTable,
     /// Remote pod CIDRs grouped by prefix length, longest first: (mask,
     /// network → index into spec.remote_nodes).
@@ -517,11 +517,6 @@ impl Snapshot {
             .filter(|ip| !ip.is_loopback())
             .map(|ip| u32::from(*ip))
             .collect();
-        let local_pods = spec
-            .local_pods
-            .iter()
-            .map(|p| (u32::from(p.ip), p.clone()))
-            .collect();
         let pod_hops = PodTable::build(spec.node.pod_cidrs.first(), &spec.local_pods);
         // Longest prefix first; within one length the first node listed wins.
         let mut remote_routes: Vec<(u32, HashMap<u32, usize>)> = Vec::new();
@@ -568,7 +563,6 @@ impl Snapshot {
             node_ports,
             node_ips,
             own_ips,
-            local_pods,
             pod_hops,
             remote_routes,
             remote_next_hops,
@@ -631,21 +625,10 @@ impl Snapshot {
         self.own_ips.contains(&ip)
     }
 
-    #[inline]
-    pub fn local_pod(&self, ip: u32) -> Option<&PodRoute> {
-        self.local_pods.get(&ip)
-    }
-
-    /// The next hop of a local pod (the per-packet form of `local_pod`).
+    /// Where frames for local pod `ip` go.
     #[inline]
     pub fn local_pod_hop(&self, ip: u32) -> Option<&PodHop> {
         self.pod_hops.get(ip)
-    }
-
-    /// The remote node whose pod CIDR holds `ip` (longest prefix).
-    #[inline]
-    pub fn remote_node_for(&self, ip: u32) -> Option<&RemoteNode> {
-        self.remote_route(ip).map(|r| r.node)
     }
 
     /// The remote node whose pod CIDR holds `ip` (longest prefix), with the MAC
@@ -686,7 +669,7 @@ impl Snapshot {
     }
 
     pub fn local_pod_count(&self) -> usize {
-        self.local_pods.len()
+        self.pod_hops.pods
     }
 }
 
@@ -871,6 +854,37 @@ mod tests {
         let same = Snapshot::build_after(after.spec.clone(), 3, Some(&after));
         assert_eq!(same.maglev_tables_built, 0);
         assert_eq!(tables(&same), tables(&after));
+    }
+
+    #[test]
+    fn pods_are_counted_once_per_ip_and_the_last_route_wins() {
+        let pod = |ip: [u8; 4], ifindex: u32| PodRoute {
+            ip: Ipv4Addr::from(ip),
+            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            host_ifindex: ifindex,
+            host_mac: [2, 1, 0, 0, 0, ifindex as u8],
+            name: String::new(),
+        };
+        let mut t = spec(vec![]);
+        t.node.pod_cidrs = vec!["198.19.1.0/24".parse().unwrap()];
+        // Two routes for .10 (the second replaces the first), one outside the
+        // indexed CIDR (kept in the map).
+        t.local_pods = vec![
+            pod([198, 19, 1, 10], 7),
+            pod([198, 19, 1, 11], 8),
+            pod([198, 19, 1, 10], 9),
+            pod([198, 19, 9, 5], 10),
+        ];
+        let s = Snapshot::build(t, 1);
+        assert_eq!(s.local_pod_count(), 3);
+        let hop = |a: [u8; 4]| {
+            s.local_pod_hop(u32::from(Ipv4Addr::from(a)))
+                .map(|h| h.host_ifindex)
+        };
+        assert_eq!(hop([198, 19, 1, 10]), Some(9));
+        assert_eq!(hop([198, 19, 1, 11]), Some(8));
+        assert_eq!(hop([198, 19, 9, 5]), Some(10));
+        assert_eq!(hop([198, 19, 1, 12]), None);
     }
 
     #[test]
