@@ -27,7 +27,7 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_millis(250);
 /// size and mtime look unchanged (edits within one mtime tick).
 const VERIFY_EVERY: u32 = 8;
 /// Quiet time after an inotify event before reading (editors write in steps).
-const SETTLE: Duration = Duration::from_millis(30);
+pub const SETTLE: Duration = Duration::from_millis(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -202,6 +202,9 @@ pub struct ScanReport {
     pub changed: bool,
     /// Errors that appeared in this scan (a file newly broken, or broken differently).
     pub new_errors: Vec<ManifestError>,
+    /// Files that changed less than `SETTLE` ago were left as they were (a
+    /// writer may be between truncating and writing): scan again soon.
+    pub unsettled: bool,
 }
 
 /// A manifest directory and the last good objects of each file in it.
@@ -212,6 +215,10 @@ pub struct ManifestDir {
     /// The last directory-level error (cleared when the directory reads again).
     dir_error: Option<String>,
     scans: u32,
+    /// The last scan left files for later (`ScanReport::unsettled`).
+    unsettled: bool,
+    /// A file changed less than this long ago is read on a later scan.
+    settle: Duration,
 }
 
 fn is_manifest_name(name: &str) -> bool {
@@ -231,7 +238,18 @@ impl ManifestDir {
             files: BTreeMap::new(),
             dir_error: None,
             scans: 0,
+            unsettled: false,
+            settle: Duration::ZERO,
         }
+    }
+
+    /// Files that changed less than `d` ago are left as they were and read
+    /// on a later scan (`ScanReport::unsettled`): an in-place write first
+    /// truncates the file. `new` reads every change at once; `load`, the
+    /// agent's source, waits `SETTLE`.
+    pub fn with_settle(mut self, d: Duration) -> Self {
+        self.settle = d;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -289,9 +307,22 @@ impl ManifestDir {
             }
             keep
         });
+        let now = SystemTime::now();
         for (path, stamp) in present {
             let known = self.files.get(&path);
             if !verify && known.is_some_and(|f| f.stamp == stamp) {
+                continue;
+            }
+            // A file written in place is first truncated: read between the two
+            // steps it is empty and would take the file's objects away. After
+            // the first load, a file changed within `settle` is read once it has
+            // been quiet for that long, whatever woke this scan.
+            let fresh = stamp
+                .mtime
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age < self.settle);
+            if fresh && self.scans > 0 && known.is_none_or(|f| f.stamp != stamp) {
+                report.unsettled = true;
                 continue;
             }
             let bytes = match std::fs::read(&path) {
@@ -356,6 +387,7 @@ impl ManifestDir {
         }
         self.dir_error = None;
         self.scans = self.scans.wrapping_add(1);
+        self.unsettled = report.unsettled;
         report.changed = changed;
         Ok(report)
     }
@@ -431,7 +463,7 @@ pub fn load(dir: &Path, store: &StoreHandle) -> Result<ManifestDir, ManifestErro
     if !md.is_dir() {
         return Err(ManifestError::NotADirectory(dir.to_path_buf()));
     }
-    let mut m = ManifestDir::new(dir);
+    let mut m = ManifestDir::new(dir).with_settle(SETTLE);
     store.update(|s| s.register(&source_name(dir), &Kind::ALL));
     m.sync(store, true);
     Ok(m)
@@ -480,18 +512,36 @@ pub async fn run(mut dir: ManifestDir, store: StoreHandle, mut shutdown: watch::
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u32 = 0;
     loop {
-        let from_event = tokio::select! {
-            _ = wait_shutdown(&mut shutdown) => return,
-            Some(()) = rx.recv() => true,
-            _ = tick.tick() => false,
-        };
-        if from_event {
-            tokio::time::sleep(SETTLE).await;
-            while rx.try_recv().is_ok() {}
-        } else {
-            ticks = ticks.wrapping_add(1);
+        enum Woke {
+            Event,
+            Tick,
+            Settled,
         }
-        let verify = from_event || ticks.is_multiple_of(VERIFY_EVERY);
+        let woke = if dir.unsettled {
+            // A file was still changing: look again once it has settled.
+            tokio::select! {
+                _ = wait_shutdown(&mut shutdown) => return,
+                () = tokio::time::sleep(SETTLE) => Woke::Settled,
+            }
+        } else {
+            tokio::select! {
+                _ = wait_shutdown(&mut shutdown) => return,
+                Some(()) = rx.recv() => Woke::Event,
+                _ = tick.tick() => Woke::Tick,
+            }
+        };
+        let verify = match woke {
+            Woke::Event => {
+                tokio::time::sleep(SETTLE).await;
+                while rx.try_recv().is_ok() {}
+                true
+            }
+            Woke::Settled => true,
+            Woke::Tick => {
+                ticks = ticks.wrapping_add(1);
+                ticks.is_multiple_of(VERIFY_EVERY)
+            }
+        };
         let had_error = dir.dir_error.is_some();
         dir.sync(&store, verify);
         match (had_error, dir.dir_error.is_some()) {

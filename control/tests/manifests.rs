@@ -212,6 +212,43 @@ fn a_bad_file_is_reported_and_the_others_still_apply() {
     assert_eq!(dir.errors().len(), 1);
 }
 
+/// A file written in place is truncated first: a scan that reads it between
+/// the truncation and the write (a timer rescan, not only an inotify event)
+/// must not take its objects away. Once the file has stayed empty for the
+/// settle time, that is its content and its objects go.
+#[test]
+fn a_file_read_while_being_rewritten_keeps_its_objects_until_it_settles() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "a.yaml", &svc("a1", "198.19.128.1"));
+    write(tmp.path(), "b.yaml", &svc("b", "198.19.128.3"));
+    let mut dir = ManifestDir::new(tmp.path()).with_settle(manifests::SETTLE);
+    assert!(
+        dir.scan(true).unwrap().changed,
+        "the first load reads at once"
+    );
+    assert_eq!(names(&dir.objects()), vec!["a1", "b"]);
+
+    // Truncated, as a writer does before writing: read at once, it is left alone.
+    std::fs::File::create(tmp.path().join("a.yaml")).unwrap();
+    let r = dir.scan(true).unwrap();
+    assert!(r.unsettled && !r.changed, "{r:?}");
+    assert_eq!(names(&dir.objects()), vec!["a1", "b"]);
+
+    // The write completes: once settled, the new content applies.
+    write(tmp.path(), "a.yaml", &svc("a2", "198.19.128.2"));
+    std::thread::sleep(manifests::SETTLE * 2);
+    let r = dir.scan(true).unwrap();
+    assert!(r.changed && !r.unsettled, "{r:?}");
+    assert_eq!(names(&dir.objects()), vec!["a2", "b"]);
+
+    // Emptied for good: after the settle time its objects go.
+    std::fs::File::create(tmp.path().join("a.yaml")).unwrap();
+    assert!(dir.scan(true).unwrap().unsettled);
+    std::thread::sleep(manifests::SETTLE * 2);
+    assert!(dir.scan(true).unwrap().changed);
+    assert_eq!(names(&dir.objects()), vec!["b"]);
+}
+
 #[test]
 fn an_edited_to_broken_file_keeps_its_last_good_objects() {
     let tmp = tempfile::tempdir().unwrap();
