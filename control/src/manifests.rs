@@ -29,6 +29,12 @@ const VERIFY_EVERY: u32 = 8;
 /// Quiet time after an inotify event before reading (editors write in steps).
 pub const SETTLE: Duration = Duration::from_millis(30);
 
+/// How long a file emptied of its objects must stay empty before they go: an
+/// in-place writer stalled between truncating and writing (a loaded node)
+/// leaves an empty file for longer than `SETTLE`. Removing a file takes its
+/// objects away at once.
+pub const EMPTY_SETTLE: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest directory {dir}: {source}")]
@@ -219,6 +225,8 @@ pub struct ManifestDir {
     unsettled: bool,
     /// A file changed less than this long ago is read on a later scan.
     settle: Duration,
+    /// The same for a file that had objects and is now empty.
+    empty_settle: Duration,
 }
 
 fn is_manifest_name(name: &str) -> bool {
@@ -240,15 +248,18 @@ impl ManifestDir {
             scans: 0,
             unsettled: false,
             settle: Duration::ZERO,
+            empty_settle: Duration::ZERO,
         }
     }
 
     /// Files that changed less than `d` ago are left as they were and read
     /// on a later scan (`ScanReport::unsettled`): an in-place write first
-    /// truncates the file. `new` reads every change at once; `load`, the
+    /// truncates the file. A file that had objects and is now empty waits
+    /// at least `EMPTY_SETTLE`. `new` reads every change at once; `load`, the
     /// agent's source, waits `SETTLE`.
     pub fn with_settle(mut self, d: Duration) -> Self {
         self.settle = d;
+        self.empty_settle = if d.is_zero() { d } else { d.max(EMPTY_SETTLE) };
         self
     }
 
@@ -317,10 +328,19 @@ impl ManifestDir {
             // steps it is empty and would take the file's objects away. After
             // the first load, a file changed within `settle` is read once it has
             // been quiet for that long, whatever woke this scan.
+            // (The kernel stamps mtime from a coarse clock, up to a tick
+            // early, so an age here may be a few ms too long.)
+            let emptied = stamp.size == 0
+                && known.is_some_and(|f| f.good.as_ref().is_some_and(|g| !g.is_empty()));
+            let settle = if emptied {
+                self.empty_settle
+            } else {
+                self.settle
+            };
             let fresh = stamp
                 .mtime
                 .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age < self.settle);
+                .is_some_and(|age| age < settle);
             if fresh && self.scans > 0 && known.is_none_or(|f| f.stamp != stamp) {
                 report.unsettled = true;
                 continue;
@@ -536,7 +556,9 @@ pub async fn run(mut dir: ManifestDir, store: StoreHandle, mut shutdown: watch::
                 while rx.try_recv().is_ok() {}
                 true
             }
-            Woke::Settled => true,
+            // The files left for later have a stamp unlike the one known, so
+            // a stat-only scan reads them.
+            Woke::Settled => false,
             Woke::Tick => {
                 ticks = ticks.wrapping_add(1);
                 ticks.is_multiple_of(VERIFY_EVERY)

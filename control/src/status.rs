@@ -199,6 +199,7 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
                 "flow_evictions": c.flow_evictions,
                 "flows_flushed": c.flows_flushed,
                 "masqueraded": c.masqueraded,
+                "tuple_clashes": c.tuple_clashes,
                 "handed_off": c.handed_off,
                 "handed_in": c.handed_in,
                 "drops": drops_map(c),
@@ -381,6 +382,11 @@ pub fn metrics_text(state: &AgentState) -> String {
         "flows_flushed",
         "Flows flushed because their backend went away",
         counter(c.flows_flushed),
+    );
+    reg.register(
+        "tuple_clashes",
+        "New flows given another source port because a live flow had their reply tuple",
+        counter(c.tuple_clashes),
     );
     let drops = Family::<Vec<(String, String)>, Counter<u64>>::default();
     for r in DropReason::ALL {

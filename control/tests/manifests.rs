@@ -241,12 +241,24 @@ fn a_file_read_while_being_rewritten_keeps_its_objects_until_it_settles() {
     assert!(r.changed && !r.unsettled, "{r:?}");
     assert_eq!(names(&dir.objects()), vec!["a2", "b"]);
 
-    // Emptied for good: after the settle time its objects go.
+    // Emptied: a writer stalled after truncating (a loaded node) leaves it
+    // empty for longer than SETTLE, so an emptied file waits EMPTY_SETTLE.
     std::fs::File::create(tmp.path().join("a.yaml")).unwrap();
     assert!(dir.scan(true).unwrap().unsettled);
     std::thread::sleep(manifests::SETTLE * 2);
-    assert!(dir.scan(true).unwrap().changed);
+    let r = dir.scan(true).unwrap();
+    assert!(r.unsettled && !r.changed, "{r:?}");
+    assert_eq!(names(&dir.objects()), vec!["a2", "b"]);
+    // Emptied for good: after EMPTY_SETTLE its objects go.
+    std::thread::sleep(manifests::EMPTY_SETTLE);
+    let r = dir.scan(false).unwrap();
+    assert!(r.changed && !r.unsettled, "{r:?}");
     assert_eq!(names(&dir.objects()), vec!["b"]);
+    // A new empty file has no objects to lose: it waits SETTLE only.
+    write(tmp.path(), "c.yaml", "");
+    std::thread::sleep(manifests::SETTLE * 2);
+    let r = dir.scan(false).unwrap();
+    assert!(!r.unsettled, "{r:?}");
 }
 
 #[test]

@@ -317,6 +317,10 @@ pub struct Hit {
 pub enum InsertError {
     /// Every candidate way is assured and live.
     Full,
+    /// The flow's reply tuple belongs to another live flow (a client port
+    /// used towards two destinations that translate to the same backend):
+    /// the caller gives this flow another source port, as Linux does.
+    ReplyTaken,
 }
 
 /// TCP flag bits as they sit in the header.
@@ -725,11 +729,26 @@ impl FlowTable {
         let reply_rw = key.reversed().identity();
         debug_assert_eq!(h1, self.hash(&key));
         debug_assert_eq!(h2, self.hash(&reply_key));
-        // Replace stale entries with the same keys (e.g. a port reused).
-        for (k, h) in [(key, h1), (reply_key, h2)] {
-            if let Some(s) = self.find_hashed(&k, h) {
-                self.remove(s as u32);
+        // Another flow's replies look the same as this one's: unless that
+        // flow is over, this one cannot have the tuple.
+        let reply_slot = self.find_hashed(&reply_key, h2);
+        if let Some(s) = reply_slot {
+            let e = &self.entries[s];
+            let m = &self.entries[if e.master { s } else { e.peer as usize }];
+            let over = m.expires_ns <= now_ns
+                || matches!(m.state, FlowState::TcpTimeWait | FlowState::TcpClose)
+                || (m.master && m.key == key);
+            if !over {
+                return Err(InsertError::ReplyTaken);
             }
+        }
+        // Replace stale entries with the same keys (e.g. a port reused).
+        // (`remove` of a slot already freed with its peer does nothing.)
+        if let Some(s) = self.find_hashed(&key, h1) {
+            self.remove(s as u32);
+        }
+        if let Some(s) = reply_slot {
+            self.remove(s as u32);
         }
         let b1 = self.set_base(h1);
         let s1 = self.free_way(b1, now_ns, None).ok_or(InsertError::Full)?;
@@ -955,6 +974,36 @@ mod tests {
         // The reply is restored to the original tuple, reversed.
         assert_eq!(reply_key.rewritten(&rev.rewrite), key.reversed());
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_live_flows_reply_tuple_is_not_taken_over_but_a_closed_ones_is() {
+        let mut t = FlowTable::new(16);
+        let a = k(0xc613_0105, 40000);
+        t.insert(a, dnat(&a), FlowMeta::default(), Some(SYN), 1, 0)
+            .unwrap();
+        // Another destination (another Service) translated to the same backend.
+        let b = FlowKey {
+            dst: 0xc612_600b,
+            ..a
+        };
+        assert_eq!(
+            t.insert(b, dnat(&b), FlowMeta::default(), Some(SYN), 1, 0),
+            Err(InsertError::ReplyTaken)
+        );
+        assert_eq!(t.len(), 1);
+        // The same flow inserted again replaces itself.
+        t.insert(a, dnat(&a), FlowMeta::default(), Some(SYN), 1, 0)
+            .unwrap();
+        assert_eq!(t.len(), 1);
+        // Once `a` is reset, `b` may have the tuple.
+        let h = t.lookup(&a, 0).unwrap();
+        t.on_packet(&h, Some(RST), 0);
+        t.insert(b, dnat(&b), FlowMeta::default(), Some(SYN), 1, 0)
+            .unwrap();
+        assert_eq!(t.len(), 1);
+        assert!(t.lookup(&a, 0).is_none());
+        assert!(t.lookup(&b, 0).is_some());
     }
 
     #[test]

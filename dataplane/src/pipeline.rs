@@ -22,8 +22,8 @@ use shared::wire::vxlan::{VxlanPacket, VxlanRepr};
 use shared::wire::{ETH_HLEN, VXLAN_OVERHEAD};
 
 use crate::flow::{
-    client_owner, port_owner, tcp_flags, ChecksumDeltas, FlowKey, FlowMeta, FlowTable, Rewrite,
-    NO_SLOT,
+    client_owner, port_owner, tcp_flags, ChecksumDeltas, FlowKey, FlowMeta, FlowTable, InsertError,
+    Rewrite, NO_SLOT,
 };
 use crate::frame::{Frame, Verdict};
 
@@ -537,8 +537,9 @@ fn first_pass(
             return Step::Done;
         }
     }
-    if pending && leaves_cluster(snap, p) {
-        // Masqueraded off the cluster: the same as above.
+    if pending && (leaves_cluster(snap, p) || reaches_backend_directly(snap, p)) {
+        // Masqueraded off the cluster, or a tracked direct flow whose reply
+        // tuple is checked against the table: the same as above.
         *barrier = true;
         return Step::Later;
     }
@@ -630,8 +631,9 @@ fn conntrack(
 /// With several workers: the worker that owns this frame's flow when it is not
 /// this one (see `FlowTable::set_ownership`). Decided on a flow-table miss,
 /// from the tables alone, so every worker decides the same:
-/// - a new flow to a frontend, or pod traffic to be masqueraded off-cluster:
-///   the client's (source's) worker;
+/// - a new flow to a frontend, pod traffic to be masqueraded off-cluster, or
+///   a local pod's direct flow to a Service backend (tracked, see
+///   `reaches_backend_directly`): the client's (source's) worker;
 /// - a frame to one of this node's own addresses (a reply to a masqueraded
 ///   flow): the worker its destination port (ICMP: echo identifier) names;
 /// - a frame from a Service backend (a reply to a DNAT flow): the client's
@@ -654,7 +656,8 @@ fn foreign_owner(f: &Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &FlowTable) 
         port_owner(key.dport, n)
     } else if l4 && snap.backend_alive(key.src, key.sport, key.proto) {
         client_owner(key.dst, n)
-    } else if !p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod_hop(key.src).is_some()
+    } else if reaches_backend_directly(snap, p)
+        || (!p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod_hop(key.src).is_some())
     {
         client_owner(key.src, n)
     } else {
@@ -702,7 +705,33 @@ fn new_flow_off_frontend(
         return masquerade_out(f, p, snap, flows, c, now);
     }
     let rw = key.identity();
+    if reaches_backend_directly(snap, p) {
+        // Tracked without translation: its replies look like a Service
+        // flow's, so the table must know both (`commit_remapped`).
+        let flow = NewFlow {
+            rw,
+            meta: FlowMeta {
+                backend: None,
+                snat: false,
+                client_mac: None,
+            },
+        };
+        return commit_now(f, p, &flow, snap, flows, c, now);
+    }
     rewrite_and_route(f, p, &rw, snap, c)
+}
+
+/// A local pod's TCP or UDP to a Service backend's address and port, not
+/// through the Service. Its reply tuple is the one a Service flow to that
+/// backend from the same client port has, so it is tracked (on the client's
+/// worker) like one.
+#[inline]
+fn reaches_backend_directly(snap: &Snapshot, p: &Parsed) -> bool {
+    let key = p.key;
+    !p.decapped
+        && (key.proto == PROTO_TCP || key.proto == PROTO_UDP)
+        && snap.backend_alive(key.dst, key.dport, key.proto)
+        && snap.local_pod_hop(key.src).is_some()
 }
 
 #[inline]
@@ -922,23 +951,56 @@ fn commit(
     c: &mut Counters,
     now: u64,
 ) -> Verdict {
+    match flows.insert_prehashed(
+        p.key,
+        p.hash,
+        reply_hash,
+        flow.rw,
+        flow.meta,
+        p.tcp(),
+        snap.generation,
+        now,
+    ) {
+        Ok(_) => {}
+        Err(InsertError::ReplyTaken) => return commit_remapped(f, p, flow, snap, flows, c, now),
+        Err(InsertError::Full) => return Verdict::Drop(DropReason::FlowTableFull),
+    }
+    c.flows_created += 1;
+    rewrite_and_route(f, p, &flow.rw, snap, c)
+}
+
+/// A new flow whose reply tuple another live flow has (the client used one
+/// source port towards two destinations that reach the same backend): like
+/// Linux conntrack, it gets a free source port from the masquerade range, so
+/// each flow's replies come back to the right client socket.
+#[cold]
+fn commit_remapped(
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    flow: &NewFlow,
+    snap: &Snapshot,
+    flows: &mut FlowTable,
+    c: &mut Counters,
+    now: u64,
+) -> Verdict {
+    let mut rw = flow.rw;
+    let Some(port) = pick_port(flows, &p.key, &rw, snap, false, now) else {
+        return Verdict::Drop(DropReason::NoMasqueradePort);
+    };
+    rw.sport = port;
+    let meta = FlowMeta {
+        snat: true,
+        ..flow.meta
+    };
     if flows
-        .insert_prehashed(
-            p.key,
-            p.hash,
-            reply_hash,
-            flow.rw,
-            flow.meta,
-            p.tcp(),
-            snap.generation,
-            now,
-        )
+        .insert(p.key, rw, meta, p.tcp(), snap.generation, now)
         .is_err()
     {
         return Verdict::Drop(DropReason::FlowTableFull);
     }
     c.flows_created += 1;
-    rewrite_and_route(f, p, &flow.rw, snap, c)
+    c.tuple_clashes += 1;
+    rewrite_and_route(f, p, &rw, snap, c)
 }
 
 /// Applies `rw` to the packet (addresses, ports, checksums), decrements TTL and routes.

@@ -241,6 +241,62 @@ fn stateless_traffic_is_never_handed_over() {
     assert_eq!(handed, 0);
 }
 
+/// A local pod's direct connection to a Service backend is tracked on the
+/// client's worker, where its Service flows are: a clash of their reply
+/// tuples is seen there, whichever queues the frames land on.
+#[test]
+fn direct_flows_to_backends_meet_the_clients_service_flows() {
+    let s = snap(world(services()), 1);
+    let owner = client_owner(u32::from(A2), WORKERS);
+    for first in 0..WORKERS {
+        let mut pool = Pool::new();
+        // A Service flow to A1:8080 from some port.
+        let mut q = 45000;
+        loop {
+            let out = pool.deliver(
+                &s,
+                first,
+                A2_IF,
+                &frame(A2_MAC, A2_HOST_MAC, A2, ip("198.18.96.10"), syn(q, 80), 64),
+            );
+            let d = seen(&out.1.bytes);
+            if out.1.verdict == tx(A1_IF) && (d.dst, d.dport) == (A1, 8080) {
+                assert_eq!(out.0, owner);
+                break;
+            }
+            q += 1;
+        }
+        // The direct connection from the same port, landing on any worker.
+        for land in 0..WORKERS {
+            let (who, out) = pool.deliver(
+                &s,
+                land,
+                A2_IF,
+                &frame(A2_MAC, A2_HOST_MAC, A2, A1, syn(q, 8080), 64),
+            );
+            assert_eq!(who, owner, "tracked on the client's worker");
+            let d = seen(&out.bytes);
+            assert_ne!(d.sport, q, "remapped");
+            let (who, out) = pool.deliver(
+                &s,
+                (land + 1) % WORKERS,
+                A1_IF,
+                &frame(
+                    A1_MAC,
+                    A1_HOST_MAC,
+                    A1,
+                    A2,
+                    tcp(8080, d.sport, SYN | ACK),
+                    64,
+                ),
+            );
+            assert_eq!(who, owner);
+            let r = seen(&out.bytes);
+            assert_eq!((r.src, r.sport, r.dst, r.dport), (A1, 8080, A2, q));
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 

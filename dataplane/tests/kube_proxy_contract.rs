@@ -1281,3 +1281,141 @@ fn batches_give_one_verdict_per_frame_and_consistent_counters() {
         }
     }
 }
+
+// ------------------------------------------------- conntrack: tuple clashes
+
+/// A client port whose new flow to `svc:port` Maglev sends to `want`.
+fn port_to(s: &Snapshot, svc: &str, sport_from: u16, proto: L4Proto, want: (Ipv4Addr, u16)) -> u16 {
+    for sport in sport_from..sport_from + 2000 {
+        let mut w = Worker::default();
+        let l4 = match proto {
+            L4Proto::Tcp => syn(sport, 80),
+            _ => udp(sport, 53),
+        };
+        let out = w.run(s, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, ip(svc), l4, 64));
+        if backend(&out) == want {
+            return sport;
+        }
+    }
+    panic!("no client port maps to {want:?}");
+}
+
+fn from_a2(s: &Snapshot, w: &mut Worker, dst: Ipv4Addr, l4: L4) -> Out {
+    w.run(s, A2_IF, &frame(A2_MAC, A2_HOST_MAC, A2, dst, l4, 64))
+}
+
+fn from_a1(s: &Snapshot, w: &mut Worker, l4: L4) -> Out {
+    w.run(s, A1_IF, &frame(A1_MAC, A1_HOST_MAC, A1, A2, l4, 64))
+}
+
+/// A client reuses one source port for a Service connection and a direct one
+/// to the same backend (Linux hands out a port again for another destination).
+/// The two reply tuples are the same; as Linux conntrack does, the flow that
+/// comes second gets another source port, so every reply reaches the right
+/// socket with the right source. A Service flow that is over (TIME_WAIT) just
+/// gives its tuple up.
+#[test]
+fn flows_whose_reply_tuples_clash_get_another_source_port() {
+    let s = snap(world(base()), 1);
+    let a1 = (A1, 8080);
+
+    // 1. The Service connection closed (TIME_WAIT), then a direct one on its port.
+    let p = port_to(&s, WEB, 40000, L4Proto::Tcp, a1);
+    let mut w = Worker::default();
+    assert_eq!(backend(&from_a2(&s, &mut w, ip(WEB), syn(p, 80))), a1);
+    from_a1(&s, &mut w, tcp(8080, p, SYN | ACK));
+    from_a2(&s, &mut w, ip(WEB), tcp(p, 80, ACK));
+    from_a2(&s, &mut w, ip(WEB), tcp(p, 80, FIN | ACK));
+    from_a1(&s, &mut w, tcp(8080, p, FIN | ACK));
+    from_a2(&s, &mut w, ip(WEB), tcp(p, 80, ACK));
+    let out = from_a2(&s, &mut w, A1, syn(p, 8080));
+    assert_eq!(out.verdict, tx(A1_IF));
+    let d = seen(&out.bytes);
+    assert_eq!(
+        (d.src, d.sport, d.dst, d.dport),
+        (A2, p, A1, 8080),
+        "the port is free again"
+    );
+    let r = seen(&from_a1(&s, &mut w, tcp(8080, p, SYN | ACK)).bytes);
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (A1, 8080, A2, p),
+        "the direct reply is not translated to the ClusterIP"
+    );
+
+    // 2. The Service connection is open: the direct one gets another port.
+    let q = port_to(&s, WEB, p + 1, L4Proto::Tcp, a1);
+    let mut w = Worker::default();
+    from_a2(&s, &mut w, ip(WEB), syn(q, 80));
+    from_a1(&s, &mut w, tcp(8080, q, SYN | ACK));
+    from_a2(&s, &mut w, ip(WEB), tcp(q, 80, ACK));
+    let out = from_a2(&s, &mut w, A1, syn(q, 8080));
+    assert_eq!(out.verdict, tx(A1_IF));
+    let d = seen(&out.bytes);
+    assert_eq!((d.src, d.dst, d.dport), (A2, A1, 8080));
+    assert_ne!(d.sport, q, "the direct flow's source port is remapped");
+    let q2 = d.sport;
+    assert_eq!(w.counters.tuple_clashes, 1);
+    let r = seen(&from_a1(&s, &mut w, tcp(8080, q2, SYN | ACK)).bytes);
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (A1, 8080, A2, q),
+        "direct reply"
+    );
+    let r = seen(&from_a1(&s, &mut w, tcp(8080, q, ACK)).bytes);
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (ip(WEB), 80, A2, q),
+        "Service reply"
+    );
+    let d = seen(&from_a2(&s, &mut w, A1, tcp(q, 8080, ACK)).bytes);
+    assert_eq!(
+        d.sport, q2,
+        "later packets of the direct flow keep its port"
+    );
+
+    // 3. The other way round: a direct connection is open, then a Service
+    // connection from the same port picks that backend.
+    let mut w = Worker::default();
+    from_a2(&s, &mut w, A1, syn(q, 8080));
+    from_a1(&s, &mut w, tcp(8080, q, SYN | ACK));
+    let out = from_a2(&s, &mut w, ip(WEB), syn(q, 80));
+    let (_, d) = delivered(&out);
+    assert_eq!((d.src, d.dst, d.dport), (A2, A1, 8080));
+    assert_ne!(d.sport, q, "the Service flow's source port is remapped");
+    let r = seen(&from_a1(&s, &mut w, tcp(8080, d.sport, SYN | ACK)).bytes);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (ip(WEB), 80, A2, q));
+    let r = seen(&from_a1(&s, &mut w, tcp(8080, q, ACK)).bytes);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (A1, 8080, A2, q));
+
+    // 4. UDP: one socket asks the DNS Service and a DNS pod directly.
+    let u = port_to(&s, DNS, 41000, L4Proto::Udp, (A1, 5353));
+    let mut w = Worker::default();
+    from_a2(&s, &mut w, ip(DNS), udp(u, 53));
+    let d = seen(&from_a2(&s, &mut w, A1, udp(u, 5353)).bytes);
+    assert_ne!(d.sport, u);
+    let r = seen(&from_a1(&s, &mut w, udp(5353, d.sport)).bytes);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (A1, 5353, A2, u));
+    let r = seen(&from_a1(&s, &mut w, udp(5353, u)).bytes);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (ip(DNS), 53, A2, u));
+
+    // 5. Two Services with the same backend, one client port.
+    let mut specs = base();
+    specs.push(svc(
+        "web2",
+        "198.18.96.20",
+        L4Proto::Tcp,
+        80,
+        vec![ep(A1, 8080, "node-a")],
+    ));
+    let s = snap(world(specs), 1);
+    let q = port_to(&s, WEB, 42000, L4Proto::Tcp, a1);
+    let mut w = Worker::default();
+    from_a2(&s, &mut w, ip(WEB), syn(q, 80));
+    let (_, d) = delivered(&from_a2(&s, &mut w, ip("198.18.96.20"), syn(q, 80)));
+    assert_ne!(d.sport, q);
+    let r = seen(&from_a1(&s, &mut w, tcp(8080, d.sport, SYN | ACK)).bytes);
+    assert_eq!((r.src, r.sport, r.dport), (ip("198.18.96.20"), 80, q));
+    let r = seen(&from_a1(&s, &mut w, tcp(8080, q, SYN | ACK)).bytes);
+    assert_eq!((r.src, r.sport, r.dport), (ip(WEB), 80, q));
+}

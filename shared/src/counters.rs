@@ -126,6 +126,9 @@ pub struct Counters {
     /// Flows removed because their backend left the Service (UDP flush / stale TCP).
     pub flows_flushed: u64,
     pub masqueraded: u64,
+    /// New flows given another source port because another live flow had
+    /// their reply tuple (Linux conntrack's clash handling).
+    pub tuple_clashes: u64,
     /// Frames sent to the worker that owns their flow (`Verdict::Handoff`).
     pub handed_off: u64,
     /// Frames received from another worker (also counted in `rx_packets`).
@@ -162,6 +165,7 @@ impl Counters {
         self.flow_evictions += other.flow_evictions;
         self.flows_flushed += other.flows_flushed;
         self.masqueraded += other.masqueraded;
+        self.tuple_clashes += other.tuple_clashes;
         self.handed_off += other.handed_off;
         self.handed_in += other.handed_in;
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {

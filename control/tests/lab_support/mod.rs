@@ -254,6 +254,17 @@ impl Lab {
         out
     }
 
+    /// A per-worker counter of `node`'s status, summed over its workers.
+    pub fn counter(&self, node: &str, name: &str) -> u64 {
+        let st = self.status(node);
+        st["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| w[name].as_u64().unwrap_or(0))
+            .sum()
+    }
+
     /// Total drops on `node`.
     pub fn drops_total(&self, node: &str) -> u64 {
         self.drops(node).values().sum()
