@@ -840,13 +840,7 @@ fn sockperf(
         Ok(o) => {
             let text = String::from_utf8_lossy(&o.stdout).to_string()
                 + &String::from_utf8_lossy(&o.stderr);
-            let num_after = |key: &str| -> Option<f64> {
-                text.lines()
-                    .find(|l| l.contains(key))
-                    .and_then(|l| l.split('=').nth(1))
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|v| v.trim_end_matches(',').parse().ok())
-            };
+            let num_after = |key: &str| text.lines().find_map(|l| sockperf_value(l, key));
             r.avg_us = num_after("avg-rtt")
                 .or_else(|| num_after("avg-latency"))
                 .unwrap_or(0.0);
@@ -860,6 +854,19 @@ fn sockperf(
         Err(e) => r.error = Some(e.to_string()),
     }
     r
+}
+
+/// The number after `key =` in a line of sockperf's output, e.g. 74.573 in
+/// `sockperf: \x1b[2;35m====> avg-rtt=74.573 (std-dev=54.352)\x1b[0m` or 68.902 in
+/// `sockperf: ---> percentile 50.000 =   68.902`.
+fn sockperf_value(line: &str, key: &str) -> Option<f64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let v = rest
+        .trim_start()
+        .strip_prefix('=')?
+        .split_whitespace()
+        .next()?;
+    v.trim_end_matches(',').parse().ok()
 }
 
 /// configs/demo + configs/bench, plus `extra` generated ClusterIP services
@@ -911,7 +918,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&a.out)?;
     let mut res = BenchResult {
-        started: format!("{:?}", std::time::SystemTime::now()),
+        started: control::store::format_rfc3339(std::time::SystemTime::now()),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         ..BenchResult::default()
     };
@@ -988,4 +995,19 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
     pb.finish_with_message("done");
     res.elapsed_s = t0.elapsed().as_secs_f64();
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sockperf_value;
+
+    #[test]
+    fn sockperf_summary_lines_parse() {
+        let avg = "sockperf: \x1b[2;35m====> avg-rtt=74.573 (std-dev=54.352)\x1b[0m";
+        assert_eq!(sockperf_value(avg, "avg-rtt"), Some(74.573));
+        let p50 = "sockperf: ---> percentile 50.000 =   68.902";
+        assert_eq!(sockperf_value(p50, "percentile 50.000"), Some(68.902));
+        assert_eq!(sockperf_value(p50, "percentile 99.000"), None);
+        assert_eq!(sockperf_value("sockperf: avg-rtt=", "avg-rtt"), None);
+    }
 }
