@@ -154,14 +154,16 @@ pub enum FlowState {
     TcpFinWait,
     /// The other side has closed its half but this one has not (CLOSE_WAIT).
     TcpCloseWait,
-    /// Both sides sent FIN.
+    /// Both sides sent FIN; the last one is not acknowledged yet (LAST_ACK).
+    TcpLastAck,
+    /// Both sides sent FIN and the last one was acknowledged.
     TcpTimeWait,
     /// RST seen.
     TcpClose,
 }
 
 impl FlowState {
-    const COUNT: usize = 9;
+    const COUNT: usize = 10;
     /// Every state, in discriminant order.
     const ALL: [FlowState; Self::COUNT] = [
         FlowState::UdpUnreplied,
@@ -171,6 +173,7 @@ impl FlowState {
         FlowState::TcpEstablished,
         FlowState::TcpFinWait,
         FlowState::TcpCloseWait,
+        FlowState::TcpLastAck,
         FlowState::TcpTimeWait,
         FlowState::TcpClose,
     ];
@@ -182,6 +185,7 @@ impl FlowState {
                 | FlowState::TcpEstablished
                 | FlowState::TcpFinWait
                 | FlowState::TcpCloseWait
+                | FlowState::TcpLastAck
                 | FlowState::TcpTimeWait
         )
     }
@@ -197,6 +201,7 @@ pub struct Timeouts {
     pub tcp_fin_wait: u32,
     /// kube-proxy sets nf_conntrack_tcp_timeout_close_wait to 3600.
     pub tcp_close_wait: u32,
+    pub tcp_last_ack: u32,
     pub tcp_time_wait: u32,
     pub tcp_close: u32,
     pub udp: u32,
@@ -211,6 +216,7 @@ impl Default for Timeouts {
             tcp_established: 86400,
             tcp_fin_wait: 120,
             tcp_close_wait: 3600,
+            tcp_last_ack: 30,
             tcp_time_wait: 120,
             tcp_close: 10,
             udp: 30,
@@ -234,6 +240,7 @@ impl Timeouts {
             FlowState::TcpEstablished => self.tcp_established,
             FlowState::TcpFinWait => self.tcp_fin_wait,
             FlowState::TcpCloseWait => self.tcp_close_wait,
+            FlowState::TcpLastAck => self.tcp_last_ack,
             FlowState::TcpTimeWait => self.tcp_time_wait,
             FlowState::TcpClose => self.tcp_close,
         }) * NS
@@ -734,7 +741,10 @@ impl FlowTable {
         let reply_slot = self.find_hashed(&reply_key, h2);
         if let Some(s) = reply_slot {
             let e = &self.entries[s];
-            let m = &self.entries[if e.master { s } else { e.peer as usize }];
+            let m = self
+                .entries
+                .get(if e.master { s } else { e.peer as usize })
+                .unwrap_or(e);
             let over = m.expires_ns <= now_ns
                 || matches!(m.state, FlowState::TcpTimeWait | FlowState::TcpClose)
                 || (m.master && m.key == key);
@@ -903,7 +913,7 @@ fn next_tcp_state(s: FlowState, fins: &mut u8, flags: u8, reply: bool) -> FlowSt
     if flags & FIN != 0 {
         *fins |= if reply { 2 } else { 1 };
         return if *fins == 3 {
-            FlowState::TcpTimeWait
+            FlowState::TcpLastAck
         } else if s == FlowState::TcpEstablished
             || s == FlowState::TcpFinWait
             || s == FlowState::TcpCloseWait
@@ -918,6 +928,8 @@ fn next_tcp_state(s: FlowState, fins: &mut u8, flags: u8, reply: bool) -> FlowSt
         };
     }
     match s {
+        // The ACK of the last FIN.
+        FlowState::TcpLastAck if flags & ACK != 0 && flags & SYN == 0 => FlowState::TcpTimeWait,
         FlowState::TcpSynSent if reply && flags & SYN != 0 && flags & ACK != 0 => {
             FlowState::TcpSynRecv
         }
@@ -927,7 +939,14 @@ fn next_tcp_state(s: FlowState, fins: &mut u8, flags: u8, reply: bool) -> FlowSt
         FlowState::TcpSynSent if reply && flags & SYN == 0 && flags & ACK != 0 => {
             FlowState::TcpEstablished
         }
-        FlowState::TcpClose if flags & SYN != 0 && !reply => FlowState::TcpSynSent,
+        // The client opens a new connection on the same tuple (Linux
+        // conntrack: SYN in CLOSE or TIME_WAIT → SYN_SENT).
+        FlowState::TcpClose | FlowState::TcpTimeWait
+            if flags & SYN != 0 && flags & ACK == 0 && !reply =>
+        {
+            *fins = 0;
+            FlowState::TcpSynSent
+        }
         other => other,
     }
 }
@@ -1029,9 +1048,48 @@ mod tests {
         let r = t.lookup(&key.rewritten(&rw).reversed(), 3600 * NS).unwrap();
         t.on_packet(&r, Some(FIN | ACK), 3600 * NS);
         let h = t.lookup(&key, 3600 * NS).unwrap();
+        assert_eq!(h.state, FlowState::TcpLastAck);
+        t.on_packet(&h, Some(ACK), 3600 * NS);
+        let h = t.lookup(&key, 3600 * NS).unwrap();
         assert_eq!(h.state, FlowState::TcpTimeWait);
         assert!(t.lookup(&key, 3600 * NS + 121 * NS).is_none());
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_new_connection_on_a_closed_tuple_starts_over() {
+        for close in [&[FIN | ACK, FIN | ACK, ACK][..], &[RST][..]] {
+            let mut t = FlowTable::new(16);
+            let key = k(4, 4);
+            let rw = dnat(&key);
+            let reply = key.rewritten(&rw).reversed();
+            t.insert(key, rw, FlowMeta::default(), Some(SYN), 0, 0)
+                .unwrap();
+            let r = t.lookup(&reply, 0).unwrap();
+            t.on_packet(&r, Some(SYN | ACK), 0);
+            let h = t.lookup(&key, 0).unwrap();
+            t.on_packet(&h, Some(ACK), 0);
+            for (i, &f) in close.iter().enumerate() {
+                let h = t.lookup(if i % 2 == 0 { &key } else { &reply }, 0).unwrap();
+                t.on_packet(&h, Some(f), 0);
+            }
+            assert!(matches!(
+                t.lookup(&key, 0).unwrap().state,
+                FlowState::TcpTimeWait | FlowState::TcpClose
+            ));
+            // The client's next SYN on the same tuple: a new connection, whose
+            // first FIN does not count as both.
+            let h = t.lookup(&key, 0).unwrap();
+            t.on_packet(&h, Some(SYN), 0);
+            assert_eq!(t.lookup(&key, 0).unwrap().state, FlowState::TcpSynSent);
+            let r = t.lookup(&reply, 0).unwrap();
+            t.on_packet(&r, Some(SYN | ACK), 0);
+            let h = t.lookup(&key, 0).unwrap();
+            t.on_packet(&h, Some(ACK), 0);
+            let h = t.lookup(&key, 0).unwrap();
+            t.on_packet(&h, Some(FIN | ACK), 0);
+            assert_eq!(t.lookup(&key, 0).unwrap().state, FlowState::TcpFinWait);
+        }
     }
 
     #[test]

@@ -502,6 +502,17 @@ fn first_pass(
     if *barrier || decided.touches(p.hash) {
         return Step::Later;
     }
+    // A TCP SYN, FIN or RST of a known flow may open or close it, and whether
+    // a pending flow may take that flow's reply tuple depends on it
+    // (`FlowTable::insert_prehashed`): in order too.
+    if !decided.is_empty()
+        && p.tcp()
+            .is_some_and(|f| f & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) != 0)
+        && flows.contains(&p.key, now)
+    {
+        *barrier = true;
+        return Step::Later;
+    }
     if let Some(v) = conntrack(f, p, snap, flows, c, now) {
         *verdict = v;
         return Step::Done;
@@ -636,8 +647,8 @@ fn conntrack(
 ///   `reaches_backend_directly`): the client's (source's) worker;
 /// - a frame to one of this node's own addresses (a reply to a masqueraded
 ///   flow): the worker its destination port (ICMP: echo identifier) names;
-/// - a frame from a Service backend (a reply to a DNAT flow): the client's
-///   (destination's) worker.
+/// - a frame from a Service endpoint, usable or not (a reply to a DNAT flow or
+///   to a tracked direct flow): the client's (destination's) worker.
 ///
 /// Anything else is routed without flow state and stays here. A handed-in
 /// frame is never handed on.
@@ -654,7 +665,7 @@ fn foreign_owner(f: &Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &FlowTable) 
         client_owner(key.src, n)
     } else if snap.is_own_ip(key.dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == key.dst) {
         port_owner(key.dport, n)
-    } else if l4 && snap.backend_alive(key.src, key.sport, key.proto) {
+    } else if l4 && snap.is_endpoint(key.src, key.sport, key.proto) {
         client_owner(key.dst, n)
     } else if reaches_backend_directly(snap, p)
         || (!p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod_hop(key.src).is_some())
@@ -721,16 +732,17 @@ fn new_flow_off_frontend(
     rewrite_and_route(f, p, &rw, snap, c)
 }
 
-/// A local pod's TCP or UDP to a Service backend's address and port, not
+/// A local pod's TCP or UDP to a Service endpoint's address and port, not
 /// through the Service. Its reply tuple is the one a Service flow to that
 /// backend from the same client port has, so it is tracked (on the client's
-/// worker) like one.
+/// worker) like one. Any endpoint, usable or not: the flow must keep its
+/// worker while its destination turns unready.
 #[inline]
 fn reaches_backend_directly(snap: &Snapshot, p: &Parsed) -> bool {
     let key = p.key;
     !p.decapped
         && (key.proto == PROTO_TCP || key.proto == PROTO_UDP)
-        && snap.backend_alive(key.dst, key.dport, key.proto)
+        && snap.is_endpoint(key.dst, key.dport, key.proto)
         && snap.local_pod_hop(key.src).is_some()
 }
 

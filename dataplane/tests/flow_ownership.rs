@@ -243,56 +243,60 @@ fn stateless_traffic_is_never_handed_over() {
 
 /// A local pod's direct connection to a Service backend is tracked on the
 /// client's worker, where its Service flows are: a clash of their reply
-/// tuples is seen there, whichever queues the frames land on.
+/// tuples is seen there, whichever queues the frames land on, and the flows
+/// stay there when the backend turns unready.
 #[test]
 fn direct_flows_to_backends_meet_the_clients_service_flows() {
     let s = snap(world(services()), 1);
+    let mut unready = world(services());
+    for e in &mut unready.services[0].ports[0].endpoints {
+        e.ready = false;
+        e.serving = false;
+    }
+    let s2 = snap(unready, 2);
     let owner = client_owner(u32::from(A2), WORKERS);
+    let a2 = |dst, l4| frame(A2_MAC, A2_HOST_MAC, A2, dst, l4, 64);
+    let a1 = |l4| frame(A1_MAC, A1_HOST_MAC, A1, A2, l4, 64);
     for first in 0..WORKERS {
-        let mut pool = Pool::new();
-        // A Service flow to A1:8080 from some port.
-        let mut q = 45000;
-        loop {
-            let out = pool.deliver(
-                &s,
-                first,
-                A2_IF,
-                &frame(A2_MAC, A2_HOST_MAC, A2, ip("198.18.96.10"), syn(q, 80), 64),
-            );
-            let d = seen(&out.1.bytes);
-            if out.1.verdict == tx(A1_IF) && (d.dst, d.dport) == (A1, 8080) {
-                assert_eq!(out.0, owner);
-                break;
-            }
-            q += 1;
-        }
-        // The direct connection from the same port, landing on any worker.
         for land in 0..WORKERS {
-            let (who, out) = pool.deliver(
-                &s,
-                land,
-                A2_IF,
-                &frame(A2_MAC, A2_HOST_MAC, A2, A1, syn(q, 8080), 64),
-            );
+            let mut pool = Pool::new();
+            // A Service flow to A1:8080 from some port.
+            let mut q = 45000;
+            loop {
+                let (who, out) =
+                    pool.deliver(&s, first, A2_IF, &a2(ip("198.18.96.10"), syn(q, 80)));
+                let d = seen(&out.bytes);
+                if out.verdict == tx(A1_IF) && (d.dst, d.dport) == (A1, 8080) {
+                    assert_eq!(who, owner);
+                    break;
+                }
+                q += 1;
+            }
+            // The direct connection from the same port.
+            let (who, out) = pool.deliver(&s, land, A2_IF, &a2(A1, syn(q, 8080)));
             assert_eq!(who, owner, "tracked on the client's worker");
-            let d = seen(&out.bytes);
-            assert_ne!(d.sport, q, "remapped");
-            let (who, out) = pool.deliver(
-                &s,
-                (land + 1) % WORKERS,
-                A1_IF,
-                &frame(
-                    A1_MAC,
-                    A1_HOST_MAC,
-                    A1,
-                    A2,
-                    tcp(8080, d.sport, SYN | ACK),
-                    64,
-                ),
-            );
+            let q2 = seen(&out.bytes).sport;
+            assert_ne!(q2, q, "remapped");
+            let back = (land + 1) % WORKERS;
+            let (who, out) = pool.deliver(&s, back, A1_IF, &a1(tcp(8080, q2, SYN | ACK)));
             assert_eq!(who, owner);
             let r = seen(&out.bytes);
             assert_eq!((r.src, r.sport, r.dst, r.dport), (A1, 8080, A2, q));
+            // The Service flow's replies still come from the ClusterIP.
+            let (who, out) = pool.deliver(&s, back, A1_IF, &a1(tcp(8080, q, SYN | ACK)));
+            assert_eq!(who, owner);
+            let r = seen(&out.bytes);
+            assert_eq!((r.src, r.sport), (ip("198.18.96.10"), 80));
+            // A1 turns unready: the direct flow keeps its worker and its port.
+            for w in 0..WORKERS {
+                let (who, out) = pool.deliver(&s2, w, A2_IF, &a2(A1, tcp(q, 8080, ACK)));
+                assert_eq!(who, owner);
+                assert_eq!(seen(&out.bytes).sport, q2);
+                let (who, out) = pool.deliver(&s2, w, A1_IF, &a1(tcp(8080, q2, ACK)));
+                assert_eq!(who, owner);
+                let r = seen(&out.bytes);
+                assert_eq!((r.src, r.sport, r.dst, r.dport), (A1, 8080, A2, q));
+            }
         }
     }
 }

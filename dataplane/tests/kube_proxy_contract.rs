@@ -1336,11 +1336,32 @@ fn flows_whose_reply_tuples_clash_get_another_source_port() {
         (A2, p, A1, 8080),
         "the port is free again"
     );
+    assert_eq!(w.counters.tuple_clashes, 0);
     let r = seen(&from_a1(&s, &mut w, tcp(8080, p, SYN | ACK)).bytes);
     assert_eq!(
         (r.src, r.sport, r.dst, r.dport),
         (A1, 8080, A2, p),
         "the direct reply is not translated to the ClusterIP"
+    );
+
+    // 1b. Both sides sent FIN but the last ACK has not passed (LAST_ACK): the
+    // Service connection is not over, so the direct one gets another port
+    // and the last ACK still reaches a1 from the port a1 knows.
+    let mut w = Worker::default();
+    from_a2(&s, &mut w, ip(WEB), syn(p, 80));
+    from_a1(&s, &mut w, tcp(8080, p, SYN | ACK));
+    from_a2(&s, &mut w, ip(WEB), tcp(p, 80, ACK));
+    from_a2(&s, &mut w, ip(WEB), tcp(p, 80, FIN | ACK));
+    from_a1(&s, &mut w, tcp(8080, p, FIN | ACK));
+    let d = seen(&from_a2(&s, &mut w, A1, syn(p, 8080)).bytes);
+    assert_ne!(
+        d.sport, p,
+        "remapped while the old connection's last ACK is due"
+    );
+    let last = seen(&from_a2(&s, &mut w, ip(WEB), tcp(p, 80, ACK)).bytes);
+    assert_eq!(
+        (last.src, last.sport, last.dst, last.dport),
+        (A2, p, A1, 8080)
     );
 
     // 2. The Service connection is open: the direct one gets another port.

@@ -332,6 +332,9 @@ pub struct Snapshot {
     live_backends: HashSet<(u32, u16, u8)>,
     /// The addresses of `live_backends`.
     backend_ips: HashSet<u32>,
+    /// Every endpoint of every Service port (ip, port, protocol), whatever
+    /// its conditions.
+    endpoints: HashSet<(u32, u16, u8)>,
 }
 
 impl Snapshot {
@@ -553,6 +556,16 @@ impl Snapshot {
             .map(|n| neighbors.get(&u32::from(n.underlay_ip)).copied())
             .collect();
         let backend_ips = live_backends.iter().map(|&(ip, _, _)| ip).collect();
+        let endpoints = spec
+            .services
+            .iter()
+            .flat_map(|s| &s.ports)
+            .flat_map(|p| {
+                p.endpoints
+                    .iter()
+                    .map(|e| (u32::from(e.ip), e.port, p.proto.number()))
+            })
+            .collect();
         Snapshot {
             generation,
             spec,
@@ -569,6 +582,7 @@ impl Snapshot {
             neighbors,
             live_backends,
             backend_ips,
+            endpoints,
         }
     }
 
@@ -662,6 +676,14 @@ impl Snapshot {
     #[inline]
     pub fn backend_alive(&self, ip: u32, port: u16, proto: u8) -> bool {
         self.live_backends.contains(&(ip, port, proto))
+    }
+
+    /// Is `ip:port` an endpoint of some Service port with this protocol, usable
+    /// or not (ready, serving, terminating or none)? Stays true while an
+    /// endpoint turns unready, so flows keyed on it keep their worker.
+    #[inline]
+    pub fn is_endpoint(&self, ip: u32, port: u16, proto: u8) -> bool {
+        self.endpoints.contains(&(ip, port, proto))
     }
 
     pub fn frontend_count(&self) -> usize {
