@@ -200,6 +200,7 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
                 "flows_flushed": c.flows_flushed,
                 "masqueraded": c.masqueraded,
                 "tuple_clashes": c.tuple_clashes,
+                "tuple_reuses": c.tuple_reuses,
                 "handed_off": c.handed_off,
                 "handed_in": c.handed_in,
                 "drops": drops_map(c),
@@ -387,6 +388,11 @@ pub fn metrics_text(state: &AgentState) -> String {
         "tuple_clashes",
         "New flows given another source port because a live flow had their reply tuple",
         counter(c.tuple_clashes),
+    );
+    reg.register(
+        "tuple_reuses",
+        "New flows that took the reply tuple of a closed or expired flow",
+        counter(c.tuple_reuses),
     );
     let drops = Family::<Vec<(String, String)>, Counter<u64>>::default();
     for r in DropReason::ALL {

@@ -544,9 +544,10 @@ fn lab_pods_added_and_deleted_while_traffic_flows() {
     // its kernel reuses a port for both, the second flow gets another port.
     eprintln!(
         "3 pods added and deleted; {} exchanges meanwhile, none failed; drops on node-a: {}; \
-         reply-tuple clashes remapped: {}",
+         reply tuples of closed flows reused: {}, clashes remapped: {}",
         stats.ok,
         lab.drops_total("a") - drops_before,
+        lab.counter("a", "tuple_reuses"),
         lab.counter("a", "tuple_clashes")
     );
 }

@@ -353,6 +353,7 @@ pub struct FlowTable {
     /// `timeouts` per state in nanoseconds (read on every packet).
     timeout_ns: [u64; FlowState::COUNT],
     evictions: u64,
+    tuple_reuses: u64,
     /// ClientIP session affinity, owned by the same worker.
     pub affinity: AffinityTable,
     /// (this worker, number of workers): which flows this table may hold.
@@ -412,6 +413,7 @@ impl FlowTable {
             timeouts,
             timeout_ns: timeouts.by_state_ns(),
             evictions: 0,
+            tuple_reuses: 0,
             affinity: AffinityTable::new((capacity / 4).max(1024)),
             ownership: (0, 1),
         }
@@ -751,6 +753,9 @@ impl FlowTable {
             if !over {
                 return Err(InsertError::ReplyTaken);
             }
+            if !(m.master && m.key == key) {
+                self.tuple_reuses += 1;
+            }
         }
         // Replace stale entries with the same keys (e.g. a port reused).
         // (`remove` of a slot already freed with its peer does nothing.)
@@ -901,6 +906,12 @@ impl FlowTable {
     /// Evictions made to admit new flows since the table was created.
     pub fn evictions(&self) -> u64 {
         self.evictions
+    }
+
+    /// New flows that took the reply tuple of another flow that was over
+    /// (TIME_WAIT, reset or expired), since the table was created.
+    pub fn tuple_reuses(&self) -> u64 {
+        self.tuple_reuses
     }
 }
 

@@ -260,6 +260,7 @@ fn run_chunk(
         }
     }
     c.flow_evictions = flows.evictions();
+    c.tuple_reuses = flows.tuple_reuses();
 }
 
 /// For a frame no flow-table tag matched (most likely a new flow): if it goes

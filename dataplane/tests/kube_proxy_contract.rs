@@ -1337,6 +1337,10 @@ fn flows_whose_reply_tuples_clash_get_another_source_port() {
         "the port is free again"
     );
     assert_eq!(w.counters.tuple_clashes, 0);
+    assert_eq!(
+        w.counters.tuple_reuses, 1,
+        "the closed flow gave its tuple up"
+    );
     let r = seen(&from_a1(&s, &mut w, tcp(8080, p, SYN | ACK)).bytes);
     assert_eq!(
         (r.src, r.sport, r.dst, r.dport),

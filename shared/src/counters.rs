@@ -129,6 +129,9 @@ pub struct Counters {
     /// New flows given another source port because another live flow had
     /// their reply tuple (Linux conntrack's clash handling).
     pub tuple_clashes: u64,
+    /// New flows that took the reply tuple of a flow that was over (TCP
+    /// TIME_WAIT or reset, or expired); that flow was removed.
+    pub tuple_reuses: u64,
     /// Frames sent to the worker that owns their flow (`Verdict::Handoff`).
     pub handed_off: u64,
     /// Frames received from another worker (also counted in `rx_packets`).
@@ -166,6 +169,7 @@ impl Counters {
         self.flows_flushed += other.flows_flushed;
         self.masqueraded += other.masqueraded;
         self.tuple_clashes += other.tuple_clashes;
+        self.tuple_reuses += other.tuple_reuses;
         self.handed_off += other.handed_off;
         self.handed_in += other.handed_in;
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
