@@ -549,7 +549,7 @@ fn first_pass(
             return Step::Done;
         }
     }
-    if pending && (leaves_cluster(snap, p) || reaches_backend_directly(snap, p)) {
+    if pending && (leaves_cluster(snap, p) || reaches_endpoint_directly(snap, p)) {
         // Masqueraded off the cluster, or a tracked direct flow whose reply
         // tuple is checked against the table: the same as above.
         *barrier = true;
@@ -644,8 +644,8 @@ fn conntrack(
 /// this one (see `FlowTable::set_ownership`). Decided on a flow-table miss,
 /// from the tables alone, so every worker decides the same:
 /// - a new flow to a frontend, pod traffic to be masqueraded off-cluster, or
-///   a local pod's direct flow to a Service backend (tracked, see
-///   `reaches_backend_directly`): the client's (source's) worker;
+///   a local pod's direct flow to a Service endpoint (tracked, see
+///   `reaches_endpoint_directly`): the client's (source's) worker;
 /// - a frame to one of this node's own addresses (a reply to a masqueraded
 ///   flow): the worker its destination port (ICMP: echo identifier) names;
 /// - a frame from a Service endpoint, usable or not (a reply to a DNAT flow or
@@ -668,7 +668,7 @@ fn foreign_owner(f: &Frame<'_>, p: &Parsed, snap: &Snapshot, flows: &FlowTable) 
         port_owner(key.dport, n)
     } else if l4 && snap.is_endpoint(key.src, key.sport, key.proto) {
         client_owner(key.dst, n)
-    } else if reaches_backend_directly(snap, p)
+    } else if reaches_endpoint_directly(snap, p)
         || (!p.decapped && is_off_cluster(snap, key.dst) && snap.local_pod_hop(key.src).is_some())
     {
         client_owner(key.src, n)
@@ -717,7 +717,7 @@ fn new_flow_off_frontend(
         return masquerade_out(f, p, snap, flows, c, now);
     }
     let rw = key.identity();
-    if reaches_backend_directly(snap, p) {
+    if reaches_endpoint_directly(snap, p) {
         // Tracked without translation: its replies look like a Service
         // flow's, so the table must know both (`commit_remapped`).
         let flow = NewFlow {
@@ -739,7 +739,7 @@ fn new_flow_off_frontend(
 /// worker) like one. Any endpoint, usable or not: the flow must keep its
 /// worker while its destination turns unready.
 #[inline]
-fn reaches_backend_directly(snap: &Snapshot, p: &Parsed) -> bool {
+fn reaches_endpoint_directly(snap: &Snapshot, p: &Parsed) -> bool {
     let key = p.key;
     !p.decapped
         && (key.proto == PROTO_TCP || key.proto == PROTO_UDP)
