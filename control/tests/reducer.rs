@@ -72,16 +72,7 @@ fn port<'a>(s: &'a ServiceSpec, name: &str) -> &'a ServicePortSpec {
 }
 
 fn ep(ipaddr: &str, port: u16) -> EndpointSpec {
-    EndpointSpec {
-        ip: ip(ipaddr),
-        port,
-        node_name: None,
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        hint_zones: None,
-    }
+    EndpointSpec::ready(ip(ipaddr), port, None)
 }
 
 /// A Service named `name` with one TCP port 80 "http", plus the slice with

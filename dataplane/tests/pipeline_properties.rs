@@ -290,6 +290,30 @@ fn forward_on(
     (out, c)
 }
 
+/// Runs `opening` one frame at a time on two fresh tables, then the frames
+/// `mixed` makes of the replies to it: as one batch on one table, one frame
+/// at a time on the other. Same verdicts, bytes, counters and flows.
+fn mixed_batch_forwards_like_one_at_a_time(
+    s: &Snapshot,
+    opening: &[(u32, Vec<u8>)],
+    mixed: impl FnOnce(&[(u32, Vec<u8>)]) -> Vec<(u32, Vec<u8>)>,
+) -> Result<(), TestCaseError> {
+    let mut t_batch = FlowTable::new(4096);
+    let mut t_single = FlowTable::new(4096);
+    let (out, _) = forward_on(s, &mut t_batch, opening, true);
+    forward_on(s, &mut t_single, opening, true);
+    let replies: Vec<(u32, Vec<u8>)> = out.iter().filter_map(|(v, b)| reply_to(*v, b)).collect();
+    let mixed = mixed(&replies);
+    let (b, bc) = forward_on(s, &mut t_batch, &mixed, false);
+    let (one, sc) = forward_on(s, &mut t_single, &mixed, true);
+    for (i, (x, y)) in b.iter().zip(&one).enumerate() {
+        prop_assert_eq!(x, y, "frame {}", i);
+    }
+    prop_assert_eq!(bc, sc);
+    prop_assert_eq!(t_batch.len(), t_single.len());
+    Ok(())
+}
+
 /// What the backend a forwarded frame reached sends back to what it saw: from
 /// its pod interface, or from its node through the overlay.
 fn reply_to(verdict: Verdict, out: &[u8]) -> Option<(u32, Vec<u8>)> {
@@ -365,27 +389,15 @@ proptest! {
             valid_frame(k, a, p)
         };
         let opening: Vec<(u32, Vec<u8>)> = first.iter().map(frame_of).collect();
-        // The same opening on two tables.
-        let mut t_batch = FlowTable::new(4096);
-        let mut t_single = FlowTable::new(4096);
-        let (out, _) = forward_on(&s, &mut t_batch, &opening, true);
-        forward_on(&s, &mut t_single, &opening, true);
-        let replies: Vec<(u32, Vec<u8>)> =
-            out.iter().filter_map(|(v, b)| reply_to(*v, b)).collect();
-        let mixed: Vec<(u32, Vec<u8>)> = second
-            .iter()
-            .map(|(reply, i)| match replies.get(i.index(replies.len().max(1))) {
-                Some(r) if *reply => r.clone(),
-                _ => frame_of(i),
-            })
-            .collect();
-        let (b, bc) = forward_on(&s, &mut t_batch, &mixed, false);
-        let (one, sc) = forward_on(&s, &mut t_single, &mixed, true);
-        for (i, (x, y)) in b.iter().zip(&one).enumerate() {
-            prop_assert_eq!(x, y, "frame {}", i);
-        }
-        prop_assert_eq!(bc, sc);
-        prop_assert_eq!(t_batch.len(), t_single.len());
+        mixed_batch_forwards_like_one_at_a_time(&s, &opening, |replies| {
+            second
+                .iter()
+                .map(|(reply, i)| match replies.get(i.index(replies.len().max(1))) {
+                    Some(r) if *reply => r.clone(),
+                    _ => frame_of(i),
+                })
+                .collect()
+        })?;
     }
 }
 
@@ -422,26 +434,15 @@ proptest! {
     ) {
         let s = lab();
         let opening: Vec<(u32, Vec<u8>)> = first.iter().map(|&(k, p)| clashing_frame(k, p)).collect();
-        let mut t_batch = FlowTable::new(4096);
-        let mut t_single = FlowTable::new(4096);
-        let (out, _) = forward_on(&s, &mut t_batch, &opening, true);
-        forward_on(&s, &mut t_single, &opening, true);
-        let replies: Vec<(u32, Vec<u8>)> =
-            out.iter().filter_map(|(v, b)| reply_to(*v, b)).collect();
-        let mixed: Vec<(u32, Vec<u8>)> = second
-            .iter()
-            .map(|&(reply, k, p, i)| match replies.get(i.index(replies.len().max(1))) {
-                Some(r) if reply => r.clone(),
-                _ => clashing_frame(k, p),
-            })
-            .collect();
-        let (b, bc) = forward_on(&s, &mut t_batch, &mixed, false);
-        let (one, sc) = forward_on(&s, &mut t_single, &mixed, true);
-        for (i, (x, y)) in b.iter().zip(&one).enumerate() {
-            prop_assert_eq!(x, y, "frame {}", i);
-        }
-        prop_assert_eq!(&bc, &sc);
-        prop_assert_eq!(t_batch.len(), t_single.len());
+        mixed_batch_forwards_like_one_at_a_time(&s, &opening, |replies| {
+            second
+                .iter()
+                .map(|&(reply, k, p, i)| match replies.get(i.index(replies.len().max(1))) {
+                    Some(r) if reply => r.clone(),
+                    _ => clashing_frame(k, p),
+                })
+                .collect()
+        })?;
         // The opening's connection requests (no FIN or RST, which may give a
         // tuple up), then a reply to each: it comes back to its client from
         // where the client sent it.

@@ -18,16 +18,7 @@ use shared::{Counters, L4Proto};
 fn snapshot() -> &'static Snapshot {
     static SNAP: OnceLock<Snapshot> = OnceLock::new();
     SNAP.get_or_init(|| {
-        let ep = |ip: [u8; 4], node: &str| EndpointSpec {
-            ip: Ipv4Addr::from(ip),
-            port: 8080,
-            node_name: Some(node.into()),
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-            hint_zones: None,
-        };
+        let ep = |ip: [u8; 4], node: &str| EndpointSpec::ready(Ipv4Addr::from(ip), 8080, Some(node));
         let svc = |name: &str, ip: [u8; 4], proto, eps: Vec<EndpointSpec>, np| ServiceSpec {
             namespace: "default".into(),
             name: name.into(),

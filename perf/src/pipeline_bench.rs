@@ -108,16 +108,7 @@ pub fn build_snapshot(services: usize) -> Snapshot {
             let eps = (0..3u32)
                 .map(|k| {
                     let pod = (i as u32 * 3 + k) % LOCAL_PODS;
-                    EndpointSpec {
-                        ip: local_pods[pod as usize].ip,
-                        port: 8080,
-                        node_name: Some("node-a".into()),
-                        zone: None,
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                        hint_zones: None,
-                    }
+                    EndpointSpec::ready(local_pods[pod as usize].ip, 8080, Some("node-a"))
                 })
                 .collect();
             ServiceSpec {

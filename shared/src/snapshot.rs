@@ -95,6 +95,23 @@ pub struct EndpointSpec {
     pub hint_zones: Option<Vec<String>>,
 }
 
+impl EndpointSpec {
+    /// A ready, serving endpoint with no zone or hints (as an EndpointSlice
+    /// with unset conditions gives it).
+    pub fn ready(ip: Ipv4Addr, port: u16, node_name: Option<&str>) -> Self {
+        EndpointSpec {
+            ip,
+            port,
+            node_name: node_name.map(str::to_string),
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            hint_zones: None,
+        }
+    }
+}
+
 /// One port of a Service with its endpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServicePortSpec {
@@ -764,16 +781,7 @@ mod tests {
     use super::*;
 
     fn ep(ip: [u8; 4], node: &str) -> EndpointSpec {
-        EndpointSpec {
-            ip: Ipv4Addr::from(ip),
-            port: 8080,
-            node_name: Some(node.into()),
-            zone: None,
-            ready: true,
-            serving: true,
-            terminating: false,
-            hint_zones: None,
-        }
+        EndpointSpec::ready(Ipv4Addr::from(ip), 8080, Some(node))
     }
 
     fn svc(name: &str, ip: [u8; 4], eps: Vec<EndpointSpec>, local: bool) -> ServiceSpec {

@@ -50,16 +50,7 @@ pub fn ip(s: &str) -> Ipv4Addr {
 }
 
 pub fn ep(addr: Ipv4Addr, port: u16, node: &str) -> EndpointSpec {
-    EndpointSpec {
-        ip: addr,
-        port,
-        node_name: Some(node.to_string()),
-        zone: None,
-        ready: true,
-        serving: true,
-        terminating: false,
-        hint_zones: None,
-    }
+    EndpointSpec::ready(addr, port, Some(node))
 }
 
 pub fn svc(
