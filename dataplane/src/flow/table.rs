@@ -1,10 +1,11 @@
-//! The per-worker flow table: connection tracking and NAT state for every flow
-//! a worker has seen. Owned by one worker, never shared: no locks, no atomics.
+//! The per-worker flow table: both directions of every flow a worker tracks,
+//! their NAT rewrite, state and expiry. Owned by one worker, never shared: no
+//! locks, no atomics. It may not read packets or the snapshot.
 //!
 //! Layout: a set-associative table (`WAYS` slots per set, like a CPU cache) of
 //! fixed size, allocated once. Each flow has two entries, the original direction
 //! and the reply direction, linked by slot index; the original-direction entry
-//! (the "master") carries the state and the expiry. A 32-bit tag array is scanned
+//! (the "master") carries the state and the expiry. A 16-bit tag array is scanned
 //! before any key is compared, so a lookup touches one tag line and one entry.
 //! Keys are hashed with a per-table random seed (attackers choose 5-tuples).
 //!
@@ -18,8 +19,11 @@
 //! sized for `capacity` flows at ≤ 50% load of its slots, and the per-set rule
 //! above is what bounds it.
 
-use shared::maglev::mix64;
 use shared::mem::prefaulted;
+
+use super::affinity::AffinityTable;
+use super::key::{ChecksumDeltas, FlowKey, Rewrite};
+use super::tcp::{next_tcp_state, FlowState, Timeouts};
 
 /// Ways per set. With 16, a set overflows (and a new flow must evict or be
 /// refused) with a probability near 1e-6 at half the table's capacity, where
@@ -38,214 +42,6 @@ type Tag = u16;
 struct TagSet([Tag; WAYS]);
 
 const _: () = assert!(std::mem::size_of::<TagSet>() == 32);
-const NS: u64 = 1_000_000_000;
-
-/// A directional 5-tuple. Addresses are host-order `u32`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
-    pub src: u32,
-    pub dst: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-}
-
-/// The tuple a packet of a flow is rewritten to (identity when no NAT).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Rewrite {
-    pub src: u32,
-    pub dst: u32,
-    pub sport: u16,
-    pub dport: u16,
-}
-
-/// The checksum changes a rewrite makes, summed once (RFC 1624, folded) so each
-/// packet of the flow adds one word per checksum instead of recomputing them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ChecksumDeltas {
-    /// IPv4 header: the rewritten addresses (the TTL decrement is added per packet).
-    pub ip: u16,
-    /// TCP/UDP: addresses (pseudo-header) and ports. 0 for ICMP, whose
-    /// checksum the pipeline updates from the identifier bytes it replaces.
-    pub l4: u16,
-}
-
-impl ChecksumDeltas {
-    /// The changes of rewriting `key` to `rw`; only fields that change count.
-    pub fn between(key: &FlowKey, rw: &Rewrite) -> ChecksumDeltas {
-        use shared::wire::checksum::Incremental;
-        let dword = |acc: Incremental, old: u32, new: u32| {
-            if old == new {
-                acc
-            } else {
-                acc.dword(old, new)
-            }
-        };
-        let word = |acc: Incremental, old: u16, new: u16| {
-            if old == new {
-                acc
-            } else {
-                acc.word(old, new)
-            }
-        };
-        let addrs = dword(
-            dword(Incremental::changes(), key.src, rw.src),
-            key.dst,
-            rw.dst,
-        );
-        let ports = |acc| word(word(acc, key.sport, rw.sport), key.dport, rw.dport);
-        let l4 = match key.proto {
-            6 | 17 => ports(addrs).folded(),
-            _ => 0,
-        };
-        ChecksumDeltas {
-            ip: addrs.folded(),
-            l4,
-        }
-    }
-}
-
-impl FlowKey {
-    /// The tuple after applying `rw`.
-    pub fn rewritten(&self, rw: &Rewrite) -> FlowKey {
-        FlowKey {
-            src: rw.src,
-            dst: rw.dst,
-            sport: rw.sport,
-            dport: rw.dport,
-            proto: self.proto,
-        }
-    }
-
-    pub fn reversed(&self) -> FlowKey {
-        FlowKey {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-        }
-    }
-
-    pub fn identity(&self) -> Rewrite {
-        Rewrite {
-            src: self.src,
-            dst: self.dst,
-            sport: self.sport,
-            dport: self.dport,
-        }
-    }
-}
-
-/// Connection-tracking state of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[repr(u8)]
-pub enum FlowState {
-    /// UDP (or other) flow that has not seen a reply.
-    #[default]
-    UdpUnreplied,
-    /// UDP flow that has seen a reply (assured).
-    UdpReplied,
-    TcpSynSent,
-    TcpSynRecv,
-    /// Assured.
-    TcpEstablished,
-    /// One side sent FIN.
-    TcpFinWait,
-    /// The other side has closed its half but this one has not (CLOSE_WAIT).
-    TcpCloseWait,
-    /// Both sides sent FIN; the last one is not acknowledged yet (LAST_ACK).
-    TcpLastAck,
-    /// Both sides sent FIN and the last one was acknowledged.
-    TcpTimeWait,
-    /// RST seen.
-    TcpClose,
-}
-
-impl FlowState {
-    const COUNT: usize = 10;
-    /// Every state, in discriminant order.
-    const ALL: [FlowState; Self::COUNT] = [
-        FlowState::UdpUnreplied,
-        FlowState::UdpReplied,
-        FlowState::TcpSynSent,
-        FlowState::TcpSynRecv,
-        FlowState::TcpEstablished,
-        FlowState::TcpFinWait,
-        FlowState::TcpCloseWait,
-        FlowState::TcpLastAck,
-        FlowState::TcpTimeWait,
-        FlowState::TcpClose,
-    ];
-
-    pub fn is_assured(self) -> bool {
-        matches!(
-            self,
-            FlowState::UdpReplied
-                | FlowState::TcpEstablished
-                | FlowState::TcpFinWait
-                | FlowState::TcpCloseWait
-                | FlowState::TcpLastAck
-                | FlowState::TcpTimeWait
-        )
-    }
-}
-
-/// Timeouts in seconds, Linux/kube-proxy defaults.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    pub tcp_syn_sent: u32,
-    pub tcp_syn_recv: u32,
-    /// kube-proxy sets nf_conntrack_tcp_timeout_established to 86400.
-    pub tcp_established: u32,
-    pub tcp_fin_wait: u32,
-    /// kube-proxy sets nf_conntrack_tcp_timeout_close_wait to 3600.
-    pub tcp_close_wait: u32,
-    pub tcp_last_ack: u32,
-    pub tcp_time_wait: u32,
-    pub tcp_close: u32,
-    pub udp: u32,
-    pub udp_stream: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            tcp_syn_sent: 120,
-            tcp_syn_recv: 60,
-            tcp_established: 86400,
-            tcp_fin_wait: 120,
-            tcp_close_wait: 3600,
-            tcp_last_ack: 30,
-            tcp_time_wait: 120,
-            tcp_close: 10,
-            udp: 30,
-            udp_stream: 120,
-        }
-    }
-}
-
-impl Timeouts {
-    /// Each state's timeout in nanoseconds, indexed by `FlowState as usize`.
-    fn by_state_ns(&self) -> [u64; FlowState::COUNT] {
-        FlowState::ALL.map(|s| self.of(s))
-    }
-
-    fn of(&self, s: FlowState) -> u64 {
-        u64::from(match s {
-            FlowState::UdpUnreplied => self.udp,
-            FlowState::UdpReplied => self.udp_stream,
-            FlowState::TcpSynSent => self.tcp_syn_sent,
-            FlowState::TcpSynRecv => self.tcp_syn_recv,
-            FlowState::TcpEstablished => self.tcp_established,
-            FlowState::TcpFinWait => self.tcp_fin_wait,
-            FlowState::TcpCloseWait => self.tcp_close_wait,
-            FlowState::TcpLastAck => self.tcp_last_ack,
-            FlowState::TcpTimeWait => self.tcp_time_wait,
-            FlowState::TcpClose => self.tcp_close,
-        }) * NS
-    }
-}
 
 /// What the service stage decided for a flow, kept for later packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -330,14 +126,6 @@ pub enum InsertError {
     ReplyTaken,
 }
 
-/// TCP flag bits as they sit in the header.
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
-}
-
 /// The per-worker flow table.
 pub struct FlowTable {
     /// Per set, per way: 0 = empty, else the top 16 bits of the hash with the
@@ -358,28 +146,6 @@ pub struct FlowTable {
     pub affinity: AffinityTable,
     /// (this worker, number of workers): which flows this table may hold.
     ownership: (u16, u16),
-}
-
-/// The worker that owns the flows of client `ip` among `workers` (flow
-/// ownership, see `FlowTable::set_ownership`). The same on every worker and in
-/// every process: it must not depend on the per-table seed.
-#[inline]
-pub fn client_owner(ip: u32, workers: u16) -> u16 {
-    if workers <= 1 {
-        return 0;
-    }
-    (shared::maglev::mix64(u64::from(ip) ^ 0x6e6f_6465_706c_616e) % u64::from(workers)) as u16
-}
-
-/// The worker that owns a masqueraded flow whose translated port (or ICMP echo
-/// identifier) is `port`.
-#[inline]
-pub fn port_owner(port: u16, workers: u16) -> u16 {
-    if workers <= 1 {
-        0
-    } else {
-        port % workers
-    }
 }
 
 /// Stats a worker reports.
@@ -915,56 +681,10 @@ impl FlowTable {
     }
 }
 
-/// A compact TCP state machine after Linux conntrack's main transitions.
-fn next_tcp_state(s: FlowState, fins: &mut u8, flags: u8, reply: bool) -> FlowState {
-    use tcp_flags::*;
-    if flags & RST != 0 {
-        return FlowState::TcpClose;
-    }
-    if flags & FIN != 0 {
-        *fins |= if reply { 2 } else { 1 };
-        return if *fins == 3 {
-            FlowState::TcpLastAck
-        } else if s == FlowState::TcpEstablished
-            || s == FlowState::TcpFinWait
-            || s == FlowState::TcpCloseWait
-        {
-            if reply {
-                FlowState::TcpCloseWait
-            } else {
-                FlowState::TcpFinWait
-            }
-        } else {
-            s
-        };
-    }
-    match s {
-        // The ACK of the last FIN.
-        FlowState::TcpLastAck if flags & ACK != 0 && flags & SYN == 0 => FlowState::TcpTimeWait,
-        FlowState::TcpSynSent if reply && flags & SYN != 0 && flags & ACK != 0 => {
-            FlowState::TcpSynRecv
-        }
-        FlowState::TcpSynRecv if !reply && flags & ACK != 0 => FlowState::TcpEstablished,
-        // A flow picked up mid-stream (e.g. after an agent restart) is marked
-        // established once both sides have sent non-SYN segments.
-        FlowState::TcpSynSent if reply && flags & SYN == 0 && flags & ACK != 0 => {
-            FlowState::TcpEstablished
-        }
-        // The client opens a new connection on the same tuple (Linux
-        // conntrack: SYN in CLOSE or TIME_WAIT → SYN_SENT).
-        FlowState::TcpClose | FlowState::TcpTimeWait
-            if flags & SYN != 0 && flags & ACK == 0 && !reply =>
-        {
-            *fins = 0;
-            FlowState::TcpSynSent
-        }
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::tcp_flags::*;
+    use super::super::tcp::tcp_flags::*;
+    use super::super::tcp::NS;
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
@@ -1245,126 +965,11 @@ mod tests {
     }
 }
 
-/// ClientIP session affinity: (client IP, service port) → backend, per worker,
-/// with the Service's timeout. Fixed size, set-associative like the flow table;
-/// when a set is full the entry closest to expiry is replaced.
-pub struct AffinityTable {
-    slots: Box<[AffinityEntry]>,
-    set_mask: usize,
-    seed: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct AffinityEntry {
-    client: u32,
-    service: u64,
-    backend: (u32, u16),
-    expires_ns: u64,
-}
-
-const AFF_WAYS: usize = 4;
-
-impl AffinityTable {
-    pub fn new(capacity: usize) -> Self {
-        let slots = capacity.max(AFF_WAYS * 2).next_power_of_two();
-        AffinityTable {
-            slots: vec![AffinityEntry::default(); slots].into_boxed_slice(),
-            set_mask: slots / AFF_WAYS - 1,
-            seed: rand::random(),
-        }
-    }
-
-    #[inline]
-    fn base(&self, client: u32, service: u64) -> usize {
-        ((mix64(u64::from(client) ^ self.seed).wrapping_add(mix64(service)) as usize)
-            & self.set_mask)
-            * AFF_WAYS
-    }
-
-    /// The remembered backend, if the affinity has not expired.
-    #[inline]
-    pub fn get(&self, client: u32, service: u64, now_ns: u64) -> Option<(u32, u16)> {
-        let b = self.base(client, service);
-        self.slots[b..b + AFF_WAYS]
-            .iter()
-            .find(|e| e.client == client && e.service == service && e.expires_ns > now_ns)
-            .map(|e| e.backend)
-    }
-
-    /// Remembers (or refreshes) a client's backend for `timeout_secs`.
-    #[inline]
-    pub fn set(
-        &mut self,
-        client: u32,
-        service: u64,
-        backend: (u32, u16),
-        timeout_secs: u32,
-        now_ns: u64,
-    ) {
-        let b = self.base(client, service);
-        let set = &mut self.slots[b..b + AFF_WAYS];
-        let idx = set
-            .iter()
-            .position(|e| e.client == client && e.service == service)
-            .or_else(|| set.iter().position(|e| e.expires_ns <= now_ns))
-            .unwrap_or_else(|| {
-                let mut min = 0;
-                for (i, e) in set.iter().enumerate() {
-                    if e.expires_ns < set[min].expires_ns {
-                        min = i;
-                    }
-                }
-                min
-            });
-        set[idx] = AffinityEntry {
-            client,
-            service,
-            backend,
-            expires_ns: now_ns.saturating_add(u64::from(timeout_secs) * NS),
-        };
-    }
-
-    /// Forgets a client's affinity (its backend went away).
-    pub fn forget(&mut self, client: u32, service: u64) {
-        let b = self.base(client, service);
-        for e in &mut self.slots[b..b + AFF_WAYS] {
-            if e.client == client && e.service == service {
-                e.expires_ns = 0;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod layout_tests {
-    #[test]
-    fn states_are_listed_in_discriminant_order() {
-        for (i, s) in super::FlowState::ALL.iter().enumerate() {
-            assert_eq!(*s as usize, i);
-        }
-    }
-
     #[test]
     fn an_entry_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<super::Entry>(), 64);
         assert_eq!(std::mem::align_of::<super::Entry>(), 64);
-    }
-}
-
-#[cfg(test)]
-mod affinity_tests {
-    use super::*;
-
-    #[test]
-    fn remembers_until_timeout() {
-        let mut a = AffinityTable::new(64);
-        a.set(1, 7, (10, 80), 10, 0);
-        assert_eq!(a.get(1, 7, 9 * NS), Some((10, 80)));
-        assert_eq!(a.get(1, 8, 0), None);
-        assert_eq!(a.get(2, 7, 0), None);
-        assert_eq!(a.get(1, 7, 11 * NS), None);
-        a.set(1, 7, (11, 80), 10, 0);
-        a.forget(1, 7);
-        assert_eq!(a.get(1, 7, 0), None);
     }
 }
