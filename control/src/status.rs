@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
-use shared::{Counters, DropReason};
+use shared::Counters;
 
 use crate::state::{lock, AgentState};
 use crate::store::format_rfc3339;
@@ -169,10 +169,7 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
 }
 
 fn drops_map(c: &Counters) -> BTreeMap<&'static str, u64> {
-    DropReason::ALL
-        .iter()
-        .map(|r| (r.name(), c.dropped(*r)))
-        .collect()
+    c.drop_counts().map(|(r, n)| (r.name(), n)).collect()
 }
 
 /// The `/status` document.
@@ -182,35 +179,30 @@ pub fn status_json(state: &AgentState, opts: &StatusOptions) -> Value {
         .iter()
         .map(|w| {
             let r = w.load();
-            let c = &r.counters;
-            json!({
-                "id": r.id,
-                "core": r.core,
-                "queues": r.queues,
-                "rx_packets": c.rx_packets,
-                "tx_packets": c.tx_packets,
-                "rx_bytes": c.rx_bytes,
-                "tx_bytes": c.tx_bytes,
-                "passed": c.passed,
-                "rejected": c.rejected,
-                "decapsulated": c.decapsulated,
-                "encapsulated": c.encapsulated,
-                "flows_created": c.flows_created,
-                "flow_evictions": c.flow_evictions,
-                "flows_flushed": c.flows_flushed,
-                "masqueraded": c.masqueraded,
-                "tuple_clashes": c.tuple_clashes,
-                "tuple_reuses": c.tuple_reuses,
-                "handed_off": c.handed_off,
-                "handed_in": c.handed_in,
-                "drops": drops_map(c),
-                "generation": r.generation,
-                "flow_entries": r.flow_entries,
-                "flow_capacity": r.flow_capacity,
-                "flow_fill_percent": if r.flow_capacity == 0 { 0.0 } else { 100.0 * r.flow_entries as f64 / r.flow_capacity as f64 },
-                "batch_latency": r.batch_latency,
-                "xsk_drops": r.xsk,
-            })
+            let mut w = serde_json::Map::new();
+            w.insert("id".into(), json!(r.id));
+            w.insert("core".into(), json!(r.core));
+            w.insert("queues".into(), json!(r.queues));
+            for (f, v) in r.counters.fields() {
+                w.insert(f.name.into(), json!(v));
+            }
+            w.insert("drops".into(), json!(drops_map(&r.counters)));
+            let fill = if r.flow_capacity == 0 {
+                0.0
+            } else {
+                100.0 * r.flow_entries as f64 / r.flow_capacity as f64
+            };
+            for (k, v) in [
+                ("generation", json!(r.generation)),
+                ("flow_entries", json!(r.flow_entries)),
+                ("flow_capacity", json!(r.flow_capacity)),
+                ("flow_fill_percent", json!(fill)),
+                ("batch_latency", json!(r.batch_latency)),
+                ("xsk_drops", json!(r.xsk)),
+            ] {
+                w.insert(k.into(), v);
+            }
+            Value::Object(w)
         })
         .collect();
     let sources = lock(&state.sources).clone();
@@ -333,72 +325,14 @@ pub fn metrics_text(state: &AgentState) -> String {
         g.set(v);
         g
     };
-    reg.register(
-        "rx_packets",
-        "Frames received by the workers",
-        counter(c.rx_packets),
-    );
-    reg.register(
-        "tx_packets",
-        "Frames transmitted by the workers",
-        counter(c.tx_packets),
-    );
-    reg.register(
-        "rx_bytes",
-        "Bytes received by the workers",
-        counter(c.rx_bytes),
-    );
-    reg.register(
-        "tx_bytes",
-        "Bytes transmitted by the workers",
-        counter(c.tx_bytes),
-    );
-    reg.register(
-        "rejected_packets",
-        "Packets answered with TCP RST or ICMP port unreachable",
-        counter(c.rejected),
-    );
-    reg.register(
-        "decapsulated_packets",
-        "VXLAN frames decapsulated",
-        counter(c.decapsulated),
-    );
-    reg.register(
-        "encapsulated_packets",
-        "Frames VXLAN-encapsulated",
-        counter(c.encapsulated),
-    );
-    reg.register("flows_created", "Flows created", counter(c.flows_created));
-    reg.register(
-        "handed_off",
-        "Frames handed to the worker that owns their flow",
-        counter(c.handed_off),
-    );
-    reg.register(
-        "flow_evictions",
-        "Flows evicted to admit new ones",
-        counter(c.flow_evictions),
-    );
-    reg.register(
-        "flows_flushed",
-        "Flows flushed because their backend went away",
-        counter(c.flows_flushed),
-    );
-    reg.register(
-        "tuple_clashes",
-        "New flows given another source port because a live flow had their reply tuple",
-        counter(c.tuple_clashes),
-    );
-    reg.register(
-        "tuple_reuses",
-        "New flows that took the reply tuple of a closed or expired flow",
-        counter(c.tuple_reuses),
-    );
+    for (f, v) in c.fields() {
+        reg.register(f.metric, f.help, counter(v));
+    }
     let drops = Family::<Vec<(String, String)>, Counter<u64>>::default();
-    for r in DropReason::ALL {
+    for (r, n) in c.drop_counts() {
         drops
             .get_or_create(&vec![("reason".to_string(), r.name().to_string())])
-            .inc_by(c.dropped(r));
+            .inc_by(n);
     }
     reg.register("drops", "Frames dropped, by reason", drops);
     let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);

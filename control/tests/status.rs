@@ -273,6 +273,26 @@ async fn every_route_before_and_after_the_first_sync() {
     );
     assert_eq!(sample(&m, "nodeplane_rx_packets_total", None), 1000.0);
     assert_eq!(sample(&m, "nodeplane_flow_table_entries", None), 12.0);
+    // Every counter and every drop reason is in both documents, from the one
+    // table that defines them (none can drift out of /metrics again).
+    let (_, st) = get_json(addr, "/status").await;
+    let w = &st["workers"][0];
+    for f in Counters::FIELDS {
+        let want = if f.name == "rx_packets" {
+            1000.0
+        } else if f.name == "tx_packets" {
+            990.0
+        } else {
+            0.0
+        };
+        assert_eq!(w[f.name].as_f64(), Some(want), "/status {}", f.name);
+        let metric = format!("nodeplane_{}_total", f.metric);
+        assert_eq!(sample(&m, &metric, None), want, "{metric}");
+    }
+    for r in DropReason::ALL {
+        assert!(w["drops"][r.name()].is_u64(), "/status drops.{}", r.name());
+        sample(&m, "nodeplane_drops_total", Some(("reason", r.name())));
+    }
     assert!(
         sample(
             &m,

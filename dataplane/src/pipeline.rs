@@ -248,15 +248,12 @@ fn run_chunk(
             }
         }
     }
-    for i in 0..frames.len() {
-        match verdicts[i] {
+    for v in &verdicts[..frames.len()] {
+        match *v {
             Verdict::Drop(r) => c.drop(r),
             Verdict::Pass => c.passed += 1,
             Verdict::Handoff { .. } => c.handed_off += 1,
-            Verdict::Tx { .. } => {
-                c.tx_packets += 1;
-                c.tx_bytes += frames[i].len() as u64;
-            }
+            Verdict::Tx { .. } => c.forwarded += 1,
         }
     }
     c.flow_evictions = flows.evictions();

@@ -1273,7 +1273,10 @@ fn batches_give_one_verdict_per_frame_and_consistent_counters() {
     let mut c = shared::Counters::default();
     process_batch(&mut frames, &mut verdicts, &s, &mut flows, &mut c, 1);
     assert_eq!(c.rx_packets, 150);
-    assert_eq!(c.rx_packets, c.tx_packets + c.total_drops() + c.passed);
+    assert_eq!(
+        c.rx_packets,
+        c.forwarded + c.handed_off + c.total_drops() + c.passed
+    );
     for (i, v) in verdicts.iter().enumerate() {
         match i % 3 {
             0 | 1 => assert!(matches!(v, Verdict::Tx { .. }), "frame {i}: {v:?}"),

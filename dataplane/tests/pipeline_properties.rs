@@ -72,7 +72,7 @@ fn run_batch(
     assert_eq!(c.rx_packets, inputs.len() as u64);
     assert_eq!(
         c.rx_packets,
-        c.tx_packets + c.total_drops() + c.passed,
+        c.forwarded + c.handed_off + c.total_drops() + c.passed,
         "{c:?}"
     );
     for (f, v) in frames.iter().zip(&verdicts) {

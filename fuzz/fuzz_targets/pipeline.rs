@@ -93,5 +93,5 @@ fuzz_target!(|data: &[u8]| {
         process_batch(&mut frames, &mut verdicts, snap, &mut flows, &mut counters, now);
         assert!(!verdicts.contains(&sentinel));
     }
-    assert_eq!(counters.rx_packets, counters.tx_packets + counters.total_drops() + counters.passed);
+    assert_eq!(counters.rx_packets, counters.forwarded + counters.handed_off + counters.total_drops() + counters.passed);
 });

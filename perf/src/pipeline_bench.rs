@@ -461,7 +461,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
     }
     std::hint::black_box(sink);
     let copy_s = tc.elapsed().as_secs_f64();
-    let tx = counters.tx_packets - warm.tx_packets;
+    let tx = counters.forwarded - warm.forwarded;
     let drops = counters.total_drops() - warm.total_drops();
     if (tx as f64) < 0.99 * sent as f64 {
         let reasons: Vec<String> = shared::DropReason::ALL

@@ -1,142 +1,155 @@
-//! Drop reasons and per-worker counters. A worker owns its `Counters` and bumps
-//! plain integers; readers sum copies when scraped. The `DropReason` names are
-//! the `reason` label in `/metrics` and the keys in `/status`.
+//! Drop reasons and per-worker counters, each defined once: a table of
+//! (field, metric name, help text) generates the `DropReason` enum with its
+//! names, the `Counters` struct, its accumulation, and the lists `/status` and
+//! `/metrics` render. A worker owns its `Counters` and bumps plain integers;
+//! readers sum copies when scraped. No I/O here.
+//!
+//! Where a frame is counted: every frame a worker takes in counts once in
+//! `rx_packets`; the pipeline then counts its verdict exactly once, as
+//! `forwarded`, `passed`, `handed_off` or a drop reason. The I/O adapter counts
+//! what became of a forwarded frame, exactly once: `tx_packets` when it was
+//! queued on a ring, else a drop (`tx_full`, `no_route`); and a handoff that found
+//! the ring full as `handoff_full`. Nothing counted is ever taken back.
 
-/// Why a frame was dropped. One enum, one counter per variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum DropReason {
-    /// Shorter than an Ethernet header, or an IPv4 header that fails its checks
-    /// (version, IHL, total length, header checksum is not verified).
-    Malformed,
-    /// EtherType the dataplane does not forward (IPv6, VLAN, …).
-    UnsupportedEtherType,
-    /// IPv4 fragment (not reassembled yet).
-    Fragment,
-    /// L4 header truncated or inconsistent.
-    MalformedL4,
-    /// VXLAN header flags other than 0x08 (I bit only).
-    VxlanBadFlags,
-    /// VXLAN network identifier is not ours.
-    VxlanUnknownVni,
-    /// The frame inside the VXLAN header is too short to be Ethernet + IPv4.
-    VxlanShortInner,
-    /// TTL reached zero.
-    TtlExceeded,
-    /// Destination inside the Service CIDR with no Service behind it.
-    UnallocatedServiceIp,
-    /// externalTrafficPolicy/internalTrafficPolicy Local with no local endpoint.
-    NoLocalEndpoint,
-    /// Source outside the Service's loadBalancerSourceRanges.
-    SourceRangeDenied,
-    /// Protocol the Service frontend does not serve (e.g. ICMP to a ClusterIP).
-    UnsupportedProtocol,
-    /// No route to the destination (unknown pod, no remote node, no neighbour).
-    NoRoute,
-    /// The underlay next hop's MAC is not known yet.
-    NoNeighbor,
-    /// The frame would exceed the buffer or MTU after encapsulation.
-    TooBig,
-    /// The flow table had no room and no entry could be evicted.
-    FlowTableFull,
-    /// Masquerade port range exhausted.
-    NoMasqueradePort,
-    /// The frame was for the host stack but arrived on a path that cannot hand it over.
-    HostUnreachable,
-    /// A TCP packet that is not a SYN for a flow the table does not know.
-    TcpNoFlow,
-    /// Transmit ring full or the frame could not be queued.
-    TxFull,
-    /// The ring to the worker that owns the frame's flow was full.
-    HandoffFull,
+/// One counter as `/status` and `/metrics` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterField {
+    /// The `Counters` field, and the key in `/status`.
+    pub name: &'static str,
+    /// The Prometheus metric name, without the `nodeplane_` prefix and the
+    /// `_total` suffix prometheus-client adds to counters.
+    pub metric: &'static str,
+    pub help: &'static str,
 }
 
-impl DropReason {
-    pub const COUNT: usize = 21;
-
-    pub const ALL: [DropReason; Self::COUNT] = [
-        DropReason::Malformed,
-        DropReason::UnsupportedEtherType,
-        DropReason::Fragment,
-        DropReason::MalformedL4,
-        DropReason::VxlanBadFlags,
-        DropReason::VxlanUnknownVni,
-        DropReason::VxlanShortInner,
-        DropReason::TtlExceeded,
-        DropReason::UnallocatedServiceIp,
-        DropReason::NoLocalEndpoint,
-        DropReason::SourceRangeDenied,
-        DropReason::UnsupportedProtocol,
-        DropReason::NoRoute,
-        DropReason::NoNeighbor,
-        DropReason::TooBig,
-        DropReason::FlowTableFull,
-        DropReason::NoMasqueradePort,
-        DropReason::HostUnreachable,
-        DropReason::TcpNoFlow,
-        DropReason::TxFull,
-        DropReason::HandoffFull,
-    ];
-
-    /// The snake_case name used as the metrics label.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::UnsupportedEtherType => "unsupported_ethertype",
-            DropReason::Fragment => "fragment",
-            DropReason::MalformedL4 => "malformed_l4",
-            DropReason::VxlanBadFlags => "vxlan_bad_flags",
-            DropReason::VxlanUnknownVni => "vxlan_unknown_vni",
-            DropReason::VxlanShortInner => "vxlan_short_inner",
-            DropReason::TtlExceeded => "ttl_exceeded",
-            DropReason::UnallocatedServiceIp => "unallocated_service_ip",
-            DropReason::NoLocalEndpoint => "no_local_endpoint",
-            DropReason::SourceRangeDenied => "source_range_denied",
-            DropReason::UnsupportedProtocol => "unsupported_protocol",
-            DropReason::NoRoute => "no_route",
-            DropReason::NoNeighbor => "no_neighbor",
-            DropReason::TooBig => "too_big",
-            DropReason::FlowTableFull => "flow_table_full",
-            DropReason::NoMasqueradePort => "no_masquerade_port",
-            DropReason::HostUnreachable => "host_unreachable",
-            DropReason::TcpNoFlow => "tcp_no_flow",
-            DropReason::TxFull => "tx_full",
-            DropReason::HandoffFull => "handoff_full",
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $help:literal;)+) => {
+        /// Why a frame was dropped. One enum, one counter per variant; the
+        /// names are the `reason` label in `/metrics` and the keys in `/status`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $help] $variant,)+
         }
-    }
+
+        impl DropReason {
+            pub const COUNT: usize = [$($name),+].len();
+
+            /// Every reason, in discriminant order.
+            pub const ALL: [DropReason; Self::COUNT] = [$(DropReason::$variant),+];
+
+            /// The snake_case name used as the metrics label.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)+
+                }
+            }
+
+            /// What the reason means, for people reading `/metrics`.
+            pub const fn help(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $help,)+
+                }
+            }
+        }
+    };
 }
 
-/// Plain per-worker counters. Only the owning worker writes them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    /// Frames ending in `Verdict::Pass` (handed to the host stack).
-    pub passed: u64,
-    /// Frames answered with a crafted ICMP port unreachable or TCP RST.
-    pub rejected: u64,
-    pub decapsulated: u64,
-    pub encapsulated: u64,
-    pub flows_created: u64,
-    pub flow_hits: u64,
-    /// Flows evicted from the flow table to make room (the eviction policy bit).
-    pub flow_evictions: u64,
-    /// Flows removed because their backend left the Service (UDP flush / stale TCP).
-    pub flows_flushed: u64,
-    pub masqueraded: u64,
-    /// New flows given another source port because another live flow had
-    /// their reply tuple (Linux conntrack's clash handling).
-    pub tuple_clashes: u64,
-    /// New flows that took the reply tuple of a flow that was over (TCP
-    /// TIME_WAIT or reset, or expired); that flow was removed.
-    pub tuple_reuses: u64,
-    /// Frames sent to the worker that owns their flow (`Verdict::Handoff`).
-    pub handed_off: u64,
-    /// Frames received from another worker (also counted in `rx_packets`).
-    pub handed_in: u64,
-    pub drops: [u64; DropReason::COUNT],
+drop_reasons! {
+    Malformed => "malformed",
+        "Shorter than an Ethernet header, or an IPv4 header that fails its checks (version, IHL, total length; the header checksum is not verified).";
+    UnsupportedEtherType => "unsupported_ethertype",
+        "An EtherType the dataplane does not forward (IPv6, VLAN, ...).";
+    Fragment => "fragment",
+        "An IPv4 fragment (not reassembled yet).";
+    MalformedL4 => "malformed_l4",
+        "The L4 header is truncated or inconsistent.";
+    VxlanBadFlags => "vxlan_bad_flags",
+        "VXLAN header flags other than 0x08 (I bit only).";
+    VxlanUnknownVni => "vxlan_unknown_vni",
+        "The VXLAN network identifier is not ours.";
+    VxlanShortInner => "vxlan_short_inner",
+        "The frame inside the VXLAN header is too short to be Ethernet + IPv4.";
+    TtlExceeded => "ttl_exceeded",
+        "The TTL reached zero.";
+    UnallocatedServiceIp => "unallocated_service_ip",
+        "A destination inside the Service CIDR with no Service behind it.";
+    NoLocalEndpoint => "no_local_endpoint",
+        "externalTrafficPolicy or internalTrafficPolicy Local with no local endpoint.";
+    SourceRangeDenied => "source_range_denied",
+        "A source outside the Service's loadBalancerSourceRanges.";
+    UnsupportedProtocol => "unsupported_protocol",
+        "A protocol the path does not serve (e.g. masquerading something other than TCP, UDP or ICMP echo).";
+    NoRoute => "no_route",
+        "No route to the destination (unknown pod, no remote node, no socket on the interface a verdict names).";
+    NoNeighbor => "no_neighbor",
+        "The MAC of the next hop is not known yet.";
+    TooBig => "too_big",
+        "The frame would exceed the buffer or the MTU after encapsulation.";
+    FlowTableFull => "flow_table_full",
+        "The flow table had no room and no entry could be evicted.";
+    NoMasqueradePort => "no_masquerade_port",
+        "The masquerade port range is exhausted.";
+    TxFull => "tx_full",
+        "The transmit ring was full.";
+    HandoffFull => "handoff_full",
+        "The ring to the worker that owns the frame's flow was full.";
+}
+
+macro_rules! counters {
+    ($($field:ident => $metric:literal, $help:literal;)+) => {
+        /// Plain per-worker counters. Only the owning worker writes them.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $(#[doc = $help] pub $field: u64,)+
+            /// Frames dropped, by `DropReason`.
+            pub drops: [u64; DropReason::COUNT],
+        }
+
+        impl Counters {
+            /// Every counter but the drops, in declaration order.
+            pub const FIELDS: [CounterField; COUNTER_FIELDS] = [
+                $(CounterField { name: stringify!($field), metric: $metric, help: $help },)+
+            ];
+
+            /// The values of `FIELDS`, in the same order.
+            pub fn values(&self) -> [u64; COUNTER_FIELDS] {
+                [$(self.$field,)+]
+            }
+
+            /// Adds `other` into `self` (used when scraping several workers).
+            pub fn accumulate(&mut self, other: &Counters) {
+                $(self.$field += other.$field;)+
+                for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+                    *a += *b;
+                }
+            }
+        }
+
+        /// How many counters `Counters::FIELDS` lists.
+        pub const COUNTER_FIELDS: usize = [$(stringify!($field)),+].len();
+    };
+}
+
+counters! {
+    rx_packets => "rx_packets", "Frames received by the workers (from their sockets or handed in by another worker).";
+    rx_bytes => "rx_bytes", "Bytes received by the workers.";
+    forwarded => "forwarded_packets", "Frames the pipeline sent to an interface (each then counts as transmitted or as a transmit-side drop).";
+    tx_packets => "tx_packets", "Frames queued on a transmit ring.";
+    tx_bytes => "tx_bytes", "Bytes queued on a transmit ring.";
+    passed => "passed_packets", "Frames handed to the host's network stack.";
+    rejected => "rejected_packets", "Frames answered with a crafted TCP RST or ICMP port unreachable.";
+    decapsulated => "decapsulated_packets", "VXLAN frames decapsulated.";
+    encapsulated => "encapsulated_packets", "Frames VXLAN-encapsulated.";
+    flow_hits => "flow_hits", "Frames that matched a flow in the flow table.";
+    flows_created => "flows_created", "Flows created.";
+    flow_evictions => "flow_evictions", "Flows evicted from the flow table to admit new ones.";
+    flows_flushed => "flows_flushed", "Flows flushed because their backend left the Service.";
+    masqueraded => "masqueraded_flows", "New flows source-NATed to an address of the node.";
+    tuple_clashes => "tuple_clashes", "New flows given another source port because a live flow had their reply tuple.";
+    tuple_reuses => "tuple_reuses", "New flows that took the reply tuple of a closed or expired flow.";
+    handed_off => "handed_off", "Frames the pipeline handed to the worker that owns their flow.";
+    handed_in => "handed_in", "Frames received from another worker (also counted in rx_packets).";
 }
 
 impl Counters {
@@ -153,28 +166,14 @@ impl Counters {
         self.drops.iter().sum()
     }
 
-    /// Adds `other` into `self` (used when scraping several workers).
-    pub fn accumulate(&mut self, other: &Counters) {
-        self.rx_packets += other.rx_packets;
-        self.tx_packets += other.tx_packets;
-        self.rx_bytes += other.rx_bytes;
-        self.tx_bytes += other.tx_bytes;
-        self.passed += other.passed;
-        self.rejected += other.rejected;
-        self.decapsulated += other.decapsulated;
-        self.encapsulated += other.encapsulated;
-        self.flows_created += other.flows_created;
-        self.flow_hits += other.flow_hits;
-        self.flow_evictions += other.flow_evictions;
-        self.flows_flushed += other.flows_flushed;
-        self.masqueraded += other.masqueraded;
-        self.tuple_clashes += other.tuple_clashes;
-        self.tuple_reuses += other.tuple_reuses;
-        self.handed_off += other.handed_off;
-        self.handed_in += other.handed_in;
-        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
-            *a += *b;
-        }
+    /// Every counter with its value, then every drop reason with its count.
+    pub fn fields(&self) -> impl Iterator<Item = (CounterField, u64)> {
+        Self::FIELDS.into_iter().zip(self.values())
+    }
+
+    /// Every drop reason with its count.
+    pub fn drop_counts(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.into_iter().map(|r| (r, self.dropped(r)))
     }
 }
 
@@ -186,6 +185,7 @@ mod tests {
     fn all_reasons_listed_once_with_unique_names() {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "ALL must be in discriminant order");
+            assert!(!r.help().is_empty());
         }
         let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
         names.sort();
@@ -194,13 +194,36 @@ mod tests {
     }
 
     #[test]
-    fn accumulate_sums() {
+    fn fields_are_unique_and_follow_the_struct() {
+        let mut names: Vec<_> = Counters::FIELDS.iter().map(|f| f.name).collect();
+        let mut metrics: Vec<_> = Counters::FIELDS.iter().map(|f| f.metric).collect();
+        names.sort();
+        names.dedup();
+        metrics.sort();
+        metrics.dedup();
+        assert_eq!(names.len(), COUNTER_FIELDS);
+        assert_eq!(metrics.len(), COUNTER_FIELDS);
+        let c = Counters {
+            rx_packets: 1,
+            handed_in: 2,
+            ..Counters::default()
+        };
+        let got: Vec<_> = c.fields().filter(|(_, v)| *v > 0).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0.name, got[0].1), ("rx_packets", 1));
+        assert_eq!((got[1].0.name, got[1].1), ("handed_in", 2));
+    }
+
+    #[test]
+    fn accumulate_sums_every_field() {
         let mut a = Counters::default();
         a.drop(DropReason::NoRoute);
         a.rx_packets = 3;
+        a.flow_hits = 5;
         let mut b = a.clone();
         b.accumulate(&a);
         assert_eq!(b.rx_packets, 6);
+        assert_eq!(b.flow_hits, 10);
         assert_eq!(b.dropped(DropReason::NoRoute), 2);
         assert_eq!(b.total_drops(), 2);
     }

@@ -884,8 +884,9 @@ fn handoff_mesh(n: usize) -> Vec<Handoff> {
 
 /// Acts on a processed batch's verdicts: transmit on the destination
 /// interface's socket (same UMEM, no copy), hand to the flow's owner (one
-/// copy into the ring), or free the frame (pass and drop were counted by the
-/// pipeline).
+/// copy into the ring), or free the frame. The pipeline counted each verdict;
+/// this counts what became of a forwarded frame (transmitted, or dropped here)
+/// and a handoff that found the ring full.
 #[allow(clippy::too_many_arguments)]
 fn dispatch(
     io: &mut Io,
@@ -909,7 +910,6 @@ fn dispatch(
                     .and_then(Option::as_mut)
                     .is_some_and(|t| t.send(frames[k].ifindex, data));
                 if !sent {
-                    counters.handed_off = counters.handed_off.saturating_sub(1);
                     counters.drop(DropReason::HandoffFull);
                 }
                 io.pool.recycle(base);
@@ -940,12 +940,15 @@ fn dispatch(
                 }
             }
         };
-        if let Some(r) = reason {
-            // The pipeline counted a transmit that did not happen.
-            counters.tx_packets = counters.tx_packets.saturating_sub(1);
-            counters.tx_bytes = counters.tx_bytes.saturating_sub(len as u64);
-            counters.drop(r);
-            io.pool.recycle(base);
+        match reason {
+            None => {
+                counters.tx_packets += 1;
+                counters.tx_bytes += len as u64;
+            }
+            Some(r) => {
+                counters.drop(r);
+                io.pool.recycle(base);
+            }
         }
     }
 }
