@@ -34,6 +34,7 @@ pub struct ChecksumDeltas {
 
 impl ChecksumDeltas {
     /// The changes of rewriting `key` to `rw`; only fields that change count.
+    #[inline]
     pub fn between(key: &FlowKey, rw: &Rewrite) -> ChecksumDeltas {
         use shared::wire::checksum::Incremental;
         let dword = |acc: Incremental, old: u32, new: u32| {
@@ -69,6 +70,7 @@ impl ChecksumDeltas {
 
 impl FlowKey {
     /// The tuple after applying `rw`.
+    #[inline]
     pub fn rewritten(&self, rw: &Rewrite) -> FlowKey {
         FlowKey {
             src: rw.src,
@@ -79,6 +81,7 @@ impl FlowKey {
         }
     }
 
+    #[inline]
     pub fn reversed(&self) -> FlowKey {
         FlowKey {
             src: self.dst,
@@ -89,6 +92,7 @@ impl FlowKey {
         }
     }
 
+    #[inline]
     pub fn identity(&self) -> Rewrite {
         Rewrite {
             src: self.src,

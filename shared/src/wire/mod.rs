@@ -1,23 +1,32 @@
-//! Packet views. Ethernet, IPv4, UDP, TCP and ICMP come from smoltcp's `wire`
-//! module (re-exported here); VXLAN is written in the same shape. Views are
-//! zero-copy: `new_checked` validates lengths once, after which no accessor can
-//! panic. `checksum` holds the RFC 1624 incremental update helpers.
+//! Packet views. The per-packet path reads and rewrites headers through
+//! fixed-size views written in smoltcp's shape (`ethernet`, `ipv4`, `l4` for
+//! TCP/UDP/ICMP, `vxlan`): private field offsets, `new_checked` validating once,
+//! accessors that cannot panic. Whole packets the dataplane builds from scratch
+//! (TCP RSTs, ICMP errors) are emitted with smoltcp's `wire` representations,
+//! re-exported here. `checksum` holds the RFC 1624 incremental update helpers.
 
 pub mod checksum;
+pub mod ethernet;
+pub mod ipv4;
+pub mod l4;
 pub mod vxlan;
 
+pub use ethernet::EthernetHeader;
+pub use ipv4::Ipv4Header;
+pub use l4::{IcmpHeader, TcpHeader, UdpHeader};
 pub use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpProtocol, Ipv4Packet,
-    TcpPacket, UdpPacket,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, IpAddress,
+    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket,
 };
 pub use vxlan::{VxlanPacket, VxlanRepr};
 
 /// Ethernet header length.
-pub const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = ethernet::HEADER_LEN;
 /// IPv4 header length without options.
-pub const IPV4_HLEN: usize = 20;
+pub const IPV4_HLEN: usize = ipv4::HEADER_LEN;
 /// UDP header length.
-pub const UDP_HLEN: usize = 8;
+pub const UDP_HLEN: usize = l4::UDP_HEADER_LEN;
 /// VXLAN header length.
 pub const VXLAN_HLEN: usize = 8;
 /// Outer headers a VXLAN encapsulation adds: Ethernet + IPv4 + UDP + VXLAN.

@@ -1,0 +1,124 @@
+//! Stage 2, classify + decap: a frame's Ethernet, IPv4 and L4 headers checked
+//! through the `shared::wire` views and reduced to a `Parsed` (flow key, TCP
+//! flags, ICMP type); VXLAN to this node's port and VNI (flags exactly 0x08)
+//! stripped by moving the frame's start, and the inner frame classified the
+//! same way. Reads the snapshot's overlay settings and own addresses only; it
+//! may not touch the flow table. Every failure is a `DropReason`.
+
+use shared::counters::{Counters, DropReason};
+use shared::snapshot::Snapshot;
+use shared::wire::ethernet::ETHERTYPE_IPV4;
+use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use shared::wire::l4::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+use shared::wire::{
+    EthernetHeader, IcmpHeader, Ipv4Header, TcpHeader, UdpHeader, VxlanPacket, VxlanRepr, ETH_HLEN,
+    IPV4_HLEN, UDP_HLEN, VXLAN_HLEN,
+};
+
+use super::Parsed;
+use crate::flow::FlowKey;
+use crate::frame::Frame;
+
+/// Classifies a frame, decapsulating VXLAN addressed to this node.
+#[inline(always)]
+pub(super) fn frame(
+    f: &mut Frame<'_>,
+    snap: &Snapshot,
+    c: &mut Counters,
+) -> Result<Parsed, DropReason> {
+    let p = l3(f)?;
+    let overlay = snap.overlay();
+    if p.key.proto != PROTO_UDP || p.key.dport != overlay.port || !snap.is_own_ip(p.key.dst) {
+        return Ok(p);
+    }
+    let vx = p.l4() + UDP_HLEN;
+    let d = f.data();
+    let Ok(view) = VxlanPacket::new_checked(&d[vx.min(d.len())..]) else {
+        return Err(DropReason::MalformedL4);
+    };
+    match VxlanRepr::parse(&view) {
+        Err(_) => return Err(DropReason::VxlanBadFlags),
+        Ok(r) if r.vni != overlay.vni => return Err(DropReason::VxlanUnknownVni),
+        Ok(_) => {}
+    }
+    let inner = vx + VXLAN_HLEN;
+    if f.len() < inner + ETH_HLEN + IPV4_HLEN {
+        return Err(DropReason::VxlanShortInner);
+    }
+    f.pull(inner);
+    c.decapsulated += 1;
+    let mut q = l3(f)?;
+    q.decapped = true;
+    Ok(q)
+}
+
+/// Ethernet + IPv4 + L4 checks on `f.data()`; trims Ethernet padding.
+#[inline(always)]
+fn l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
+    let d = f.data();
+    let Some(eth) = EthernetHeader::new_checked(d) else {
+        return Err(DropReason::Malformed);
+    };
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        return Err(DropReason::UnsupportedEtherType);
+    }
+    let packet = &d[ETH_HLEN..];
+    let Ok(ip) = Ipv4Header::new_checked(packet) else {
+        return Err(DropReason::Malformed);
+    };
+    if ip.is_fragment() {
+        return Err(DropReason::Fragment);
+    }
+    let ihl = ip.header_len();
+    let total = usize::from(ip.total_len());
+    let mut p = Parsed {
+        ihl: ip.ihl_bytes(),
+        key: FlowKey {
+            src: ip.src(),
+            dst: ip.dst(),
+            sport: 0,
+            dport: 0,
+            proto: ip.protocol(),
+        },
+        ..Parsed::default()
+    };
+    // The L4 segment as the IPv4 total length gives it.
+    let seg = packet.get(ihl..total).unwrap_or_default();
+    match p.key.proto {
+        PROTO_TCP => {
+            let Ok(t) = TcpHeader::new_checked(seg) else {
+                return Err(DropReason::MalformedL4);
+            };
+            p.key.sport = t.src_port();
+            p.key.dport = t.dst_port();
+            p.tcp_flags = t.flags();
+        }
+        PROTO_UDP => {
+            let Ok(u) = UdpHeader::new_checked(seg) else {
+                return Err(DropReason::MalformedL4);
+            };
+            p.key.sport = u.src_port();
+            p.key.dport = u.dst_port();
+        }
+        PROTO_ICMP => {
+            let Ok(m) = IcmpHeader::new_checked(seg) else {
+                return Err(DropReason::MalformedL4);
+            };
+            p.icmp_type = m.msg_type();
+            // Echo: the identifier plays the port, on the side that makes
+            // request and reply mirror images of each other.
+            match p.icmp_type {
+                ICMP_ECHO_REQUEST => p.key.sport = m.echo_ident(),
+                ICMP_ECHO_REPLY => p.key.dport = m.echo_ident(),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    // Drop Ethernet padding so rewrites and encapsulation see the IP length.
+    let want = ETH_HLEN + total;
+    if f.len() > want {
+        f.set_len(want);
+    }
+    Ok(p)
+}

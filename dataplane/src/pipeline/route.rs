@@ -1,0 +1,135 @@
+//! Stage 7, route + encap: where a (rewritten) packet goes. A local pod (its
+//! host interface and MAC), a remote node's pod CIDR (VXLAN encapsulation,
+//! flannel-compatible, towards that node's underlay address), the node itself
+//! (pass to the kernel), or off the cluster (out of the uplink to the neighbour
+//! or the gateway). Reads the snapshot; writes only the frame (MACs, the outer
+//! headers it prepends).
+
+use shared::counters::DropReason;
+use shared::snapshot::RemoteHop;
+use shared::wire::ethernet::ETHERTYPE_IPV4;
+use shared::wire::ipv4::PROTO_UDP;
+use shared::wire::{
+    EthernetHeader, Ipv4Header, UdpHeader, VxlanPacket, VxlanRepr, ETH_HLEN, IPV4_HLEN, UDP_HLEN,
+    VXLAN_OVERHEAD,
+};
+
+use super::{flow_hash, Ctx};
+use crate::flow::FlowKey;
+use crate::frame::{Frame, Verdict};
+
+/// Outer UDP source ports for VXLAN, as Linux's vxlan driver picks them.
+const VXLAN_SPORT_RANGE: (u16, u16) = (32768, 60999);
+
+/// Routes a packet whose tuple is now `out`; `fallback_mac` is the L2
+/// destination for an off-cluster destination the snapshot has no neighbour
+/// for (the MAC a client's first packet came from).
+#[inline]
+pub(super) fn route(
+    cx: &mut Ctx<'_>,
+    f: &mut Frame<'_>,
+    out: &FlowKey,
+    fallback_mac: Option<[u8; 6]>,
+) -> Verdict {
+    let snap = cx.snap;
+    let dst = out.dst;
+    if let Some(pod) = snap.local_pod_hop(dst) {
+        set_macs(f, &pod.mac, &pod.host_mac);
+        return Verdict::Tx {
+            ifindex: pod.host_ifindex,
+        };
+    }
+    if let Some(remote) = snap.remote_route(dst) {
+        return encap(cx, f, out, remote);
+    }
+    let own = snap.node();
+    if snap.is_own_ip(dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
+        return Verdict::Pass;
+    }
+    if snap.in_local_pod_cidr(dst) {
+        return Verdict::Drop(DropReason::NoRoute);
+    }
+    // Off-cluster: out of the uplink to the neighbour or the gateway.
+    let mac = snap
+        .neighbor(dst)
+        .or(fallback_mac)
+        .or_else(|| snap.spec.gateway.and_then(|g| snap.neighbor(u32::from(g))));
+    let Some(mac) = mac else {
+        return Verdict::Drop(DropReason::NoNeighbor);
+    };
+    set_macs(f, &mac, &own.uplink_mac);
+    Verdict::Tx {
+        ifindex: own.uplink_ifindex,
+    }
+}
+
+/// Writes the Ethernet destination and source.
+#[inline(always)]
+fn set_macs(f: &mut Frame<'_>, dst: &[u8; 6], src: &[u8; 6]) {
+    if let Some(mut e) = EthernetHeader::new_mut(f.data_mut()) {
+        e.set_dst(dst);
+        e.set_src(src);
+    }
+}
+
+/// VXLAN encapsulation towards a remote node, as flannel's vxlan device does
+/// it: inner destination MAC the node's VTEP, outer UDP source port a hash of
+/// the inner flow, destination port and VNI from the snapshot.
+fn encap(cx: &mut Ctx<'_>, f: &mut Frame<'_>, out: &FlowKey, remote: RemoteHop<'_>) -> Verdict {
+    let snap = cx.snap;
+    let own = snap.node();
+    let node = remote.node;
+    let Some(src_ip) = own.underlay_ip else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let Some(next_hop) = remote.next_hop else {
+        return Verdict::Drop(DropReason::NoNeighbor);
+    };
+    set_macs(f, &node.vtep_mac, &own.vtep_mac);
+    let inner_len = f.len();
+    let Ok(total) = u16::try_from(inner_len + VXLAN_OVERHEAD - ETH_HLEN) else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    if !f.push(VXLAN_OVERHEAD) {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    let overlay = snap.overlay();
+    let (lo, hi) = VXLAN_SPORT_RANGE;
+    let span = u64::from(hi - lo + 1);
+    let sport = lo + u16::try_from(flow_hash(out) % span).unwrap_or(0);
+    let d = f.data_mut();
+    let Some(outer) = d.first_chunk_mut::<VXLAN_OVERHEAD>() else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    let (eth, rest) = outer.split_at_mut(ETH_HLEN);
+    let (ip, rest) = rest.split_at_mut(IPV4_HLEN);
+    let (udp, vx) = rest.split_at_mut(UDP_HLEN);
+    if let Some(mut e) = EthernetHeader::new_mut(eth) {
+        e.set_dst(&next_hop);
+        e.set_src(&own.uplink_mac);
+        e.set_ethertype(ETHERTYPE_IPV4);
+    }
+    // The outer IPv4 header: no options, no fragmentation, TTL 64; the outer
+    // UDP header without a checksum, as Linux's vxlan sends it by default.
+    if let Some(mut h) = Ipv4Header::new_mut(ip) {
+        h.emit(
+            total,
+            0,
+            64,
+            PROTO_UDP,
+            u32::from(src_ip),
+            u32::from(node.underlay_ip),
+        );
+    }
+    if let Some(mut u) = UdpHeader::new_mut(udp) {
+        u.set_src_port(sport);
+        u.set_dst_port(overlay.port);
+        u.set_len(total - 20);
+        u.set_checksum(0);
+    }
+    VxlanRepr { vni: overlay.vni }.emit(&mut VxlanPacket::new_unchecked(vx));
+    cx.c.encapsulated += 1;
+    Verdict::Tx {
+        ifindex: own.uplink_ifindex,
+    }
+}

@@ -1,0 +1,276 @@
+//! Stage 4, service: kube-proxy's contract for a new flow to a frontend
+//! (ClusterIP, externalIP, LoadBalancer IP, NodePort). loadBalancerSourceRanges,
+//! no usable endpoint (reject: a TCP RST or ICMP port unreachable built with
+//! smoltcp's wire representations), externalTrafficPolicy and
+//! internalTrafficPolicy Local, ClientIP affinity or Maglev for the backend,
+//! and whether the flow is masqueraded (hairpin; external traffic to another
+//! node). Reads the snapshot and the worker's affinity table; the new flow it
+//! decides is inserted by stage 5.
+
+use shared::counters::DropReason;
+use shared::snapshot::{Frontend, FrontendKind, Snapshot};
+use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP};
+use shared::wire::l4::ICMP_DST_UNREACHABLE;
+use shared::wire::{
+    EthernetAddress, EthernetFrame, EthernetHeader, EthernetProtocol, EthernetRepr, Icmpv4Packet,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpHeader, TcpPacket, TcpRepr,
+    TcpSeqNumber, ETH_HLEN, IPV4_HLEN,
+};
+
+use super::nat::{self, NewFlow};
+use super::{flow_hash, Ctx, Parsed};
+use crate::flow::{tcp_flags, FlowKey, FlowMeta, Rewrite};
+use crate::frame::{Frame, Verdict};
+
+/// What the service stage made of a new flow.
+pub(super) enum Decision {
+    /// Dropped or rejected: no flow.
+    Done(Verdict),
+    Flow(NewFlow),
+}
+
+/// For a frame no flow-table tag matched (most likely a new flow): if it goes
+/// to a frontend, hints the CPU to load what `decide` will read, the Service
+/// port's Maglev entry for this flow and its backends, so that with thousands
+/// of Services those misses overlap across the batch.
+#[inline]
+pub(super) fn prefetch(p: &mut Parsed, snap: &Snapshot) {
+    let key = p.key;
+    if !p.is_tcp_or_udp() {
+        return;
+    }
+    p.frontend = snap.frontend(key.dst, key.proto, key.dport);
+    let Some(sp) = p.frontend.and_then(|fe| snap.service_port(fe.service_port)) else {
+        return;
+    };
+    snap.maglev.prefetch(&sp.maglev, flow_hash(&key));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is only a hint; the pointer is the vector's own buffer
+    // (dangling but never dereferenced when it is empty).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(
+            sp.backends.as_ptr().cast::<i8>(),
+            core::arch::x86_64::_MM_HINT_T0,
+        );
+    }
+}
+
+/// A new flow to frontend `fe`: drop, reject, or the flow to create (backend,
+/// DNAT and SNAT).
+pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Frontend) -> Decision {
+    let snap = cx.snap;
+    let key = p.key;
+    let kind = fe.kind;
+    let Some(sp) = snap.service_port(fe.service_port) else {
+        return Decision::Done(Verdict::Drop(DropReason::NoRoute));
+    };
+    if kind == FrontendKind::LoadBalancer
+        && !sp.source_ranges.is_empty()
+        && !sp.source_ranges.iter().any(|r| r.contains_u32(key.src))
+    {
+        return Decision::Done(Verdict::Drop(DropReason::SourceRangeDenied));
+    }
+    if sp.backends.is_empty() {
+        return Decision::Done(reject(cx, f, p));
+    }
+    let from_local_pod = !p.decapped && snap.local_pod_hop(key.src).is_some();
+    // eTP=Local applies to traffic from outside; pods on this node reaching an
+    // external frontend use the cluster-wide set, as kube-proxy does.
+    let local_only = if kind.is_external() {
+        sp.external_local && !from_local_pod
+    } else {
+        sp.internal_local
+    };
+    let table = if local_only {
+        match &sp.maglev_local {
+            Some(m) if sp.local_backends > 0 => m,
+            _ => return Decision::Done(Verdict::Drop(DropReason::NoLocalEndpoint)),
+        }
+    } else {
+        &sp.maglev
+    };
+    let mut chosen = None;
+    if sp.affinity_timeout_secs.is_some() {
+        if let Some((ip, port)) = cx.flows.affinity.get(key.src, sp.stable_id, cx.now) {
+            chosen = sp
+                .backends
+                .iter()
+                .find(|b| u32::from(b.ip) == ip && b.port == port && (b.local || !local_only))
+                .copied();
+        }
+    }
+    let backend = match chosen {
+        Some(b) => b,
+        None => match snap
+            .maglev
+            .lookup(table, flow_hash(&key))
+            .and_then(|i| sp.backends.get(usize::from(i)))
+        {
+            Some(b) => *b,
+            None => return Decision::Done(Verdict::Drop(DropReason::NoLocalEndpoint)),
+        },
+    };
+    let bip = u32::from(backend.ip);
+    if let Some(t) = sp.affinity_timeout_secs {
+        cx.flows
+            .affinity
+            .set(key.src, sp.stable_id, (bip, backend.port), t, cx.now);
+    }
+    let mut rw = Rewrite {
+        src: key.src,
+        sport: key.sport,
+        dst: bip,
+        dport: backend.port,
+    };
+    let hairpin = bip == key.src;
+    let masq = hairpin || (kind.is_external() && !local_only && !backend.local);
+    if masq {
+        let node = snap.node();
+        let Some(ip) = node.overlay_ip().or(node.underlay_ip) else {
+            return Decision::Done(Verdict::Drop(DropReason::NoRoute));
+        };
+        rw.src = u32::from(ip);
+        let Some(port) = nat::pick_port(cx, &key, &rw, true) else {
+            return Decision::Done(Verdict::Drop(DropReason::NoMasqueradePort));
+        };
+        rw.sport = port;
+        cx.c.masqueraded += 1;
+    }
+    // A client that reached a frontend over the uplink: remember its MAC for
+    // the replies (the kernel may not have it as a neighbour yet).
+    let client_mac = (!p.decapped && f.ifindex == snap.node().uplink_ifindex)
+        .then(|| EthernetHeader::new_checked(f.data()).map(|e| e.src()))
+        .flatten()
+        .filter(|m| m != &[0; 6] && m[0] & 1 == 0);
+    let meta = FlowMeta {
+        backend: Some((bip, backend.port)),
+        snat: masq,
+        client_mac,
+    };
+    Decision::Flow(NewFlow { rw, meta })
+}
+
+/// A Service with no usable endpoint rejects, as kube-proxy does: a TCP RST
+/// for TCP, ICMP port unreachable for UDP, answered from the frontend address
+/// to the sender (back over the overlay when the client is on another node).
+fn reject(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
+    let key = p.key;
+    let mut scratch = [0u8; ETH_HLEN + IPV4_HLEN + 8 + 60 + 8];
+    let len = {
+        let d = f.data();
+        let Some(eth) = EthernetHeader::new_checked(d) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let l4 = d.get(p.l4()..).unwrap_or_default();
+        let (proto, body_len) = if key.proto == PROTO_TCP {
+            let Ok(t) = TcpHeader::new_checked(l4) else {
+                return Verdict::Drop(DropReason::MalformedL4);
+            };
+            if t.flags() & tcp_flags::RST != 0 {
+                // Never answer a reset with a reset.
+                return Verdict::Drop(DropReason::NoRoute);
+            }
+            (IpProtocol::Tcp, emit_rst(&t, l4.len(), &key, &mut scratch))
+        } else {
+            // The quote: the IP header and the first 8 bytes of its payload.
+            let quote = (usize::from(p.ihl) + 8).min(d.len() - ETH_HLEN);
+            let body = &mut scratch[ETH_HLEN + IPV4_HLEN..];
+            (
+                IpProtocol::Icmp,
+                emit_port_unreachable(&d[ETH_HLEN..ETH_HLEN + quote], body),
+            )
+        };
+        let ip = Ipv4Repr {
+            src_addr: key.dst.into(),
+            dst_addr: key.src.into(),
+            next_header: proto,
+            payload_len: body_len,
+            hop_limit: 64,
+        };
+        ip.emit(
+            &mut Ipv4Packet::new_unchecked(&mut scratch[ETH_HLEN..ETH_HLEN + IPV4_HLEN]),
+            &Default::default(),
+        );
+        EthernetRepr {
+            src_addr: EthernetAddress(eth.dst()),
+            dst_addr: EthernetAddress(eth.src()),
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut scratch[..ETH_HLEN]));
+        ETH_HLEN + IPV4_HLEN + body_len
+    };
+    if !f.set_len(len) {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    f.data_mut().copy_from_slice(&scratch[..len]);
+    cx.c.rejected += 1;
+    if p.decapped {
+        // Back over the overlay to the client's node.
+        let out = FlowKey {
+            src: key.dst,
+            dst: key.src,
+            sport: key.dport,
+            dport: key.sport,
+            proto: if key.proto == PROTO_TCP {
+                PROTO_TCP
+            } else {
+                PROTO_ICMP
+            },
+        };
+        return super::route::route(cx, f, &out, None);
+    }
+    Verdict::Tx { ifindex: f.ifindex }
+}
+
+/// The RST answering TCP segment `t` (of `seg_len` bytes) of flow `key`, after
+/// RFC 793: for a segment with ACK, SEQ = its ACK; otherwise RST|ACK acknowledging
+/// it. Written after the IPv4 header's place in `frame`; returns its length.
+fn emit_rst(t: &TcpHeader<&[u8; 20]>, seg_len: usize, key: &FlowKey, frame: &mut [u8]) -> usize {
+    let flags = t.flags();
+    let data = seg_len.saturating_sub(t.header_len());
+    let seg = u32::try_from(data).unwrap_or(u32::MAX)
+        + u32::from(flags & tcp_flags::SYN != 0)
+        + u32::from(flags & tcp_flags::FIN != 0);
+    let (seq, ack) = if flags & tcp_flags::ACK != 0 {
+        (t.ack(), None)
+    } else {
+        (0, Some(t.seq().wrapping_add(seg)))
+    };
+    let repr = TcpRepr {
+        src_port: key.dport,
+        dst_port: key.sport,
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let len = repr.buffer_len();
+    let body = &mut frame[ETH_HLEN + IPV4_HLEN..ETH_HLEN + IPV4_HLEN + len];
+    repr.emit(
+        &mut TcpPacket::new_unchecked(body),
+        &IpAddress::Ipv4(key.dst.into()),
+        &IpAddress::Ipv4(key.src.into()),
+        &Default::default(),
+    );
+    len
+}
+
+/// ICMP destination unreachable, port unreachable (type 3 code 3), quoting
+/// `quote` (the offending IP header and 8 bytes of its payload) as received.
+fn emit_port_unreachable(quote: &[u8], body: &mut [u8]) -> usize {
+    let len = 8 + quote.len();
+    let mut m = Icmpv4Packet::new_unchecked(&mut body[..len]);
+    m.set_msg_type(ICMP_DST_UNREACHABLE.into());
+    m.set_msg_code(3);
+    m.set_echo_ident(0);
+    m.set_echo_seq_no(0);
+    m.data_mut().copy_from_slice(quote);
+    m.fill_checksum();
+    len
+}
