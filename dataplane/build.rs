@@ -1,6 +1,7 @@
 //! Compiles the XDP steering program (bpf/steer.c) with clang into OUT_DIR; the
 //! crate embeds the object with `include_bytes!` (src/io/steering.rs). Fails with
-//! a clear message when clang is missing or the compile fails.
+//! a clear message when clang is missing or the compile fails. It touches nothing
+//! outside OUT_DIR.
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,8 @@
 //! workers and attaches the steering program, runs the control loop (source →
 //! reducer → publish), keeps the steering maps and the pod interfaces in step
 //! with the published tables and the CNI registrations, serves the status
-//! endpoint, and on SIGINT/SIGTERM stops everything and restores the NIC.
+//! endpoint, and on SIGINT/SIGTERM stops everything and restores the NIC. It
+//! decides nothing about packets or Kubernetes semantics itself.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -32,13 +33,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         ip = ?uplink.ipv4,
         "starting nodeplane"
     );
-    if settings.workers > 1 {
-        warn!(
-            workers = settings.workers,
-            "more than one worker: connection tracking is per worker, so NAT flows are only \
-             correct when both directions land on the same queue (see docs/architecture.md)"
-        );
-    }
     let state = AgentState::new(&settings.node_name);
     let pool = WorkerPool::start_with(
         PoolConfig {

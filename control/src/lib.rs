@@ -1,4 +1,5 @@
-//! nodeplane-control: everything off the per-packet path.
+//! nodeplane-control: everything off the per-packet path. Nothing in this crate
+//! runs per packet or touches a frame.
 //!
 //! - `store`: the Kubernetes objects seen so far, per source.
 //! - `reducer`: objects + node-local facts → `TableSpec` (one reducer for every source).

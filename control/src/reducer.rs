@@ -1,7 +1,7 @@
 //! The one reducer every source feeds: Kubernetes objects (from the store) plus
 //! node-local facts (pods the CNI registered, neighbours, gateway) → `TableSpec`.
 //! A pure, deterministic function of its inputs: the output does not depend on
-//! the order objects arrived in. It applies kube-proxy's Service rules (design §4
+//! the order objects arrived in. It applies kube-proxy's Service rules (docs/design.md §4
 //! items 1-3) and flannel's Node annotations (§5); it never touches the tables.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,8 +1,9 @@
-//! The status endpoint (design §7) and the `nodeplane status` printer: one axum
+//! The status endpoint (docs/design.md §7) and the `nodeplane status` printer: one axum
 //! server with `/healthz` and `/livez` (kube-proxy compatible), `/readyz`,
 //! `/status` (JSON) and `/metrics` (Prometheus text from prometheus-client), plus
 //! kube-proxy's healthCheckNodePort answers (§4 item 11). Everything is computed
-//! from `AgentState` when asked: workers' reports are summed at scrape time.
+//! from `AgentState` when asked: workers' reports are summed at scrape time. It
+//! only reads the state; it never changes tables or workers.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -1,5 +1,5 @@
 //! The reducer as a specification: Kubernetes objects in → tables out, one or
-//! more rows per kube-proxy rule (design §4 items 1-3) and flannel Node rule
+//! more rows per kube-proxy rule (docs/design.md §4 items 1-3) and flannel Node rule
 //! (§5); ordering independence; nothing before the first sync; and a no-op
 //! resync publishes no new generation.
 

@@ -1,4 +1,4 @@
-//! The status endpoint (design §7) over real HTTP: every route's status code and
+//! The status endpoint (docs/design.md §7) over real HTTP: every route's status code and
 //! fields before and after the first sync, `/healthz` turning 503 while an
 //! update is stuck, `/metrics` parsing as Prometheus text, and `nodeplane status`
 //! printing from a served endpoint (and failing clearly with none).

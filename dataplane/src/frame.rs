@@ -1,7 +1,8 @@
 //! The frame handle the pipeline works on, independent of AF_XDP: a writable
 //! buffer (the whole UMEM chunk or a test buffer) with the packet at
 //! `[off, off+len)`. Headroom before `off` lets the pipeline prepend the 50-byte
-//! VXLAN header in place; decapsulation just moves `off` forward.
+//! VXLAN header in place; decapsulation just moves `off` forward. No packet
+//! semantics here: the pipeline owns those.
 
 use shared::DropReason;
 

@@ -5,8 +5,11 @@
 //! - `flow`: the per-worker connection-tracking and NAT table.
 //! - `frame`: the frame handle the pipeline works on and the verdicts it returns.
 //! - `report`: what a worker publishes for the status endpoint.
-//! - `xdp`, `afxdp`, `worker`: the thin I/O adapter (XDP steering program, AF_XDP
-//!   sockets, pinned poll-mode threads) around the pipeline.
+//! - `io`: the thin I/O adapter around the pipeline (the XDP steering program,
+//!   AF_XDP sockets, worker handoff rings, pinned poll-mode threads, interface
+//!   facts).
+//!
+//! Nothing here knows Kubernetes, HTTP or configuration files.
 
 pub mod flow;
 pub mod frame;

@@ -1,4 +1,4 @@
-//! The pipeline against kube-proxy's contract (design §4 items 2–10) and the
+//! The pipeline against kube-proxy's contract (docs/design.md §4 items 2–10) and the
 //! flannel-compatible overlay (§5), as tables a reader can check line by line:
 //! source, ingress, destination, protocol, port → what comes out (which backend,
 //! DROP with which reason, REJECT, masqueraded or not). Every transmitted frame's

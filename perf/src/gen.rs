@@ -2,7 +2,8 @@
 //! AF_XDP socket to one queue of an interface (transmit needs no XDP program),
 //! writes each frame into a UMEM chunk with a fresh probe (sequence number and
 //! send time), and sends at a set rate or flat out. Bounded in packets and
-//! seconds; prints what it offered.
+//! seconds; prints what it offered. It may not touch any namespace but the one
+//! it runs in.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -7,7 +7,8 @@
 //! mode (`KUBE-SERVICES` → `KUBE-SVC-*` with `-m statistic --mode random` →
 //! `KUBE-SEP-*` with `DNAT`, `KUBE-NODEPORTS`, `KUBE-MARK-MASQ`,
 //! `KUBE-POSTROUTING`, REJECT in the filter table). Applied inside a lab node's
-//! namespace; with RPS steering receive work to the other core.
+//! namespace; with RPS steering receive work to the other core. It never
+//! touches the root namespace.
 
 use std::fmt::Write as _;
 use std::path::Path;

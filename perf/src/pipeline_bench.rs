@@ -1,10 +1,11 @@
-//! The pipeline micro-benchmark (design §8): synthetic VXLAN frames from a
+//! The pipeline micro-benchmark (docs/design.md §8): synthetic VXLAN frames from a
 //! remote node carrying 64-byte inner UDP packets from remote pods to ClusterIPs
 //! whose backends are local pods, so each packet is decap → conntrack (or
 //! service + DNAT on the new-flow path) → route → rewrite. Batches of 32–64 on
 //! one pinned core. Frames are rewritten in place, so each packet's bytes are
 //! restored from a template first; that preparation is timed on its own and
 //! reported as `copy_ns_per_packet` (AF_XDP copy mode pays a similar copy).
+//! In memory only: no sockets, no namespaces.
 
 use std::net::Ipv4Addr;
 use std::time::Instant;

@@ -1,6 +1,7 @@
 //! The benchmark's outputs: `results.json`, `report.md` and SVG plots (offered
 //! vs delivered rate per scenario, latency CDFs, throughput vs number of
-//! Services), and the summary table with nodeplane/kernel ratios.
+//! Services), and the summary table with nodeplane/kernel ratios. It only
+//! formats results; it measures nothing.
 
 use std::fmt::Write as _;
 use std::path::Path;

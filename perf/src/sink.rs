@@ -3,7 +3,8 @@
 //! against the sequence numbers seen (or against `--expect`), reordering,
 //! duplicates, and one-way latency (probe send time to receipt, both
 //! CLOCK_MONOTONIC on this machine) into an hdrhistogram. Bounded in packets
-//! and seconds, and stops after `--idle` seconds without a probe.
+//! and seconds, and stops after `--idle` seconds without a probe. Receive only:
+//! it never sends.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;

@@ -7,7 +7,8 @@
 //! zero-loss rate and CPU time per packet, with the same generator in the same
 //! run; then sockperf ping-pong through S1 and S4, and the zero-loss rate of S4
 //! at 10, 1,000 and 10,000 Services. Writes JSON, a Markdown report and SVG
-//! plots, and prints a summary with the nodeplane/kernel ratios.
+//! plots, and prints a summary with the nodeplane/kernel ratios. Its labs live
+//! in namespaces it creates and removes; it never touches the root namespace.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,8 @@
 //! Frames for the traffic generator, and the probe the sink reads back: plain
 //! UDP, TCP (ACK|PSH segments, no handshake) or VXLAN carrying UDP, over many
 //! flows (the flow number moves the source port), each with a 16-byte probe in
-//! its payload: magic, flow, sequence number and the send time.
+//! its payload: magic, flow, sequence number and the send time. Bytes only: no
+//! sockets here.
 
 use std::net::Ipv4Addr;
 

@@ -734,7 +734,7 @@ pub fn backend_key(ip: Ipv4Addr, port: u16) -> u64 {
     (u64::from(u32::from(ip)) << 16) | u64::from(port)
 }
 
-/// kube-proxy's endpoint filtering (design §4 item 3): ready endpoints (unset =
+/// kube-proxy's endpoint filtering (docs/design.md §4 item 3): ready endpoints (unset =
 /// ready); if none, serving+terminating ones. Topology hints narrow the set only
 /// when every chosen endpoint has hints and at least one names this node's zone.
 /// Sorted and de-duplicated so the result is independent of slice order.

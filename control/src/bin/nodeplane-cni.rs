@@ -1,6 +1,6 @@
 //! `nodeplane-cni`: the CNI plugin binary. Reads the network configuration from
 //! stdin and the CNI_* variables from the environment, prints the result (or a
-//! CNI error object) on stdout; all logic lives in `control::cni`.
+//! CNI error object) on stdout; all logic lives in `control::cni`, none here.
 
 use std::io::{Read, Write};
 

@@ -1,4 +1,6 @@
-//! `nodeplane`: the node agent (`run`) and its status client (`status`).
+//! `nodeplane`: the node agent (`run`) and its status client (`status`). Only
+//! argument parsing and logging set-up live here; everything else is in the
+//! library (`control::agent`, `control::status`).
 
 use std::process::ExitCode;
 

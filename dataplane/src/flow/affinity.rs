@@ -1,6 +1,7 @@
 //! ClientIP session affinity (kube-proxy's `sessionAffinity: ClientIP`): the
 //! backend a client was sent to per Service port, for the Service's timeout.
-//! Owned by the worker that owns the client's flows, like the flow table.
+//! Owned by the worker that owns the client's flows, like the flow table; it
+//! never sees packets or the snapshot.
 
 use shared::maglev::mix64;
 

@@ -1,6 +1,6 @@
 //! Flow keys: the directional 5-tuple a flow is looked up by, the rewrite (NAT)
 //! applied to its packets, and the checksum changes that rewrite makes, summed
-//! once per flow. Plain values: no table, no packet bytes.
+//! once per flow. Plain values: this module may not touch a table or packet bytes.
 
 /// A directional 5-tuple. Addresses are host-order `u32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

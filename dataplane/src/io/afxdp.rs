@@ -1,7 +1,8 @@
 //! AF_XDP plumbing for one worker: the UMEM (frame memory shared by all of the
 //! worker's sockets, on every interface), frame ownership accounting, the four
 //! rings of a socket, and socket creation with a shared UMEM. A worker thread owns
-//! all of it; nothing here is shared between threads.
+//! all of it; nothing here is shared between threads, and nothing here reads
+//! a packet's bytes.
 //!
 //! Built on the kernel's AF_XDP socket API directly (libc) rather than xsk-rs:
 //! transmitting a frame whose start moved (VXLAN encap/decap) needs a tx

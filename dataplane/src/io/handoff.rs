@@ -3,7 +3,8 @@
 //! (rtrb: wait-free, plain loads and stores, no read-modify-write) per ordered
 //! pair of workers. A record is an 8-byte header (length, ingress ifindex) and
 //! the frame's bytes; the owner copies them into a chunk of its own UMEM. Each
-//! worker has its own UMEM, so crossing workers costs this one copy.
+//! worker has its own UMEM, so crossing workers costs this one copy. The rings
+//! never look inside a frame.
 
 /// Header: frame length (u16), reserved (u16), ingress ifindex (u32).
 const HDR: usize = 8;

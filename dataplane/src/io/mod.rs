@@ -3,17 +3,10 @@
 //! pool the agent drives (`worker`), and interface facts (`netif`). The pipeline
 //! itself never sees any of this; it gets `Frame`s and returns `Verdict`s.
 //!
-//! Workers and queues: queue q of every interface belongs to worker q mod N.
-//! Connection tracking is per worker, so a NAT flow is translated correctly only
-//! when both of its directions arrive on queues of the same worker. With one
-//! worker (the default) that always holds. With N > 1 the pool requires every
-//! interface to have at least N queues (so each worker can transmit anywhere from
-//! its own UMEM) but cannot make a reply land on the worker that saw the request:
-//! the XDP program can only redirect to the socket of the queue the packet
-//! arrived on. Making N > 1 exact needs flow-owner handoff between workers (the
-//! pipeline choosing masquerade ports so that `port mod N` names the owner, and
-//! handing frames whose owner is another worker over an SPSC ring); that is not
-//! built yet.
+//! Workers and queues: queue q of every interface belongs to worker q mod N;
+//! every flow has one owning worker, and frames that land on another worker are
+//! handed to the owner (`handoff`, see `docs/architecture.md`). The pipeline
+//! never sees any of this, and this module never decides what a packet means.
 
 pub mod afxdp;
 pub mod handoff;

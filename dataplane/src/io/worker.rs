@@ -5,14 +5,12 @@
 //! interface its verdict names (same UMEM: no copy). Commands (add/remove an
 //! interface queue, accounting) arrive over a channel checked between batches.
 //!
-//! Queues and workers: queue q of every interface belongs to worker q % N. With
-//! N = 1 (the default) one worker serves every queue and the design is exact.
-//! With N > 1 every interface must have at least N queues (so each worker can
-//! transmit on every interface from its own UMEM), and because connection
-//! tracking is per worker, a NAT flow is only translated correctly when both of
-//! its directions arrive on queues of the same worker. Nothing here makes that
-//! true in general (see the module docs of `io`), so N > 1 is a throughput
-//! option for traffic without NAT state, not a correct default.
+//! Queues and workers: queue q of every interface belongs to worker q % N, and
+//! every interface must have at least N queues (so each worker can transmit on
+//! every interface from its own UMEM). Each flow has one owning worker; a frame
+//! the pipeline hands off (`Verdict::Handoff`) goes to its owner over an SPSC
+//! ring (`handoff`), so both directions of a NAT flow meet on one worker
+//! wherever they land. It owns no packet logic: verdicts come from the pipeline.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -671,21 +669,170 @@ fn worker_main(ctx: WorkerCtx, handoff: Handoff, ready: Sender<Result<(), IoErro
     run(&ctx, &region, io, flows, hist, pinned, handoff);
 }
 
+/// The frames of one batch in the worker's hands: each frame's chunk, where its
+/// bytes were as received (a handoff copies those), and the pipeline's verdicts.
+struct Batch<'r> {
+    frames: Vec<Frame<'r>>,
+    bases: [u64; RX_BATCH],
+    origs: [(usize, usize); RX_BATCH],
+    verdicts: [Verdict; RX_BATCH],
+}
+
+impl<'r> Batch<'r> {
+    fn new() -> Self {
+        Batch {
+            frames: Vec::with_capacity(RX_BATCH),
+            bases: [0; RX_BATCH],
+            origs: [(0, 0); RX_BATCH],
+            verdicts: [Verdict::Pass; RX_BATCH],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn push(&mut self, base: u64, frame: Frame<'r>) {
+        let k = self.frames.len();
+        self.bases[k] = base;
+        self.origs[k] = (frame.offset(), frame.len());
+        self.frames.push(frame);
+    }
+
+    /// Stages 2–7 over the batch, then stage 8 (tx, handoff, or free), and the
+    /// batch is empty again.
+    fn run(&mut self, w: &mut WorkerState, snap: &Snapshot, now: u64) {
+        let nb = self.frames.len();
+        process_batch(
+            &mut self.frames,
+            &mut self.verdicts[..nb],
+            snap,
+            &mut w.flows,
+            &mut w.counters,
+            now,
+        );
+        dispatch(
+            &mut w.io,
+            &mut w.counters,
+            &self.frames,
+            &self.verdicts[..nb],
+            &self.bases[..nb],
+            &self.origs[..nb],
+            &mut w.handoff.tx,
+        );
+        self.frames.clear();
+    }
+}
+
+/// What the poll loop owns besides the UMEM region its frames borrow.
+struct WorkerState {
+    io: Io,
+    flows: FlowTable,
+    counters: Counters,
+    handoff: Handoff,
+}
+
+/// Receives up to a batch from every socket and runs each batch; returns how
+/// many frames came in.
+fn poll_sockets<'r>(
+    w: &mut WorkerState,
+    region: &'r UmemRegion,
+    batch: &mut Batch<'r>,
+    snap: &Snapshot,
+    now: u64,
+    reserve: usize,
+) -> usize {
+    let mut received = 0;
+    for ai in 0..w.io.active.len() {
+        let sid = w.io.active[ai];
+        let Io { pool, socks, .. } = &mut w.io;
+        let Some(s) = socks.get_mut(usize::from(sid)).and_then(Option::as_mut) else {
+            continue;
+        };
+        s.xsk.reap_completions(pool);
+        adapt_fill(s, pool.free_count(), reserve);
+        s.xsk.refill(pool);
+        let ifindex = s.xsk.ifindex;
+        s.xsk.receive(pool, RX_BATCH as u32, |base, off, len| {
+            // SAFETY: the chunk was just received: it is in our hands only
+            // (not in any ring), and each rx descriptor names a distinct chunk.
+            let buf = unsafe { region.chunk(base) };
+            batch.push(base, Frame::new(buf, off, len, ifindex));
+        });
+        let nb = batch.len();
+        if nb == 0 {
+            continue;
+        }
+        s.rx_window = s.rx_window.saturating_add(nb as u32);
+        received += nb;
+        batch.run(w, snap, now);
+    }
+    received
+}
+
+/// Takes the frames other workers handed over (their flows are ours) into
+/// chunks of this worker's UMEM and runs them; returns how many came in.
+fn poll_handoffs<'r>(
+    w: &mut WorkerState,
+    region: &'r UmemRegion,
+    batch: &mut Batch<'r>,
+    snap: &Snapshot,
+    now: u64,
+) -> usize {
+    let mut received = 0;
+    for src in 0..w.handoff.rx.len() {
+        while batch.len() < RX_BATCH {
+            let Some(base) = w.io.pool.alloc() else {
+                break; // no free chunk now: they wait in the ring
+            };
+            // SAFETY: `alloc` just took this chunk off the free list: it is
+            // in our hands only, and distinct from every other chunk in use.
+            let buf = unsafe { region.chunk(base) };
+            match w.handoff.rx[src].recv(&mut buf[HANDOFF_HEADROOM..]) {
+                None => {
+                    w.io.pool.recycle(base);
+                    break;
+                }
+                Some((_, 0)) => {
+                    w.io.pool.recycle(base);
+                    w.counters.drop(DropReason::Malformed);
+                }
+                Some((ifindex, len)) => {
+                    batch.push(
+                        base,
+                        Frame::new(buf, HANDOFF_HEADROOM, len, ifindex).handed_in(),
+                    );
+                }
+            }
+        }
+        let nb = batch.len();
+        if nb == 0 {
+            continue;
+        }
+        received += nb;
+        w.counters.handed_in += nb as u64;
+        batch.run(w, snap, now);
+    }
+    received
+}
+
 /// The poll loop. Returns when told to stop or when the pool is gone.
 fn run(
     ctx: &WorkerCtx,
     region: &UmemRegion,
-    mut io: Io,
-    mut flows: FlowTable,
+    io: Io,
+    flows: FlowTable,
     mut hist: Histogram<u64>,
     core: Option<usize>,
-    mut handoff: Handoff,
+    handoff: Handoff,
 ) {
-    let mut counters = Counters::default();
-    let mut frames: Vec<Frame<'_>> = Vec::with_capacity(RX_BATCH);
-    let mut bases = [0u64; RX_BATCH];
-    let mut origs = [(0usize, 0usize); RX_BATCH];
-    let mut verdicts = [Verdict::Pass; RX_BATCH];
+    let mut w = WorkerState {
+        io,
+        flows,
+        counters: Counters::default(),
+        handoff,
+    };
+    let mut batch = Batch::new();
     let mut generation = ctx.tables.load().generation;
     let report_every = ctx.opts.report_interval.as_nanos() as u64;
     let mut last_report = 0u64;
@@ -701,114 +848,18 @@ fn run(
         loop {
             match ctx.cmds.try_recv() {
                 Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => break 'outer,
-                Ok(cmd) => handle(ctx, region, &mut io, &counters, cmd),
+                Ok(cmd) => handle(ctx, region, &mut w.io, &w.counters, cmd),
                 Err(TryRecvError::Empty) => break,
             }
         }
         let snap = ctx.tables.load();
         let now = monotonic_ns();
-        let mut received = 0usize;
-        for ai in 0..io.active.len() {
-            let sid = io.active[ai];
-            let Io { pool, socks, .. } = &mut io;
-            let Some(s) = socks.get_mut(usize::from(sid)).and_then(Option::as_mut) else {
-                continue;
-            };
-            s.xsk.reap_completions(pool);
-            adapt_fill(s, pool.free_count(), reserve);
-            s.xsk.refill(pool);
-            let ifindex = s.xsk.ifindex;
-            let mut nb = 0usize;
-            frames.clear();
-            s.xsk.receive(pool, RX_BATCH as u32, |base, off, len| {
-                bases[nb] = base;
-                origs[nb] = (off, len);
-                // SAFETY: the chunk was just received: it is in our hands only
-                // (not in any ring), and each rx descriptor names a distinct chunk.
-                let buf = unsafe { region.chunk(base) };
-                frames.push(Frame::new(buf, off, len, ifindex));
-                nb += 1;
-            });
-            if nb == 0 {
-                continue;
-            }
-            s.rx_window = s.rx_window.saturating_add(nb as u32);
-            received += nb;
-            process_batch(
-                &mut frames,
-                &mut verdicts[..nb],
-                &snap,
-                &mut flows,
-                &mut counters,
-                now,
-            );
-            dispatch(
-                &mut io,
-                &mut counters,
-                &frames,
-                &verdicts[..nb],
-                &bases[..nb],
-                &origs[..nb],
-                &mut handoff.tx,
-            );
-            frames.clear();
-        }
-        // Frames other workers handed over: their flows are ours.
-        for src in 0..handoff.rx.len() {
-            let mut nb = 0usize;
-            frames.clear();
-            while nb < RX_BATCH {
-                let Some(base) = io.pool.alloc() else {
-                    break; // no free chunk now: they wait in the ring
-                };
-                // SAFETY: `alloc` just took this chunk off the free list: it is
-                // in our hands only, and distinct from every other chunk in use.
-                let buf = unsafe { region.chunk(base) };
-                match handoff.rx[src].recv(&mut buf[HANDOFF_HEADROOM..]) {
-                    None => {
-                        io.pool.recycle(base);
-                        break;
-                    }
-                    Some((_, 0)) => {
-                        io.pool.recycle(base);
-                        counters.drop(DropReason::Malformed);
-                    }
-                    Some((ifindex, len)) => {
-                        bases[nb] = base;
-                        origs[nb] = (HANDOFF_HEADROOM, len);
-                        frames.push(Frame::new(buf, HANDOFF_HEADROOM, len, ifindex).handed_in());
-                        nb += 1;
-                    }
-                }
-            }
-            if nb == 0 {
-                continue;
-            }
-            received += nb;
-            counters.handed_in += nb as u64;
-            process_batch(
-                &mut frames,
-                &mut verdicts[..nb],
-                &snap,
-                &mut flows,
-                &mut counters,
-                now,
-            );
-            dispatch(
-                &mut io,
-                &mut counters,
-                &frames,
-                &verdicts[..nb],
-                &bases[..nb],
-                &origs[..nb],
-                &mut handoff.tx,
-            );
-            frames.clear();
-        }
+        let received = poll_sockets(&mut w, region, &mut batch, &snap, now, reserve)
+            + poll_handoffs(&mut w, region, &mut batch, &snap, now);
         // One publish per tx ring, then kick while the kernel has unsent frames.
-        for ai in 0..io.active.len() {
-            let sid = io.active[ai];
-            if let Some(s) = io.sock_mut(sid) {
+        for ai in 0..w.io.active.len() {
+            let sid = w.io.active[ai];
+            if let Some(s) = w.io.sock_mut(sid) {
                 s.xsk.flush_tx();
             }
         }
@@ -827,25 +878,41 @@ fn run(
         }
         if end.saturating_sub(last_report) >= report_every {
             last_report = end;
-            debug_assert!(io.conserved(total), "UMEM frame accounting broken");
+            debug_assert!(w.io.conserved(total), "UMEM frame accounting broken");
             if end.saturating_sub(last_xsk) >= 1_000_000_000 {
                 last_xsk = end;
-                xsk = xsk_drops(&io);
-                shrink_idle_fills(&mut io);
+                xsk = xsk_drops(&w.io);
+                shrink_idle_fills(&mut w.io);
             }
             publish(
-                ctx, &io, &counters, &flows, &hist, generation, core, end, &xsk,
+                ctx,
+                &w.io,
+                &w.counters,
+                &w.flows,
+                &hist,
+                generation,
+                core,
+                end,
+                &xsk,
             );
         }
     }
     let end = monotonic_ns();
-    let xsk = xsk_drops(&io);
+    let xsk = xsk_drops(&w.io);
     publish(
-        ctx, &io, &counters, &flows, &hist, generation, core, end, &xsk,
+        ctx,
+        &w.io,
+        &w.counters,
+        &w.flows,
+        &hist,
+        generation,
+        core,
+        end,
+        &xsk,
     );
     // Close every socket before the UMEM region is unmapped (it outlives `io`).
-    for id in io.active.clone() {
-        if let Some(s) = io.socks.get_mut(usize::from(id)).and_then(Option::take) {
+    for id in w.io.active.clone() {
+        if let Some(s) = w.io.socks.get_mut(usize::from(id)).and_then(Option::take) {
             ctx.steering.clear_socket(s.slot);
         }
     }

@@ -5,7 +5,7 @@
 //! internalTrafficPolicy Local, ClientIP affinity or Maglev for the backend,
 //! and whether the flow is masqueraded (hairpin; external traffic to another
 //! node). Reads the snapshot and the worker's affinity table; the new flow it
-//! decides is inserted by stage 5.
+//! decides is inserted by stage 5; it may not write the flow table.
 
 use shared::counters::DropReason;
 use shared::snapshot::{Frontend, FrontendKind, Snapshot};

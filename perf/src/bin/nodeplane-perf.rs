@@ -1,4 +1,5 @@
-//! `nodeplane-perf`: measurement tools for nodeplane.
+//! `nodeplane-perf`: measurement tools for nodeplane. Argument parsing only; the
+//! tools live in the library (`perf::pipeline_bench`, `gen`, `sink`, `suite`).
 
 use clap::{Parser, Subcommand};
 

@@ -1,6 +1,7 @@
 //! Internet checksum helpers: the full one's-complement sum for headers the
 //! dataplane writes from scratch, and RFC 1624 incremental updates
-//! (HC' = ~(~HC + ~m + m')) for fields it rewrites in place.
+//! (HC' = ~(~HC + ~m + m')) for fields it rewrites in place. Pure arithmetic
+//! over bytes it is given; no packet layout here.
 
 /// One's-complement sum of `data` folded into 32 bits, big-endian 16-bit words;
 /// an odd trailing byte is padded with zero.

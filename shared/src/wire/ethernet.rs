@@ -1,6 +1,7 @@
 //! Ethernet II header view for the per-packet path, in smoltcp's shape but
 //! over the fixed 14 bytes: `EthernetHeader<B>` wraps `&[u8; 14]` to read or
-//! `&mut [u8; 14]` to write the addresses, so no accessor can panic.
+//! `&mut [u8; 14]` to write the addresses, so no accessor can panic. Layout
+//! only: no meaning of addresses here.
 
 use core::ops::{Deref, DerefMut};
 

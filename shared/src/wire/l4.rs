@@ -5,7 +5,7 @@
 //! identifiers and checksums in place, so no accessor has a bounds check left
 //! and none can panic. `new_checked` validates the segment it is cut from once.
 //! Building whole segments (the RST and ICMP errors the dataplane sends) is
-//! smoltcp's `TcpRepr` and `Icmpv4Packet`'s job.
+//! smoltcp's `TcpRepr` and `Icmpv4Packet`'s job. Layout only: no flow state.
 
 use core::fmt;
 use core::ops::{Deref, DerefMut};

@@ -4,6 +4,7 @@
 //! accessors that cannot panic. Whole packets the dataplane builds from scratch
 //! (TCP RSTs, ICMP errors) are emitted with smoltcp's `wire` representations,
 //! re-exported here. `checksum` holds the RFC 1624 incremental update helpers.
+//! No I/O and no allocation here.
 
 pub mod checksum;
 pub mod ethernet;

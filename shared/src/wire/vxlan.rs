@@ -1,5 +1,6 @@
 //! VXLAN (RFC 7348) header view in smoltcp's style: `Packet<T: AsRef<[u8]>>`,
 //! `new_checked` validates the length once, accessors cannot panic after it.
+//! Only the 8-byte VXLAN header: the outer headers belong to the other views.
 //!
 //! ```text
 //! |R|R|R|R|I|R|R|R|            Reserved                           |
