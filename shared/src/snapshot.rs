@@ -371,197 +371,11 @@ impl Snapshot {
     /// else, and with 10,000 Services rebuilding every table on each change
     /// took the control thread seconds.
     pub fn build_after(spec: TableSpec, generation: u64, prev: Option<&Snapshot>) -> Self {
-        let maglev_size = if spec.maglev_size == 0 {
-            DEFAULT_MAGLEV_SIZE
-        } else {
-            spec.maglev_size
-        };
-        let node_name = spec.node.name.clone();
-        let node_zone = spec.node.zone.clone();
-        let reusable: HashMap<u64, &ServicePort> = prev
-            .map(|p| {
-                p.service_ports
-                    .iter()
-                    .map(|sp| (sp.stable_id, sp))
-                    .collect()
-            })
-            .unwrap_or_default();
-        // First the backends of every port and whether its tables can be
-        // copied, so the one array of tables is allocated at its final size.
-        struct PortPlan<'a> {
-            backends: Vec<Backend>,
-            local_idx: Vec<u16>,
-            wants_local: bool,
-            stable_id: u64,
-            reuse: Option<&'a ServicePort>,
-        }
-        let mut plans = Vec::new();
-        let mut total = 0usize;
-        for svc in &spec.services {
-            let wants_local = svc.external_local || svc.internal_local;
-            for p in &svc.ports {
-                let backends = usable_backends(&p.endpoints, &node_name, node_zone.as_deref());
-                let local_idx: Vec<u16> = backends
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.local)
-                    .map(|(i, _)| u16::try_from(i).unwrap_or(u16::MAX))
-                    .collect();
-                let size = Maglev::size_for(backends.len(), maglev_size);
-                let local_size = if wants_local {
-                    Maglev::size_for(local_idx.len(), maglev_size)
-                } else {
-                    0
-                };
-                let stable_id = stable_id(&svc.namespace, &svc.name, &p.name, p.proto);
-                let reuse = reusable.get(&stable_id).copied().filter(|old| {
-                    old.backends == backends
-                        && old.maglev.size() == size
-                        && old.maglev_local.map(|m| m.size()) == wants_local.then_some(local_size)
-                });
-                total += size + local_size;
-                plans.push(PortPlan {
-                    backends,
-                    local_idx,
-                    wants_local,
-                    stable_id,
-                    reuse,
-                });
-            }
-        }
-        let mut tables = MaglevTablesBuilder::with_capacity(total);
-        let mut built = 0usize;
-        let mut plans = plans.into_iter();
-        let mut service_ports = Vec::new();
-        let mut frontends = HashMap::new();
-        let mut node_ports = HashMap::new();
-        let mut live_backends = HashSet::new();
-        for svc in &spec.services {
-            for p in &svc.ports {
-                let Some(PortPlan {
-                    backends,
-                    local_idx,
-                    wants_local,
-                    stable_id,
-                    reuse,
-                }) = plans.next()
-                else {
-                    break;
-                };
-                let id = u32::try_from(service_ports.len()).unwrap_or(u32::MAX);
-                for b in &backends {
-                    live_backends.insert((u32::from(b.ip), b.port, p.proto.number()));
-                }
-                let (maglev, maglev_local) = match (reuse, prev) {
-                    (Some(old), Some(prev)) => (
-                        tables.push_copy(&prev.maglev, &old.maglev),
-                        old.maglev_local.map(|l| tables.push_copy(&prev.maglev, &l)),
-                    ),
-                    _ => {
-                        built += 1 + usize::from(wants_local);
-                        let keys: Vec<u64> =
-                            backends.iter().map(|b| backend_key(b.ip, b.port)).collect();
-                        let maglev = tables.push(&Maglev::build(&keys, maglev_size));
-                        let maglev_local = wants_local.then(|| {
-                            let lkeys: Vec<u64> = local_idx
-                                .iter()
-                                .filter_map(|&i| backends.get(usize::from(i)))
-                                .map(|b| backend_key(b.ip, b.port))
-                                .collect();
-                            tables.push(&Maglev::build(&lkeys, maglev_size).remap(&local_idx))
-                        });
-                        (maglev, maglev_local)
-                    }
-                };
-                let proto = p.proto.number();
-                let fe = |kind| Frontend {
-                    kind,
-                    service_port: id,
-                };
-                for ip in &svc.cluster_ips {
-                    frontends.insert((u32::from(*ip), proto, p.port), fe(FrontendKind::ClusterIp));
-                }
-                for ip in &svc.external_ips {
-                    frontends.insert(
-                        (u32::from(*ip), proto, p.port),
-                        fe(FrontendKind::ExternalIp),
-                    );
-                }
-                for ip in &svc.load_balancer_ips {
-                    frontends
-                        .entry((u32::from(*ip), proto, p.port))
-                        .or_insert(fe(FrontendKind::LoadBalancer));
-                }
-                if let Some(np) = p.node_port {
-                    node_ports.insert((proto, np), id);
-                }
-                service_ports.push(ServicePort {
-                    id,
-                    stable_id,
-                    name: ServicePortName {
-                        namespace: svc.namespace.clone(),
-                        service: svc.name.clone(),
-                        port: p.name.clone(),
-                    },
-                    proto: p.proto,
-                    port: p.port,
-                    node_port: p.node_port,
-                    local_backends: u32::try_from(local_idx.len()).unwrap_or(u32::MAX),
-                    backends,
-                    maglev,
-                    maglev_local,
-                    affinity_timeout_secs: svc.affinity_timeout_secs,
-                    external_local: svc.external_local,
-                    internal_local: svc.internal_local,
-                    source_ranges: svc.source_ranges.clone(),
-                    health_check_node_port: svc.health_check_node_port,
-                    total_endpoints: u32::try_from(p.endpoints.len()).unwrap_or(u32::MAX),
-                });
-            }
-        }
-        let node_ips = spec
-            .node
-            .node_ips
-            .iter()
-            .filter(|ip| !ip.is_loopback())
-            .map(|ip| u32::from(*ip))
-            .collect();
-        let mut own_ips: Vec<u32> = node_ips;
-        own_ips.extend(spec.node.underlay_ip.map(u32::from));
-        own_ips.sort_unstable();
-        own_ips.dedup();
-        let node_ips = spec
-            .node
-            .node_ips
-            .iter()
-            .filter(|ip| !ip.is_loopback())
-            .map(|ip| u32::from(*ip))
-            .collect();
+        let plans = PortPlan::all(&spec, prev);
+        let services = ServiceTables::build(&spec, plans, prev);
+        let (node_ips, own_ips) = node_addresses(&spec.node);
         let pod_hops = PodTable::build(spec.node.pod_cidrs.first(), &spec.local_pods);
-        // Longest prefix first; within one length the first node listed wins.
-        let mut remote_routes: Vec<(u32, HashMap<u32, usize>)> = Vec::new();
-        let mut by_len: Vec<(u8, u32, usize)> = spec
-            .remote_nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, n)| {
-                n.pod_cidrs
-                    .iter()
-                    .map(move |c| (c.prefix_len(), c.network_u32(), i))
-            })
-            .collect();
-        by_len.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        for (len, net, i) in by_len {
-            let mask = Ipv4Cidr::new(Ipv4Addr::from(net), len)
-                .map(|c| c.mask())
-                .unwrap_or(u32::MAX);
-            if remote_routes.last().is_none_or(|(m, _)| *m != mask) {
-                remote_routes.push((mask, HashMap::new()));
-            }
-            if let Some((_, map)) = remote_routes.last_mut() {
-                map.entry(net).or_insert(i);
-            }
-        }
+        let remote_routes = remote_routes(&spec.remote_nodes);
         let neighbors: HashMap<u32, Mac> = spec
             .neighbors
             .iter()
@@ -572,7 +386,11 @@ impl Snapshot {
             .iter()
             .map(|n| neighbors.get(&u32::from(n.underlay_ip)).copied())
             .collect();
-        let backend_ips = live_backends.iter().map(|&(ip, _, _)| ip).collect();
+        let backend_ips = services
+            .live_backends
+            .iter()
+            .map(|&(ip, _, _)| ip)
+            .collect();
         let endpoints = spec
             .services
             .iter()
@@ -586,18 +404,18 @@ impl Snapshot {
         Snapshot {
             generation,
             spec,
-            service_ports,
-            maglev: tables.finish(),
-            maglev_tables_built: built,
-            frontends,
-            node_ports,
+            service_ports: services.service_ports,
+            maglev: services.maglev,
+            maglev_tables_built: services.built,
+            frontends: services.frontends,
+            node_ports: services.node_ports,
             node_ips,
             own_ips,
             pod_hops,
             remote_routes,
             remote_next_hops,
             neighbors,
-            live_backends,
+            live_backends: services.live_backends,
             backend_ips,
             endpoints,
         }
@@ -732,6 +550,241 @@ pub fn stable_id(namespace: &str, name: &str, port: &str, proto: L4Proto) -> u64
 /// Stable 64-bit identity of a backend for Maglev permutations.
 pub fn backend_key(ip: Ipv4Addr, port: u16) -> u64 {
     (u64::from(u32::from(ip)) << 16) | u64::from(port)
+}
+
+/// One Service port's usable backends and whether its Maglev tables can be
+/// copied from the running snapshot, worked out before any table is built so
+/// the one array of tables is allocated at its final size.
+struct PortPlan<'a> {
+    backends: Vec<Backend>,
+    local_idx: Vec<u16>,
+    wants_local: bool,
+    stable_id: u64,
+    /// The same port in the previous snapshot, when its tables still fit.
+    reuse: Option<&'a ServicePort>,
+    /// Entries of its tables (cluster-wide + local).
+    entries: usize,
+}
+
+impl<'a> PortPlan<'a> {
+    /// A plan per Service port, in spec order.
+    fn all(spec: &TableSpec, prev: Option<&'a Snapshot>) -> Vec<PortPlan<'a>> {
+        let maglev_size = if spec.maglev_size == 0 {
+            DEFAULT_MAGLEV_SIZE
+        } else {
+            spec.maglev_size
+        };
+        let node_name = spec.node.name.as_str();
+        let node_zone = spec.node.zone.as_deref();
+        let reusable: HashMap<u64, &ServicePort> = prev
+            .map(|p| {
+                p.service_ports
+                    .iter()
+                    .map(|sp| (sp.stable_id, sp))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut plans = Vec::new();
+        for svc in &spec.services {
+            let wants_local = svc.external_local || svc.internal_local;
+            for p in &svc.ports {
+                let backends = usable_backends(&p.endpoints, node_name, node_zone);
+                let local_idx: Vec<u16> = backends
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| b.local)
+                    .map(|(i, _)| u16::try_from(i).unwrap_or(u16::MAX))
+                    .collect();
+                let size = Maglev::size_for(backends.len(), maglev_size);
+                let local_size = if wants_local {
+                    Maglev::size_for(local_idx.len(), maglev_size)
+                } else {
+                    0
+                };
+                let stable_id = stable_id(&svc.namespace, &svc.name, &p.name, p.proto);
+                let reuse = reusable.get(&stable_id).copied().filter(|old| {
+                    old.backends == backends
+                        && old.maglev.size() == size
+                        && old.maglev_local.map(|m| m.size()) == wants_local.then_some(local_size)
+                });
+                plans.push(PortPlan {
+                    backends,
+                    local_idx,
+                    wants_local,
+                    stable_id,
+                    reuse,
+                    entries: size + local_size,
+                });
+            }
+        }
+        plans
+    }
+}
+
+/// Everything a snapshot holds per Service port: the ports, their Maglev
+/// tables (one array), the frontends and NodePorts that lead to them, and the
+/// usable backends.
+struct ServiceTables {
+    service_ports: Vec<ServicePort>,
+    maglev: MaglevTables,
+    /// Tables built (not copied from the previous snapshot).
+    built: usize,
+    frontends: HashMap<(u32, u8, u16), Frontend>,
+    node_ports: HashMap<(u8, u16), u32>,
+    live_backends: HashSet<(u32, u16, u8)>,
+}
+
+impl ServiceTables {
+    fn build(spec: &TableSpec, plans: Vec<PortPlan<'_>>, prev: Option<&Snapshot>) -> Self {
+        let maglev_size = if spec.maglev_size == 0 {
+            DEFAULT_MAGLEV_SIZE
+        } else {
+            spec.maglev_size
+        };
+        let mut tables = MaglevTablesBuilder::with_capacity(plans.iter().map(|p| p.entries).sum());
+        let mut built = 0usize;
+        let mut plans = plans.into_iter();
+        let mut service_ports = Vec::new();
+        let mut frontends = HashMap::new();
+        let mut node_ports = HashMap::new();
+        let mut live_backends = HashSet::new();
+        for svc in &spec.services {
+            for p in &svc.ports {
+                let Some(PortPlan {
+                    backends,
+                    local_idx,
+                    wants_local,
+                    stable_id,
+                    reuse,
+                    entries: _,
+                }) = plans.next()
+                else {
+                    break;
+                };
+                let id = u32::try_from(service_ports.len()).unwrap_or(u32::MAX);
+                for b in &backends {
+                    live_backends.insert((u32::from(b.ip), b.port, p.proto.number()));
+                }
+                let (maglev, maglev_local) = match (reuse, prev) {
+                    (Some(old), Some(prev)) => (
+                        tables.push_copy(&prev.maglev, &old.maglev),
+                        old.maglev_local.map(|l| tables.push_copy(&prev.maglev, &l)),
+                    ),
+                    _ => {
+                        built += 1 + usize::from(wants_local);
+                        let keys: Vec<u64> =
+                            backends.iter().map(|b| backend_key(b.ip, b.port)).collect();
+                        let maglev = tables.push(&Maglev::build(&keys, maglev_size));
+                        let maglev_local = wants_local.then(|| {
+                            let lkeys: Vec<u64> = local_idx
+                                .iter()
+                                .filter_map(|&i| backends.get(usize::from(i)))
+                                .map(|b| backend_key(b.ip, b.port))
+                                .collect();
+                            tables.push(&Maglev::build(&lkeys, maglev_size).remap(&local_idx))
+                        });
+                        (maglev, maglev_local)
+                    }
+                };
+                let proto = p.proto.number();
+                let fe = |kind| Frontend {
+                    kind,
+                    service_port: id,
+                };
+                for ip in &svc.cluster_ips {
+                    frontends.insert((u32::from(*ip), proto, p.port), fe(FrontendKind::ClusterIp));
+                }
+                for ip in &svc.external_ips {
+                    frontends.insert(
+                        (u32::from(*ip), proto, p.port),
+                        fe(FrontendKind::ExternalIp),
+                    );
+                }
+                for ip in &svc.load_balancer_ips {
+                    frontends
+                        .entry((u32::from(*ip), proto, p.port))
+                        .or_insert(fe(FrontendKind::LoadBalancer));
+                }
+                if let Some(np) = p.node_port {
+                    node_ports.insert((proto, np), id);
+                }
+                service_ports.push(ServicePort {
+                    id,
+                    stable_id,
+                    name: ServicePortName {
+                        namespace: svc.namespace.clone(),
+                        service: svc.name.clone(),
+                        port: p.name.clone(),
+                    },
+                    proto: p.proto,
+                    port: p.port,
+                    node_port: p.node_port,
+                    local_backends: u32::try_from(local_idx.len()).unwrap_or(u32::MAX),
+                    backends,
+                    maglev,
+                    maglev_local,
+                    affinity_timeout_secs: svc.affinity_timeout_secs,
+                    external_local: svc.external_local,
+                    internal_local: svc.internal_local,
+                    source_ranges: svc.source_ranges.clone(),
+                    health_check_node_port: svc.health_check_node_port,
+                    total_endpoints: u32::try_from(p.endpoints.len()).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        ServiceTables {
+            service_ports,
+            maglev: tables.finish(),
+            built,
+            frontends,
+            node_ports,
+            live_backends,
+        }
+    }
+}
+
+/// The node's IPs NodePorts answer on (never loopback), and every address of
+/// the node (those and the underlay IP), sorted.
+fn node_addresses(node: &NodeInfo) -> (Vec<u32>, Vec<u32>) {
+    let node_ips: Vec<u32> = node
+        .node_ips
+        .iter()
+        .filter(|ip| !ip.is_loopback())
+        .map(|ip| u32::from(*ip))
+        .collect();
+    let mut own_ips = node_ips.clone();
+    own_ips.extend(node.underlay_ip.map(u32::from));
+    own_ips.sort_unstable();
+    own_ips.dedup();
+    (node_ips, own_ips)
+}
+
+/// Remote nodes' pod CIDRs grouped by mask, longest prefix first; within one
+/// length the first node listed wins.
+fn remote_routes(nodes: &[RemoteNode]) -> Vec<(u32, HashMap<u32, usize>)> {
+    let mut routes: Vec<(u32, HashMap<u32, usize>)> = Vec::new();
+    let mut by_len: Vec<(u8, u32, usize)> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| {
+            n.pod_cidrs
+                .iter()
+                .map(move |c| (c.prefix_len(), c.network_u32(), i))
+        })
+        .collect();
+    by_len.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    for (len, net, i) in by_len {
+        let mask = Ipv4Cidr::new(Ipv4Addr::from(net), len)
+            .map(|c| c.mask())
+            .unwrap_or(u32::MAX);
+        if routes.last().is_none_or(|(m, _)| *m != mask) {
+            routes.push((mask, HashMap::new()));
+        }
+        if let Some((_, map)) = routes.last_mut() {
+            map.entry(net).or_insert(i);
+        }
+    }
+    routes
 }
 
 /// kube-proxy's endpoint filtering (docs/design.md §4 item 3): ready endpoints (unset =
