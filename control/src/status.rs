@@ -316,101 +316,100 @@ async fn status(State(ctx): State<Ctx>) -> Json<Value> {
 pub fn metrics_text(state: &AgentState) -> String {
     let mut reg = Registry::with_prefix("nodeplane");
     let (c, min_gen, entries, capacity) = summed(state);
-    let counter = |v: u64| {
-        let x = Counter::<u64>::default();
-        x.inc_by(v);
-        x
-    };
-    let gauge = |v: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(v);
-        g
-    };
     for (f, v) in c.fields() {
         reg.register(f.metric, f.help, counter(v));
     }
-    let drops = Family::<Vec<(String, String)>, Counter<u64>>::default();
-    for (r, n) in c.drop_counts() {
-        drops
-            .get_or_create(&vec![("reason".to_string(), r.name().to_string())])
-            .inc_by(n);
-    }
-    reg.register("drops", "Frames dropped, by reason", drops);
-    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    reg.register(
-        "flow_table_entries",
-        "Flows in the workers' flow tables",
-        gauge(to_i64(entries)),
-    );
-    reg.register(
-        "flow_table_capacity",
-        "Flow-table capacity over all workers",
-        gauge(to_i64(capacity)),
+    let drops = c.drop_counts().map(|(r, n)| (r.name().to_string(), n));
+    register_family(
+        &mut reg,
+        "drops",
+        "Frames dropped, by reason",
+        "reason",
+        drops,
     );
     let snap = state.tables.load_full();
-    reg.register(
-        "table_generation",
-        "Published table generation",
-        gauge(to_i64(snap.generation)),
-    );
-    reg.register(
-        "worker_min_generation",
-        "Lowest table generation any worker runs",
-        gauge(to_i64(min_gen.unwrap_or(0))),
-    );
-    reg.register(
-        "services",
-        "Service ports programmed",
-        gauge(to_i64(snap.service_ports.len() as u64)),
-    );
     let publish = lock(&state.last_publish).clone();
-    reg.register(
-        "sync_duration_microseconds",
-        "Time to reduce and build the last published tables",
-        gauge(to_i64(publish.build_us)),
-    );
-    reg.register(
-        "network_programming_latency_microseconds",
-        "Object change seen to every worker on the new generation, last publication",
-        gauge(to_i64(publish.programming_latency_us.unwrap_or(0))),
-    );
-    let ring = Family::<Vec<(String, String)>, Counter<u64>>::default();
-    for w in lock(&state.workers).iter() {
-        let x = w.load().xsk.clone();
-        for (k, v) in [
-            ("rx_dropped", x.rx_dropped),
-            ("rx_ring_full", x.rx_ring_full),
-            ("fill_ring_empty", x.fill_ring_empty),
-            ("tx_invalid", x.tx_invalid),
-        ] {
-            ring.get_or_create(&vec![("reason".to_string(), k.to_string())])
-                .inc_by(v);
-        }
+    for (name, help, v) in [
+        (
+            "flow_table_entries",
+            "Flows in the workers' flow tables",
+            entries,
+        ),
+        (
+            "flow_table_capacity",
+            "Flow-table capacity over all workers",
+            capacity,
+        ),
+        (
+            "table_generation",
+            "Published table generation",
+            snap.generation,
+        ),
+        (
+            "worker_min_generation",
+            "Lowest table generation any worker runs",
+            min_gen.unwrap_or(0),
+        ),
+        (
+            "services",
+            "Service ports programmed",
+            snap.service_ports.len() as u64,
+        ),
+        (
+            "sync_duration_microseconds",
+            "Time to reduce and build the last published tables",
+            publish.build_us,
+        ),
+        (
+            "network_programming_latency_microseconds",
+            "Object change seen to every worker on the new generation, last publication",
+            publish.programming_latency_us.unwrap_or(0),
+        ),
+    ] {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        reg.register(name, help, g);
     }
-    reg.register(
+    let ring: Vec<(String, u64)> = lock(&state.workers)
+        .iter()
+        .flat_map(|w| {
+            let x = w.load().xsk.clone();
+            [
+                ("rx_dropped", x.rx_dropped),
+                ("rx_ring_full", x.rx_ring_full),
+                ("fill_ring_empty", x.fill_ring_empty),
+                ("tx_invalid", x.tx_invalid),
+            ]
+        })
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    register_family(
+        &mut reg,
         "afxdp_kernel_drops",
         "Frames the kernel dropped at the workers' AF_XDP sockets, by reason",
+        "reason",
         ring,
     );
-    let xdp = Family::<Vec<(String, String)>, Counter<u64>>::default();
-    for (k, v) in lock(&state.steering).iter() {
-        xdp.get_or_create(&vec![("decision".to_string(), k.clone())])
-            .inc_by(*v);
-    }
-    reg.register(
+    let xdp: Vec<(String, u64)> = lock(&state.steering)
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    register_family(
+        &mut reg,
         "xdp_decisions",
         "The XDP steering program's decisions (redirect_* to a worker, pass_* to the kernel)",
+        "decision",
         xdp,
     );
-    let errors = Family::<Vec<(String, String)>, Counter<u64>>::default();
-    for s in lock(&state.sources).iter() {
-        errors
-            .get_or_create(&vec![("source".to_string(), s.name.clone())])
-            .inc_by(s.errors);
-    }
-    reg.register(
+    let errors: Vec<(String, u64)> = lock(&state.sources)
+        .iter()
+        .map(|s| (s.name.clone(), s.errors))
+        .collect();
+    register_family(
+        &mut reg,
         "source_errors",
         "Errors reading Kubernetes objects, by source",
+        "source",
         errors,
     );
     let mut out = String::new();
@@ -418,6 +417,29 @@ pub fn metrics_text(state: &AgentState) -> String {
         out = "# encoding failed\n# EOF\n".into();
     }
     out
+}
+
+fn counter(v: u64) -> Counter<u64> {
+    let x = Counter::<u64>::default();
+    x.inc_by(v);
+    x
+}
+
+/// A counter family with one label; values of the same label value add up.
+fn register_family(
+    reg: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (String, u64)>,
+) {
+    let family = Family::<Vec<(String, String)>, Counter<u64>>::default();
+    for (k, v) in values {
+        family
+            .get_or_create(&vec![(label.to_string(), k)])
+            .inc_by(v);
+    }
+    reg.register(name, help, family);
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> Response {
