@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use dataplane::flow::FlowTable;
 use dataplane::{process_batch, Frame, Verdict};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::snapshot::{
     EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec,
     Snapshot, TableSpec,
@@ -21,12 +21,15 @@ use shared::wire::checksum;
 use shared::{Counters, L4Proto};
 
 const HEADROOM: usize = 128;
-const SLOT: usize = 256;
+/// The outer headers of the benchmark's VXLAN frames.
+const OUTER: usize = 50;
+/// The largest inner frame that fits a 1,514-byte outer frame.
+pub const MAX_FRAME_BYTES: usize = 1464;
 const POD_IFINDEX_BASE: u32 = 100;
 const LOCAL_PODS: u32 = 200;
 
 /// Which path to measure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
     /// Every packet belongs to a flow already in the table.
@@ -62,12 +65,32 @@ pub struct PipelineArgs {
     /// agent's default is 262144.
     #[arg(long)]
     pub capacity: Option<usize>,
+    /// Inner frame size in bytes (Ethernet to the end of the UDP payload),
+    /// 64–1464; the outer VXLAN frame is 50 bytes more.
+    #[arg(long, default_value_t = 64)]
+    pub frame_bytes: usize,
+    /// Model an AF_XDP adapter whose tx descriptors must start where the rx
+    /// descriptor did (xsk-rs): after the pipeline, every transmitted frame
+    /// whose start moved (decapsulation) is moved back with `copy_within`.
+    #[arg(long)]
+    pub fixed_start: bool,
+    /// Also count the instructions per packet inside `process_batch` with
+    /// `valgrind --tool=callgrind`: two runs of this binary under valgrind (N
+    /// and 2N packets, same flows), the difference of their counts over the
+    /// difference of their packets, so set-up and warm-up cancel out. The same
+    /// binary and input give the same count on any machine.
+    #[arg(long)]
+    pub instructions: bool,
+    /// Also measure the 1,000-flow, 10-Service established path (everything in
+    /// cache) in the same run and report this run's ns/packet against it.
+    #[arg(long)]
+    pub baseline: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PipelineResult {
     pub path: PathKind,
     pub flows: usize,
@@ -79,6 +102,19 @@ pub struct PipelineResult {
     pub mpps: f64,
     pub copy_ns_per_packet: f64,
     pub pipeline_only_ns_per_packet: f64,
+    /// Inner frame bytes (`--frame-bytes`).
+    pub frame_bytes: usize,
+    /// Frames moved back to their rx start after the pipeline (`--fixed-start`).
+    pub fixed_start: bool,
+    /// Instructions per packet inside `process_batch` (`--instructions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions_per_packet: Option<f64>,
+    /// The 1,000-flow established path's ns/packet, measured in the same run
+    /// (`--baseline`), and this run's figure over it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_ns_per_packet: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_baseline: Option<f64>,
     pub tx: u64,
     pub drops: u64,
     pub flows_created: u64,
@@ -162,9 +198,12 @@ fn service_addr(i: usize) -> (Ipv4Addr, u16) {
     (ip, 53 + (i / 4000) as u16)
 }
 
-/// A VXLAN frame (114 bytes: 50 outer + 64 inner) from node-b.
-pub fn template() -> Vec<u8> {
-    let mut f = vec![0u8; 114];
+/// A VXLAN frame (50 outer bytes + a `frame_bytes` inner frame, 64 by default)
+/// from node-b.
+pub fn template(frame_bytes: usize) -> Vec<u8> {
+    let inner = frame_bytes.clamp(64, MAX_FRAME_BYTES);
+    let be = |n: usize| u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes();
+    let mut f = vec![0u8; OUTER + inner];
     // outer Ethernet
     f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 3]);
@@ -172,7 +211,7 @@ pub fn template() -> Vec<u8> {
     // outer IPv4
     let ip = 14;
     f[ip] = 0x45;
-    f[ip + 2..ip + 4].copy_from_slice(&100u16.to_be_bytes());
+    f[ip + 2..ip + 4].copy_from_slice(&be(OUTER + inner - 14));
     f[ip + 8] = 64;
     f[ip + 9] = 17;
     f[ip + 12..ip + 16].copy_from_slice(&[198, 18, 0, 3]);
@@ -183,7 +222,7 @@ pub fn template() -> Vec<u8> {
     let u = 34;
     f[u..u + 2].copy_from_slice(&49152u16.to_be_bytes());
     f[u + 2..u + 4].copy_from_slice(&8472u16.to_be_bytes());
-    f[u + 4..u + 6].copy_from_slice(&80u16.to_be_bytes());
+    f[u + 4..u + 6].copy_from_slice(&be(OUTER + inner - 34));
     // VXLAN
     f[42] = 0x08;
     f[48] = 1; // VNI 1 (bytes 46..49)
@@ -192,10 +231,10 @@ pub fn template() -> Vec<u8> {
     f[e..e + 6].copy_from_slice(&[2, 0, 0, 0, 1, 1]);
     f[e + 6..e + 12].copy_from_slice(&[2, 0, 0, 0, 3, 1]);
     f[e + 12..e + 14].copy_from_slice(&[0x08, 0x00]);
-    // inner IPv4 (50 bytes: 20 + 8 + 22 payload)
+    // inner IPv4 (20 + 8 + payload: 50 bytes for a 64-byte frame)
     let i = 64;
     f[i] = 0x45;
-    f[i + 2..i + 4].copy_from_slice(&50u16.to_be_bytes());
+    f[i + 2..i + 4].copy_from_slice(&be(inner - 14));
     f[i + 8] = 64;
     f[i + 9] = 17;
     f[i + 12..i + 16].copy_from_slice(&[198, 19, 3, 10]);
@@ -206,7 +245,7 @@ pub fn template() -> Vec<u8> {
     let iu = 84;
     f[iu..iu + 2].copy_from_slice(&1024u16.to_be_bytes());
     f[iu + 2..iu + 4].copy_from_slice(&53u16.to_be_bytes());
-    f[iu + 4..iu + 6].copy_from_slice(&30u16.to_be_bytes());
+    f[iu + 4..iu + 6].copy_from_slice(&be(inner - 34));
     f
 }
 
@@ -381,9 +420,19 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
     };
     let mut flows = FlowTable::new(capacity);
     let mut counters = Counters::default();
-    let tmpl = template();
+    anyhow::ensure!(
+        (64..=MAX_FRAME_BYTES).contains(&args.frame_bytes),
+        "--frame-bytes must be 64..={MAX_FRAME_BYTES}"
+    );
+    let tmpl = template(args.frame_bytes);
     let batch = args.batch;
-    let mut bufs = vec![[0u8; SLOT]; batch];
+    // One slot per frame: headroom, the frame, room to spare, in 256-byte steps.
+    let slot = (HEADROOM + tmpl.len() + 64).next_multiple_of(256);
+    let mut bufs = Bufs {
+        bytes: vec![0u8; slot * batch],
+        slot,
+        fixed_start: args.fixed_start,
+    };
     let mut verdicts = vec![Verdict::Pass; batch];
     let clock = Instant::now();
     let order = match args.path {
@@ -396,7 +445,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
         while (n as usize) < args.flows {
             let k = batch.min(args.flows - n as usize);
             run_batch(
-                &mut bufs[..k],
+                &mut bufs,
                 &mut verdicts[..k],
                 &tmpl,
                 n,
@@ -428,7 +477,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
     let t = Instant::now();
     while sent < args.packets {
         for _ in 0..64 {
-            for slot in bufs.iter_mut() {
+            for slot in bufs.slots() {
                 prepare(slot, &tmpl, &flows_in.next_fields());
             }
             let now = monotonic_ns(clock);
@@ -454,7 +503,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
     let mut sink = 0u8;
     let mut m = 0u64;
     while m < sent {
-        for slot in bufs.iter_mut() {
+        for slot in bufs.slots() {
             prepare(slot, &tmpl, &flows_in.next_fields());
             sink ^= slot[HEADROOM + 77];
         }
@@ -488,6 +537,11 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
         mpps: sent as f64 / elapsed / 1e6,
         copy_ns_per_packet: copy_ns,
         pipeline_only_ns_per_packet: (ns - copy_ns).max(0.0),
+        frame_bytes: args.frame_bytes,
+        fixed_start: args.fixed_start,
+        instructions_per_packet: None,
+        baseline_ns_per_packet: None,
+        ratio_to_baseline: None,
         tx,
         drops,
         flows_created: counters.flows_created - warm.flows_created,
@@ -501,7 +555,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
 
 #[allow(clippy::too_many_arguments)]
 fn run_batch(
-    bufs: &mut [[u8; SLOT]],
+    bufs: &mut Bufs,
     verdicts: &mut [Verdict],
     tmpl: &[u8],
     first: u64,
@@ -512,7 +566,7 @@ fn run_batch(
     counters: &mut Counters,
     clock: &Instant,
 ) {
-    for (i, slot) in bufs.iter_mut().enumerate() {
+    for (i, slot) in bufs.slots().enumerate().take(verdicts.len()) {
         prepare(slot, tmpl, &flow_fields(first + i as u64 * step, services));
     }
     process_slots(
@@ -526,9 +580,24 @@ fn run_batch(
     );
 }
 
-/// Wraps the slots as frames (on the stack, no allocation) and runs the pipeline.
+/// The frame slots of one batch, in one buffer.
+struct Bufs {
+    bytes: Vec<u8>,
+    slot: usize,
+    fixed_start: bool,
+}
+
+impl Bufs {
+    fn slots(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        self.bytes.chunks_exact_mut(self.slot)
+    }
+}
+
+/// Wraps the slots as frames (on the stack, no allocation) and runs the
+/// pipeline; with `fixed_start`, then moves every transmitted frame whose start
+/// moved back to where it was received.
 fn process_slots(
-    bufs: &mut [[u8; SLOT]],
+    bufs: &mut Bufs,
     verdicts: &mut [Verdict],
     tmpl: &[u8],
     snap: &Snapshot,
@@ -537,20 +606,137 @@ fn process_slots(
     now: u64,
 ) {
     let len = tmpl.len();
-    let mut it = bufs.iter_mut();
-    let mut frames: [Frame<'_>; 64] = std::array::from_fn(|_| match it.next() {
-        Some(b) => Frame::new(&mut b[..], HEADROOM, len, 2),
-        None => Frame::new(&mut [], 0, 0, 2),
-    });
+    let fixed = bufs.fixed_start;
     let n = verdicts.len().min(64);
-    process_batch(
-        &mut frames[..n],
-        &mut verdicts[..n],
-        snap,
-        flows,
-        counters,
-        now,
+    let mut moved = [(HEADROOM, 0usize); 64];
+    {
+        let mut it = bufs.slots();
+        let mut frames: [Frame<'_>; 64] = std::array::from_fn(|_| match it.next() {
+            Some(b) => Frame::new(b, HEADROOM, len, 2),
+            None => Frame::new(&mut [], 0, 0, 2),
+        });
+        process_batch(
+            &mut frames[..n],
+            &mut verdicts[..n],
+            snap,
+            flows,
+            counters,
+            now,
+        );
+        if fixed {
+            for (m, f) in moved.iter_mut().zip(&frames[..n]) {
+                *m = (f.offset(), f.len());
+            }
+        }
+    }
+    if fixed {
+        for ((slot, &(off, l)), v) in bufs.slots().zip(&moved[..n]).zip(&verdicts[..n]) {
+            if matches!(v, Verdict::Tx { .. }) && off != HEADROOM {
+                slot.copy_within(off..off + l, HEADROOM);
+            }
+        }
+    }
+}
+
+/// `run`, with the instruction count and the in-run baseline when asked for.
+pub fn run_all(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
+    let baseline = if args.baseline {
+        let b = run(&PipelineArgs {
+            flows: 1000,
+            services: 10,
+            path: PathKind::Established,
+            frame_bytes: 64,
+            fixed_start: false,
+            capacity: None,
+            packets: args.packets.min(10_000_000),
+            ..args.clone()
+        })?;
+        Some(b.ns_per_packet)
+    } else {
+        None
+    };
+    let mut r = run(args)?;
+    if let Some(b) = baseline {
+        r.baseline_ns_per_packet = Some(b);
+        r.ratio_to_baseline = Some(r.ns_per_packet / b);
+    }
+    if args.instructions {
+        r.instructions_per_packet = Some(instructions_per_packet(args)?);
+    }
+    Ok(r)
+}
+
+/// Instructions per packet inside `process_batch`, counted by callgrind: this
+/// binary run twice under valgrind with the same arguments, N and 2N packets.
+fn instructions_per_packet(args: &PipelineArgs) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    // Enough packets that the batch loop dominates; the test suite asks for fewer.
+    let n = std::env::var("NODEPLANE_CALLGRIND_PACKETS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(match args.path {
+            PathKind::Established => 200_000,
+            PathKind::New => 100_000,
+        });
+    let mut counts = Vec::new();
+    for packets in [n, 2 * n] {
+        let out_file = std::env::temp_dir().join(format!(
+            "nodeplane-callgrind-{}-{packets}.out",
+            std::process::id()
+        ));
+        let mut cmd = std::process::Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg("--toggle-collect=*process_batch*")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(&exe)
+            .arg("pipeline")
+            .args(["--flows", &args.flows.to_string()])
+            .args(["--services", &args.services.to_string()])
+            .args(["--batch", &args.batch.to_string()])
+            .args(["--packets", &packets.to_string()])
+            .args(["--seconds", "600"])
+            .args(["--core", &args.core.to_string()])
+            .args(["--frame-bytes", &args.frame_bytes.to_string()])
+            .args([
+                "--path",
+                match args.path {
+                    PathKind::Established => "established",
+                    PathKind::New => "new",
+                },
+            ])
+            .arg("--json");
+        if let Some(c) = args.capacity {
+            cmd.args(["--capacity", &c.to_string()]);
+        }
+        if args.fixed_start {
+            cmd.arg("--fixed-start");
+        }
+        let out = cmd.output().map_err(|e| {
+            anyhow::anyhow!("--instructions needs valgrind (apt-get install valgrind): {e}")
+        })?;
+        let _ = std::fs::remove_file(&out_file);
+        anyhow::ensure!(
+            out.status.success(),
+            "valgrind run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let collected = stderr
+            .lines()
+            .find_map(|l| l.split("Collected :").nth(1))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no 'Collected' line in callgrind's output"))?;
+        let sent: PipelineResult = serde_json::from_slice(&out.stdout)
+            .map_err(|e| anyhow::anyhow!("the run under valgrind printed no result: {e}"))?;
+        counts.push((collected, sent.packets));
+    }
+    let (i1, p1) = counts[0];
+    let (i2, p2) = counts[1];
+    anyhow::ensure!(
+        p2 > p1 && i2 >= i1,
+        "callgrind counts do not grow with packets"
     );
+    Ok((i2 - i1) as f64 / (p2 - p1) as f64)
 }
 
 /// Prints a result as JSON or as a readable line.
@@ -572,6 +758,12 @@ pub fn print(r: &PipelineResult, json: bool) -> anyhow::Result<()> {
             r.drops,
             r.flow_evictions
         );
+        if let Some(i) = r.instructions_per_packet {
+            println!("  {i:.0} instructions per packet (callgrind, process_batch only)");
+        }
+        if let (Some(b), Some(x)) = (r.baseline_ns_per_packet, r.ratio_to_baseline) {
+            println!("  {x:.2}x the 1,000-flow baseline of this run ({b:.1} ns/packet)");
+        }
     }
     Ok(())
 }
@@ -604,21 +796,55 @@ mod tests {
         }
     }
 
+    fn args(path: PathKind) -> PipelineArgs {
+        PipelineArgs {
+            flows: 500,
+            services: 3,
+            path,
+            batch: 64,
+            packets: 20_000,
+            seconds: 10.0,
+            core: 0,
+            capacity: None,
+            frame_bytes: 64,
+            fixed_start: false,
+            instructions: false,
+            baseline: false,
+            json: true,
+        }
+    }
+
+    #[test]
+    fn large_frames_and_fixed_starts_forward_every_packet() {
+        for (bytes, fixed) in [(1464, false), (1464, true), (64, true)] {
+            let r = run(&PipelineArgs {
+                frame_bytes: bytes,
+                fixed_start: fixed,
+                ..args(PathKind::Established)
+            })
+            .expect("benchmark run");
+            assert_eq!(r.drops, 0, "{bytes} bytes");
+            assert!(
+                r.tx >= r.packets,
+                "{bytes} bytes: {} of {}",
+                r.tx,
+                r.packets
+            );
+        }
+        let t = template(1464);
+        assert_eq!(t.len(), 1514);
+        let ip = shared::wire::Ipv4Packet::new_checked(&t[64..]).expect("inner IPv4");
+        assert_eq!(usize::from(ip.total_len()), 1450);
+        assert!(ip.verify_checksum());
+        let outer = shared::wire::Ipv4Packet::new_checked(&t[14..]).expect("outer IPv4");
+        assert_eq!(usize::from(outer.total_len()), 1500);
+        assert!(outer.verify_checksum());
+    }
+
     #[test]
     fn a_short_run_forwards_every_packet_on_both_paths() {
         for path in [PathKind::Established, PathKind::New] {
-            let r = run(&PipelineArgs {
-                flows: 500,
-                services: 3,
-                path,
-                batch: 64,
-                packets: 20_000,
-                seconds: 10.0,
-                core: 0,
-                capacity: None,
-                json: true,
-            })
-            .expect("benchmark run");
+            let r = run(&args(path)).expect("benchmark run");
             assert_eq!(r.drops, 0, "{path:?}");
             assert!(
                 r.tx >= r.packets,

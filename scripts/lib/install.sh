@@ -18,7 +18,7 @@ np_install() {
         iptables:iptables tcpdump:tcpdump python3-scapy:/usr/lib/python3/dist-packages/scapy \
         netsniff-ng:trafgen sockperf:sockperf containernetworking-plugins:/usr/lib/cni/host-local \
         libbpf-dev:/usr/include/bpf/libbpf.h gcc-multilib:/usr/include/x86_64-linux-gnu/gnu/stubs-32.h \
-        util-linux:nsenter; do
+        util-linux:nsenter valgrind:valgrind; do
         pkg=${pair%%:*}
         cmd=${pair#*:}
         if [[ "$cmd" == /* ]]; then
@@ -37,4 +37,13 @@ np_install() {
         exit 1
     fi
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+}
+
+# The test runner CI uses everywhere (built from crates.io once, then cached in
+# ~/.cargo/bin).
+np_install_nextest() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        echo "installing cargo-nextest from crates.io" >&2
+        cargo install cargo-nextest --locked --quiet >&2
+    fi
 }

@@ -29,7 +29,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Pipeline(args) => {
-            let r = perf::pipeline_bench::run(&args)?;
+            let r = perf::pipeline_bench::run_all(&args)?;
             perf::pipeline_bench::print(&r, args.json)
         }
         Command::Gen(args) => {

@@ -1,0 +1,49 @@
+//! `nodeplane-perf pipeline --instructions --baseline` end to end: the binary
+//! runs itself under callgrind and reports a plausible instruction count per
+//! packet, and an in-run baseline. Needs valgrind (installed by scripts/test).
+
+use std::process::Command;
+
+#[test]
+fn instruction_count_and_baseline_are_reported() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeplane-perf"))
+        .args([
+            "pipeline",
+            "--flows",
+            "200",
+            "--services",
+            "3",
+            "--packets",
+            "20000",
+            "--seconds",
+            "30",
+            "--core",
+            "0",
+            "--instructions",
+            "--baseline",
+            "--json",
+        ])
+        .env("NODEPLANE_CALLGRIND_PACKETS", "8192")
+        .output()
+        .expect("run nodeplane-perf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let ipp = v["instructions_per_packet"]
+        .as_f64()
+        .expect("instructions_per_packet");
+    // A packet through decap, conntrack, rewrite and route is hundreds of
+    // instructions (a debug build: thousands), never a handful or millions.
+    assert!(
+        (100.0..100_000.0).contains(&ipp),
+        "{ipp} instructions/packet"
+    );
+    let base = v["baseline_ns_per_packet"].as_f64().expect("baseline");
+    let ratio = v["ratio_to_baseline"].as_f64().expect("ratio");
+    assert!(base > 0.0 && ratio > 0.0);
+    let ns = v["ns_per_packet"].as_f64().unwrap();
+    assert!((ns / base - ratio).abs() < 1e-9);
+}
