@@ -81,6 +81,7 @@ fn run_with_pool(
         node_name: settings.node_name.clone(),
         uplink_ifindex: uplink.ifindex,
         uplink_mac: uplink.mac,
+        uplink_mtu: uplink.mtu,
         uplink_ip: uplink.ipv4,
         vtep_mac: settings.vtep_mac,
         overlay: shared::snapshot::OverlayConfig {

@@ -43,6 +43,8 @@ pub struct LocalConfig {
     pub node_name: String,
     pub uplink_ifindex: u32,
     pub uplink_mac: Mac,
+    /// The uplink's MTU (0: unknown).
+    pub uplink_mtu: u32,
     pub uplink_ip: Option<Ipv4Addr>,
     pub vtep_mac: Mac,
     pub overlay: OverlayConfig,
@@ -59,6 +61,7 @@ impl Default for LocalConfig {
             node_name: String::new(),
             uplink_ifindex: 0,
             uplink_mac: [0; 6],
+            uplink_mtu: 0,
             uplink_ip: None,
             vtep_mac: [0; 6],
             overlay: OverlayConfig::default(),
@@ -499,6 +502,7 @@ fn local_node(node: Option<&Node>, cfg: &LocalConfig, notes: &mut Notes) -> Node
         pod_cidrs: Vec::new(),
         uplink_ifindex: cfg.uplink_ifindex,
         uplink_mac: cfg.uplink_mac,
+        uplink_mtu: cfg.uplink_mtu,
         vtep_mac: cfg.vtep_mac,
     };
     let Some(node) = node else {

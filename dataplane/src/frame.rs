@@ -19,6 +19,9 @@ pub enum Verdict {
     /// Another worker owns this frame's flow: hand it, unmodified, to that
     /// worker (multi-worker operation; see `FlowTable::set_ownership`).
     Handoff { worker: u16 },
+    /// The pipeline kept a copy (an IP fragment waiting for its datagram's
+    /// first fragment, see `frag`); the frame itself can be freed.
+    Held,
 }
 
 /// One packet in a batch.

@@ -6,7 +6,7 @@ mod support;
 
 use std::net::Ipv4Addr;
 
-use dataplane::flow::FlowTable;
+use dataplane::WorkerState;
 use dataplane::{process_batch, Frame, Verdict};
 use proptest::prelude::*;
 use shared::snapshot::Snapshot;
@@ -44,7 +44,7 @@ fn lab() -> Snapshot {
 /// checksums), so checksums are verified only when `valid_input`.
 fn run_batch(
     s: &Snapshot,
-    flows: &mut FlowTable,
+    flows: &mut WorkerState,
     inputs: &[(u32, Vec<u8>)],
     valid_input: bool,
 ) -> Vec<Verdict> {
@@ -72,7 +72,7 @@ fn run_batch(
     assert_eq!(c.rx_packets, inputs.len() as u64);
     assert_eq!(
         c.rx_packets,
-        c.forwarded + c.handed_off + c.total_drops() + c.passed,
+        c.forwarded + c.handed_off + c.total_drops() + c.passed + c.fragments_held,
         "{c:?}"
     );
     for (f, v) in frames.iter().zip(&verdicts) {
@@ -158,7 +158,7 @@ proptest! {
         (prop_oneof![Just(UPLINK), Just(A1_IF), Just(A2_IF), any::<u32>()],
          proptest::collection::vec(any::<u8>(), 0..300)), 1..80)) {
         let s = lab();
-        let mut flows = FlowTable::new(1024);
+        let mut flows = WorkerState::new(1024);
         run_batch(&s, &mut flows, &batch, false);
     }
 
@@ -167,7 +167,7 @@ proptest! {
         (any::<u8>(), 1u8..250, any::<u16>(), proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
          any::<prop::sample::Index>(), any::<bool>()), 1..64)) {
         let s = lab();
-        let mut flows = FlowTable::new(1024);
+        let mut flows = WorkerState::new(1024);
         let batch: Vec<(u32, Vec<u8>)> = seeds.into_iter().map(|(kind, a, port, flips, cut, truncate)| {
             let (ifx, mut f) = valid_frame(kind, a, port);
             for (at, byte) in flips {
@@ -187,7 +187,7 @@ proptest! {
     #[test]
     fn valid_batches_keep_checksums_valid(seeds in proptest::collection::vec((any::<u8>(), 1u8..250, 1024u16..65535), 1..64)) {
         let s = lab();
-        let mut flows = FlowTable::new(4096);
+        let mut flows = WorkerState::new(4096);
         let batch: Vec<(u32, Vec<u8>)> = seeds.into_iter().map(|(k, a, p)| valid_frame(k, a, p)).collect();
         let v = run_batch(&s, &mut flows, &batch, true);
         prop_assert!(v.iter().all(|v| matches!(v, Verdict::Tx { .. })), "{:?}", v);
@@ -248,15 +248,15 @@ fn forward_all(
     inputs: &[(u32, Vec<u8>)],
     one_at_a_time: bool,
 ) -> (Vec<(Verdict, Vec<u8>)>, Counters, usize) {
-    let mut flows = FlowTable::new(4096);
+    let mut flows = WorkerState::new(4096);
     let (out, c) = forward_on(s, &mut flows, inputs, one_at_a_time);
-    (out, c, flows.len())
+    (out, c, flows.flows.len())
 }
 
 /// `forward_all` on a given flow table.
 fn forward_on(
     s: &Snapshot,
-    flows: &mut FlowTable,
+    flows: &mut WorkerState,
     inputs: &[(u32, Vec<u8>)],
     one_at_a_time: bool,
 ) -> (Vec<(Verdict, Vec<u8>)>, Counters) {
@@ -298,8 +298,8 @@ fn mixed_batch_forwards_like_one_at_a_time(
     opening: &[(u32, Vec<u8>)],
     mixed: impl FnOnce(&[(u32, Vec<u8>)]) -> Vec<(u32, Vec<u8>)>,
 ) -> Result<(), TestCaseError> {
-    let mut t_batch = FlowTable::new(4096);
-    let mut t_single = FlowTable::new(4096);
+    let mut t_batch = WorkerState::new(4096);
+    let mut t_single = WorkerState::new(4096);
     let (out, _) = forward_on(s, &mut t_batch, opening, true);
     forward_on(s, &mut t_single, opening, true);
     let replies: Vec<(u32, Vec<u8>)> = out.iter().filter_map(|(v, b)| reply_to(*v, b)).collect();
@@ -310,7 +310,7 @@ fn mixed_batch_forwards_like_one_at_a_time(
         prop_assert_eq!(x, y, "frame {}", i);
     }
     prop_assert_eq!(bc, sc);
-    prop_assert_eq!(t_batch.len(), t_single.len());
+    prop_assert_eq!(t_batch.flows.len(), t_single.flows.len());
     Ok(())
 }
 
@@ -451,7 +451,7 @@ proptest! {
             .filter(|&&(k, _)| k % 8 < 5)
             .map(|&(k, p)| clashing_frame(k, p))
             .collect();
-        let mut t = FlowTable::new(4096);
+        let mut t = WorkerState::new(4096);
         let (out, _) = forward_on(&s, &mut t, &opens, true);
         for ((_, sent), (v, fwd)) in opens.iter().zip(&out) {
             let Some(r) = reply_to(*v, fwd) else { continue };

@@ -7,8 +7,7 @@
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
-use dataplane::flow::FlowTable;
-use dataplane::{process_batch, Frame, Verdict};
+use dataplane::{process_batch, Frame, Verdict, WorkerState};
 use libfuzzer_sys::fuzz_target;
 use shared::snapshot::{
     EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec, Snapshot, TableSpec,
@@ -35,6 +34,7 @@ fn snapshot() -> &'static Snapshot {
                 node_ips: vec![Ipv4Addr::new(198, 18, 0, 2)],
                 pod_cidrs: vec!["198.19.1.0/24".parse().unwrap()],
                 uplink_ifindex: 2,
+                uplink_mtu: 1500,
                 uplink_mac: [2, 0, 0, 0, 0, 2],
                 vtep_mac: [2, 0, 0, 0, 1, 1],
             },
@@ -67,7 +67,7 @@ fn snapshot() -> &'static Snapshot {
 
 fuzz_target!(|data: &[u8]| {
     let snap = snapshot();
-    let mut flows = FlowTable::new(1024);
+    let mut flows = WorkerState::new(1024);
     let mut counters = Counters::default();
     let pieces: Vec<&[u8]> = data.split(|&b| b == 0xff).take(64).collect();
     let mut bufs: Vec<Vec<u8>> = pieces
@@ -93,5 +93,5 @@ fuzz_target!(|data: &[u8]| {
         process_batch(&mut frames, &mut verdicts, snap, &mut flows, &mut counters, now);
         assert!(!verdicts.contains(&sentinel));
     }
-    assert_eq!(counters.rx_packets, counters.forwarded + counters.handed_off + counters.total_drops() + counters.passed);
+    assert_eq!(counters.rx_packets, counters.forwarded + counters.handed_off + counters.total_drops() + counters.passed + counters.fragments_held);
 });

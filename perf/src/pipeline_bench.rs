@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use dataplane::flow::FlowTable;
-use dataplane::{process_batch, Frame, Verdict};
+use dataplane::{process_batch, Frame, Verdict, WorkerState};
 use serde::{Deserialize, Serialize};
 use shared::snapshot::{
     EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec,
@@ -171,6 +171,7 @@ pub fn build_snapshot(services: usize) -> Snapshot {
             node_ips: vec![Ipv4Addr::new(198, 18, 0, 2)],
             pod_cidrs: vec!["198.19.1.0/24".parse().expect("static CIDR")],
             uplink_ifindex: 2,
+            uplink_mtu: 1500,
             uplink_mac: [2, 0, 0, 0, 0, 2],
             vtep_mac: [2, 0, 0, 0, 1, 1],
         },
@@ -418,7 +419,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
         (None, PathKind::Established) => (2 * args.flows).max(1024),
         (None, PathKind::New) => (args.packets.min(4_000_000) as usize + 1024).max(args.flows),
     };
-    let mut flows = FlowTable::new(capacity);
+    let mut flows = WorkerState::from(FlowTable::new(capacity));
     let mut counters = Counters::default();
     anyhow::ensure!(
         (64..=MAX_FRAME_BYTES).contains(&args.frame_bytes),
@@ -545,7 +546,7 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
         tx,
         drops,
         flows_created: counters.flows_created - warm.flows_created,
-        flow_evictions: flows.evictions(),
+        flow_evictions: flows.flows.evictions(),
         flow_table_capacity: capacity,
         snapshot_build_s,
         snapshot_rebuild_s,
@@ -562,7 +563,7 @@ fn run_batch(
     step: u64,
     services: usize,
     snap: &Snapshot,
-    flows: &mut FlowTable,
+    flows: &mut WorkerState,
     counters: &mut Counters,
     clock: &Instant,
 ) {
@@ -601,7 +602,7 @@ fn process_slots(
     verdicts: &mut [Verdict],
     tmpl: &[u8],
     snap: &Snapshot,
-    flows: &mut FlowTable,
+    flows: &mut WorkerState,
     counters: &mut Counters,
     now: u64,
 ) {

@@ -60,8 +60,18 @@ drop_reasons! {
         "Shorter than an Ethernet header, or an IPv4 header that fails its checks (version, IHL, total length; the header checksum is not verified).";
     UnsupportedEtherType => "unsupported_ethertype",
         "An EtherType the dataplane does not forward (IPv6, VLAN, ...).";
-    Fragment => "fragment",
-        "An IPv4 fragment (not reassembled yet).";
+    FragmentOverlap => "fragment_overlap",
+        "An IPv4 fragment overlapping one of the same datagram seen before.";
+    FragmentTooBig => "fragment_too_big",
+        "An IPv4 fragment ending beyond 65,535 bytes, or one fragment too many for a datagram.";
+    FragmentNoRoom => "fragment_no_room",
+        "An IPv4 fragment that had to wait for its datagram's first fragment, with the fragment memory full.";
+    FragmentRefused => "fragment_refused",
+        "An IPv4 fragment of a datagram whose first fragment was dropped.";
+    FragmentTimeout => "fragment_timeout",
+        "An IPv4 fragment that waited for its datagram's first fragment longer than the fragment timeout.";
+    FragmentEvicted => "fragment_evicted",
+        "An IPv4 fragment waiting for its datagram's first fragment, pushed out by newer datagrams (the fragment table was full).";
     MalformedL4 => "malformed_l4",
         "The L4 header is truncated or inconsistent.";
     VxlanBadFlags => "vxlan_bad_flags",
@@ -71,7 +81,13 @@ drop_reasons! {
     VxlanShortInner => "vxlan_short_inner",
         "The frame inside the VXLAN header is too short to be Ethernet + IPv4.";
     TtlExceeded => "ttl_exceeded",
-        "The TTL reached zero.";
+        "The TTL reached zero and no ICMP time exceeded was sent (rate limit, or the frame was an ICMP error or a later fragment).";
+    IcmpErrorOfError => "icmp_error_of_error",
+        "An ICMP error quoting an ICMP error: never translated, answered or forwarded.";
+    IcmpErrorNoFlow => "icmp_error_no_flow",
+        "An ICMP error about no flow this node tracks, addressed outside the cluster or to a ClusterIP.";
+    MtuExceeded => "mtu_exceeded",
+        "Too big for the overlay with DF set; an ICMP fragmentation needed was sent unless rate-limited.";
     UnallocatedServiceIp => "unallocated_service_ip",
         "A destination inside the Service CIDR with no Service behind it.";
     NoLocalEndpoint => "no_local_endpoint",
@@ -139,6 +155,12 @@ counters! {
     tx_bytes => "tx_bytes", "Bytes queued on a transmit ring.";
     passed => "passed_packets", "Frames handed to the host's network stack.";
     rejected => "rejected_packets", "Frames answered with a crafted TCP RST or ICMP port unreachable.";
+    icmp_errors_translated => "icmp_errors_translated", "ICMP errors about a tracked flow, translated through its NAT.";
+    icmp_errors_sent => "icmp_errors_sent", "ICMP time exceeded and fragmentation needed sent by the dataplane.";
+    icmp_rate_limited => "icmp_rate_limited", "ICMP errors the dataplane did not send because of the per-destination rate limit.";
+    fragments_held => "fragments_held", "IPv4 fragments kept to wait for their datagram's first fragment.";
+    fragments_released => "fragments_released", "Waiting IPv4 fragments sent on once their first fragment was translated.";
+    fragments_cut => "fragments_cut", "IPv4 fragments cut from frames too big for the overlay (DF clear).";
     decapsulated => "decapsulated_packets", "VXLAN frames decapsulated.";
     encapsulated => "encapsulated_packets", "Frames VXLAN-encapsulated.";
     flow_hits => "flow_hits", "Frames that matched a flow in the flow table.";

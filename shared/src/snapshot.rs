@@ -31,6 +31,8 @@ pub struct NodeInfo {
     /// The uplink interface and its MAC (outer source MAC of encapsulated frames).
     pub uplink_ifindex: u32,
     pub uplink_mac: Mac,
+    /// The uplink's MTU: an encapsulated frame must fit it (0: unknown, no check).
+    pub uplink_mtu: u32,
     /// This node's VTEP MAC (inner source MAC of frames it encapsulates).
     pub vtep_mac: Mac,
 }

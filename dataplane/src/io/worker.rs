@@ -34,6 +34,7 @@ use crate::flow::FlowTable;
 use crate::frame::{Frame, Verdict};
 use crate::pipeline::{process_batch, BATCH};
 use crate::report::{new_slot, LatencySummary, ReportSlot, WorkerReport, XskDrops};
+use crate::state::WorkerState;
 
 /// Most frames taken from one rx ring per batch.
 pub const RX_BATCH: usize = BATCH;
@@ -663,10 +664,10 @@ fn worker_main(ctx: WorkerCtx, handoff: Handoff, ready: Sender<Result<(), IoErro
         active: Vec::new(),
         tx_of: HashMap::new(),
     };
-    let mut flows = FlowTable::new(ctx.flow_capacity);
-    flows.set_ownership(ctx.id as u16, ctx.workers as u16);
+    let mut state = WorkerState::new(ctx.flow_capacity);
+    state.flows.set_ownership(ctx.id as u16, ctx.workers as u16);
     let _ = ready.send(Ok(()));
-    run(&ctx, &region, io, flows, hist, pinned, handoff);
+    run(&ctx, &region, io, state, hist, pinned, handoff);
 }
 
 /// The frames of one batch in the worker's hands: each frame's chunk, where its
@@ -701,13 +702,13 @@ impl<'r> Batch<'r> {
 
     /// Stages 2–7 over the batch, then stage 8 (tx, handoff, or free), and the
     /// batch is empty again.
-    fn run(&mut self, w: &mut WorkerState, snap: &Snapshot, now: u64) {
+    fn run(&mut self, w: &mut Poller, region: &UmemRegion, snap: &Snapshot, now: u64) {
         let nb = self.frames.len();
         process_batch(
             &mut self.frames,
             &mut self.verdicts[..nb],
             snap,
-            &mut w.flows,
+            &mut w.state,
             &mut w.counters,
             now,
         );
@@ -721,13 +722,70 @@ impl<'r> Batch<'r> {
             &mut w.handoff.tx,
         );
         self.frames.clear();
+        if !w.state.frags.extra().is_empty() {
+            send_extra(w, region);
+        }
     }
 }
 
+/// Transmits the frames the pipeline emitted beyond its batch (fragments
+/// released or cut): each copied from the pipeline's arena into a chunk of
+/// this worker's UMEM and queued on the socket of its interface.
+#[cold]
+fn send_extra(w: &mut Poller, region: &UmemRegion) {
+    let Poller {
+        io,
+        state,
+        counters,
+        ..
+    } = w;
+    state.frags.drain_extra(|ifindex, bytes| {
+        let reason = match io.tx_of.get(&ifindex).copied() {
+            None => Some(DropReason::NoRoute),
+            Some(tid) => match io.pool.alloc() {
+                None => Some(DropReason::TxFull),
+                Some(base) => {
+                    let Io { pool, socks, .. } = &mut *io;
+                    // SAFETY: `alloc` just took this chunk off the free list: it
+                    // is in our hands only, distinct from every chunk in use.
+                    let buf = unsafe { region.chunk(base) };
+                    let fits = EXTRA_HEADROOM + bytes.len() <= buf.len();
+                    if fits {
+                        buf[EXTRA_HEADROOM..EXTRA_HEADROOM + bytes.len()].copy_from_slice(bytes);
+                    }
+                    let ok = fits
+                        && socks
+                            .get_mut(usize::from(tid))
+                            .and_then(Option::as_mut)
+                            .is_some_and(|t| {
+                                t.xsk.queue_tx(pool, base, EXTRA_HEADROOM, bytes.len())
+                            });
+                    if ok {
+                        None
+                    } else {
+                        pool.recycle(base);
+                        Some(DropReason::TxFull)
+                    }
+                }
+            },
+        };
+        match reason {
+            None => {
+                counters.tx_packets += 1;
+                counters.tx_bytes += bytes.len() as u64;
+            }
+            Some(r) => counters.drop(r),
+        }
+    });
+}
+
+/// Where an extra frame starts in its chunk.
+const EXTRA_HEADROOM: usize = 256;
+
 /// What the poll loop owns besides the UMEM region its frames borrow.
-struct WorkerState {
+struct Poller {
     io: Io,
-    flows: FlowTable,
+    state: WorkerState,
     counters: Counters,
     handoff: Handoff,
 }
@@ -735,7 +793,7 @@ struct WorkerState {
 /// Receives up to a batch from every socket and runs each batch; returns how
 /// many frames came in.
 fn poll_sockets<'r>(
-    w: &mut WorkerState,
+    w: &mut Poller,
     region: &'r UmemRegion,
     batch: &mut Batch<'r>,
     snap: &Snapshot,
@@ -765,7 +823,7 @@ fn poll_sockets<'r>(
         }
         s.rx_window = s.rx_window.saturating_add(nb as u32);
         received += nb;
-        batch.run(w, snap, now);
+        batch.run(w, region, snap, now);
     }
     received
 }
@@ -773,7 +831,7 @@ fn poll_sockets<'r>(
 /// Takes the frames other workers handed over (their flows are ours) into
 /// chunks of this worker's UMEM and runs them; returns how many came in.
 fn poll_handoffs<'r>(
-    w: &mut WorkerState,
+    w: &mut Poller,
     region: &'r UmemRegion,
     batch: &mut Batch<'r>,
     snap: &Snapshot,
@@ -811,7 +869,7 @@ fn poll_handoffs<'r>(
         }
         received += nb;
         w.counters.handed_in += nb as u64;
-        batch.run(w, snap, now);
+        batch.run(w, region, snap, now);
     }
     received
 }
@@ -821,14 +879,14 @@ fn run(
     ctx: &WorkerCtx,
     region: &UmemRegion,
     io: Io,
-    flows: FlowTable,
+    state: WorkerState,
     mut hist: Histogram<u64>,
     core: Option<usize>,
     handoff: Handoff,
 ) {
-    let mut w = WorkerState {
+    let mut w = Poller {
         io,
-        flows,
+        state,
         counters: Counters::default(),
         handoff,
     };
@@ -888,7 +946,7 @@ fn run(
                 ctx,
                 &w.io,
                 &w.counters,
-                &w.flows,
+                &w.state.flows,
                 &hist,
                 generation,
                 core,
@@ -903,7 +961,7 @@ fn run(
         ctx,
         &w.io,
         &w.counters,
-        &w.flows,
+        &w.state.flows,
         &hist,
         generation,
         core,
@@ -982,7 +1040,7 @@ fn dispatch(
                 io.pool.recycle(base);
                 continue;
             }
-            Verdict::Pass | Verdict::Drop(_) => {
+            Verdict::Pass | Verdict::Drop(_) | Verdict::Held => {
                 io.pool.recycle(base);
                 continue;
             }

@@ -9,13 +9,13 @@ use shared::counters::{Counters, DropReason};
 use shared::snapshot::Snapshot;
 use shared::wire::ethernet::ETHERTYPE_IPV4;
 use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use shared::wire::l4::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+use shared::wire::l4::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, UDP_HEADER_LEN};
 use shared::wire::{
     EthernetHeader, IcmpHeader, Ipv4Header, TcpHeader, UdpHeader, VxlanPacket, VxlanRepr, ETH_HLEN,
     IPV4_HLEN, UDP_HLEN, VXLAN_HLEN,
 };
 
-use super::Parsed;
+use super::{icmp, Parsed, FRAG_FIRST, FRAG_LATER};
 use crate::flow::FlowKey;
 use crate::frame::Frame;
 
@@ -54,7 +54,7 @@ pub(super) fn frame(
 
 /// Ethernet + IPv4 + L4 checks on `f.data()`; trims Ethernet padding.
 #[inline(always)]
-fn l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
+pub(super) fn l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
     let d = f.data();
     let Some(eth) = EthernetHeader::new_checked(d) else {
         return Err(DropReason::Malformed);
@@ -66,9 +66,6 @@ fn l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
     let Ok(ip) = Ipv4Header::new_checked(packet) else {
         return Err(DropReason::Malformed);
     };
-    if ip.is_fragment() {
-        return Err(DropReason::Fragment);
-    }
     let ihl = ip.header_len();
     let total = usize::from(ip.total_len());
     let mut p = Parsed {
@@ -84,6 +81,23 @@ fn l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
     };
     // The L4 segment as the IPv4 total length gives it.
     let seg = packet.get(ihl..total).unwrap_or_default();
+    if ip.is_fragment() {
+        p = fragment(&ip, p, seg)?;
+    } else {
+        p = l4(p, seg)?;
+    }
+    // Drop Ethernet padding so rewrites and encapsulation see the IP length.
+    let want = ETH_HLEN + total;
+    if f.len() > want {
+        f.set_len(want);
+    }
+    Ok(p)
+}
+
+/// The L4 header of an unfragmented packet: ports, TCP flags, ICMP type (and
+/// for an ICMP error, the flow it is about).
+#[inline(always)]
+fn l4(mut p: Parsed, seg: &[u8]) -> Result<Parsed, DropReason> {
     match p.key.proto {
         PROTO_TCP => {
             let Ok(t) = TcpHeader::new_checked(seg) else {
@@ -110,15 +124,55 @@ fn l3(f: &mut Frame<'_>) -> Result<Parsed, DropReason> {
             match p.icmp_type {
                 ICMP_ECHO_REQUEST => p.key.sport = m.echo_ident(),
                 ICMP_ECHO_REPLY => p.key.dport = m.echo_ident(),
+                t if icmp::is_error(t) => icmp::classify_error(&mut p, &seg[8..])?,
                 _ => {}
             }
         }
         _ => {}
     }
-    // Drop Ethernet padding so rewrites and encapsulation see the IP length.
-    let want = ETH_HLEN + total;
-    if f.len() > want {
-        f.set_len(want);
+    Ok(p)
+}
+
+/// An IPv4 fragment. The first (offset 0) carries the L4 header, and only its
+/// ports are read (a UDP length covers the whole datagram, not this fragment);
+/// a first fragment too short to hold the header is dropped (RFC 1858). The
+/// others have no ports: the fragment table gives them their datagram's fate.
+#[cold]
+fn fragment(ip: &Ipv4Header<&[u8; 20]>, mut p: Parsed, seg: &[u8]) -> Result<Parsed, DropReason> {
+    p.ip_id = ip.ident();
+    if ip.frag_offset() == 0 {
+        p.frag = FRAG_FIRST;
+        match p.key.proto {
+            PROTO_TCP => {
+                let Ok(t) = TcpHeader::new_checked(seg) else {
+                    return Err(DropReason::MalformedL4);
+                };
+                p.key.sport = t.src_port();
+                p.key.dport = t.dst_port();
+                p.tcp_flags = t.flags();
+            }
+            PROTO_UDP => {
+                let Some(u) = seg.first_chunk::<UDP_HEADER_LEN>() else {
+                    return Err(DropReason::MalformedL4);
+                };
+                p.key.sport = u16::from_be_bytes([u[0], u[1]]);
+                p.key.dport = u16::from_be_bytes([u[2], u[3]]);
+            }
+            PROTO_ICMP => {
+                let Ok(m) = IcmpHeader::new_checked(seg) else {
+                    return Err(DropReason::MalformedL4);
+                };
+                p.icmp_type = m.msg_type();
+                match p.icmp_type {
+                    ICMP_ECHO_REQUEST => p.key.sport = m.echo_ident(),
+                    ICMP_ECHO_REPLY => p.key.dport = m.echo_ident(),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    } else {
+        p.frag = FRAG_LATER;
     }
     Ok(p)
 }

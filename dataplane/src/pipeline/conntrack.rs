@@ -55,7 +55,10 @@ pub(super) fn lookup(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Option<
             }
         }
         if live {
-            cx.flows.on_packet(&hit, p.tcp(), cx.now);
+            // An ICMP error is related to the flow; it does not advance it.
+            if p.err == 0 {
+                cx.flows.on_packet(&hit, p.tcp(), cx.now);
+            }
             cx.c.flow_hits += 1;
             let back_to = if hit.is_reply {
                 hit.meta.client_mac

@@ -21,6 +21,12 @@
 //! 7. route + encap (`route`): local pod, remote node (VXLAN), host, uplink.
 //! 8. tx: the adapter queues each frame on the ring its verdict names.
 //!
+//! Two concerns cross the stages and have modules of their own: ICMP errors
+//! (`icmp`: matched to flows through the quoted packet, translated, and the
+//! errors the dataplane sends) and IPv4 fragments (`fragment`: a datagram's
+//! fragments follow its first fragment's translation; frames too big for the
+//! overlay are cut).
+//!
 //! The driver runs stages 2 and 3's prefetch over the whole batch, then stages
 //! 3–7 frame by frame. A new Service flow is only *decided* in that pass; its
 //! reply set and the entry it will write are prefetched, and it is inserted
@@ -29,6 +35,8 @@
 
 mod classify;
 mod conntrack;
+mod fragment;
+mod icmp;
 mod nat;
 mod rewrite;
 mod route;
@@ -40,8 +48,9 @@ use shared::maglev::mix64;
 use shared::snapshot::{Frontend, Snapshot};
 use shared::wire::ipv4::{PROTO_TCP, PROTO_UDP};
 
-use crate::flow::{tcp_flags, ChecksumDeltas, FlowKey, FlowTable, Rewrite, NO_SLOT};
+use crate::flow::{tcp_flags, ChecksumDeltas, FlowKey, Rewrite, NO_SLOT};
 use crate::frame::{Frame, Verdict};
+use crate::state::WorkerState;
 use nat::NewFlow;
 use service::Decision;
 
@@ -70,7 +79,20 @@ struct Parsed {
     icmp_type: u8,
     /// Came through the overlay.
     decapped: bool,
+    /// An ICMP error matched to a flow: the quoted IPv4 header's length (its
+    /// packet starts 8 bytes into the ICMP message), and `key` is the quoted
+    /// tuple reversed. 0 for anything else.
+    err: u8,
+    /// `FRAG_FIRST` or `FRAG_LATER` for an IPv4 fragment, else 0.
+    frag: u8,
+    /// The IPv4 identification (read for fragments only).
+    ip_id: u16,
 }
+
+/// A datagram's first fragment (it holds the L4 header).
+const FRAG_FIRST: u8 = 1;
+/// A fragment at a non-zero offset (no L4 header).
+const FRAG_LATER: u8 = 2;
 
 impl Parsed {
     /// Where the L4 header starts in `Frame::data()`.
@@ -89,15 +111,29 @@ impl Parsed {
     fn is_tcp_or_udp(&self) -> bool {
         self.key.proto == PROTO_TCP || self.key.proto == PROTO_UDP
     }
+
+    #[inline]
+    fn is_later_fragment(&self) -> bool {
+        self.frag == FRAG_LATER
+    }
 }
 
 /// What every stage of one batch works with: the tables, the worker's flow
 /// table and counters, and the time the batch started.
 struct Ctx<'a> {
     snap: &'a Snapshot,
-    flows: &'a mut FlowTable,
+    flows: &'a mut crate::flow::FlowTable,
+    /// The rest of the worker's state: fragments, ICMP rate limits.
+    state: Aux<'a>,
     c: &'a mut Counters,
     now: u64,
+}
+
+/// `WorkerState` without its flow table (which `Ctx` holds on its own, the
+/// path nearly every packet takes).
+struct Aux<'a> {
+    frags: &'a mut crate::frag::FragTable,
+    icmp: &'a mut crate::state::IcmpLimiter,
 }
 
 /// A stable hash of a flow's 5-tuple: Maglev choice and VXLAN source port.
@@ -110,18 +146,25 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
 
 /// Runs every stage over a batch; `verdicts[i]` is set for `frames[i]`.
 /// Extra frames (beyond `verdicts.len()`) are left untouched.
+///
+/// Frames the batch emits beyond its own (fragments released or cut) wait in
+/// `state.frags` for the adapter (`FragTable::drain_extra`).
 pub fn process_batch(
     frames: &mut [Frame<'_>],
     verdicts: &mut [Verdict],
     snap: &Snapshot,
-    flows: &mut FlowTable,
+    state: &mut WorkerState,
     counters: &mut Counters,
     now_ns: u64,
 ) {
     let n = frames.len().min(verdicts.len());
     let mut cx = Ctx {
         snap,
-        flows,
+        flows: &mut state.flows,
+        state: Aux {
+            frags: &mut state.frags,
+            icmp: &mut state.icmp,
+        },
         c: counters,
         now: now_ns,
     };
@@ -191,16 +234,25 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
             }
         }
     }
-    for v in &verdicts[..frames.len()] {
+    for (i, v) in verdicts[..frames.len()].iter().enumerate() {
         match *v {
             Verdict::Drop(r) => cx.c.drop(r),
             Verdict::Pass => cx.c.passed += 1,
             Verdict::Handoff { .. } => cx.c.handed_off += 1,
             Verdict::Tx { .. } => cx.c.forwarded += 1,
+            Verdict::Held => {}
         }
+        if parsed[i].frag == FRAG_FIRST && matches!(v, Verdict::Drop(_) | Verdict::Pass) {
+            fragment::refused(cx, &parsed[i]);
+        }
+    }
+    if !cx.state.frags.released_is_empty() {
+        fragment::release(cx);
     }
     cx.c.flow_evictions = cx.flows.evictions();
     cx.c.tuple_reuses = cx.flows.tuple_reuses();
+    cx.c.drops[DropReason::FragmentTimeout as usize] = cx.state.frags.timed_out();
+    cx.c.drops[DropReason::FragmentEvicted as usize] = cx.state.frags.evicted();
 }
 
 /// What the first pass left for after it to do with a frame.
@@ -279,7 +331,7 @@ fn first_pass(
     // After a barrier, and for a frame of a flow decided earlier in the batch
     // (another packet of it, or its reply; even a hit, since that flow's
     // insert replaces entries with its keys), everything runs in batch order.
-    if *barrier || decided.touches(p.hash) {
+    if *barrier || decided.touches(p.hash) || p.frag == FRAG_LATER {
         return Step::Later;
     }
     // A TCP SYN, FIN or RST of a known flow may open or close it, and whether
@@ -293,8 +345,18 @@ fn first_pass(
         *barrier = true;
         return Step::Later;
     }
+    if p.frag == FRAG_FIRST {
+        if let Some(v) = fragment::first(cx, f, p) {
+            *verdict = v;
+            return Step::Done;
+        }
+    }
     if let Some(v) = conntrack::lookup(cx, f, p) {
         *verdict = v;
+        return Step::Done;
+    }
+    if p.err != 0 {
+        *verdict = icmp::untracked(cx, f, p);
         return Step::Done;
     }
     let key = p.key;
@@ -342,8 +404,19 @@ fn first_pass(
 
 /// Stages 3–7 for one frame, in one go.
 fn forward(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
+    if p.frag == FRAG_LATER {
+        return fragment::later(cx, f, p);
+    }
+    if p.frag == FRAG_FIRST {
+        if let Some(v) = fragment::first(cx, f, p) {
+            return v;
+        }
+    }
     if let Some(v) = conntrack::lookup(cx, f, p) {
         return v;
+    }
+    if p.err != 0 {
+        return icmp::untracked(cx, f, p);
     }
     if p.is_tcp_or_udp() {
         let key = p.key;
@@ -394,8 +467,17 @@ fn rewrite_and_route_via(
     deltas: ChecksumDeltas,
     fallback_mac: Option<[u8; 6]>,
 ) -> Verdict {
+    if p.err != 0 {
+        return icmp::translate(cx, f, p, rw, fallback_mac);
+    }
     match rewrite::apply(f, p, rw, deltas) {
-        Ok(out) => route::route(cx, f, &out, fallback_mac),
+        Ok(out) => {
+            if p.frag == FRAG_FIRST {
+                fragment::decided(cx, p, rw, deltas.ip);
+            }
+            route::route(cx, f, p, &out, fallback_mac)
+        }
+        Err(DropReason::TtlExceeded) => icmp::time_exceeded(cx, f, p),
         Err(r) => Verdict::Drop(r),
     }
 }

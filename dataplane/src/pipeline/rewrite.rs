@@ -45,7 +45,8 @@ pub(super) fn apply(
         ip.set_dst(rw.dst);
     }
     let ports_changed = rw.sport != key.sport || rw.dport != key.dport;
-    if addr_changed || ports_changed {
+    // A later fragment has no L4 header: its addresses are all there is.
+    if (addr_changed || ports_changed) && !p.is_later_fragment() {
         let seg = rest.get_mut(usize::from(p.ihl)..).unwrap_or_default();
         match key.proto {
             PROTO_TCP => {

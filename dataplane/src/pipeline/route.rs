@@ -14,20 +14,23 @@ use shared::wire::{
     VXLAN_OVERHEAD,
 };
 
-use super::{flow_hash, Ctx};
+use std::net::Ipv4Addr;
+
+use super::{flow_hash, fragment, icmp, Ctx, Parsed};
 use crate::flow::FlowKey;
 use crate::frame::{Frame, Verdict};
 
 /// Outer UDP source ports for VXLAN, as Linux's vxlan driver picks them.
 const VXLAN_SPORT_RANGE: (u16, u16) = (32768, 60999);
 
-/// Routes a packet whose tuple is now `out`; `fallback_mac` is the L2
-/// destination for an off-cluster destination the snapshot has no neighbour
-/// for (the MAC a client's first packet came from).
+/// Routes a packet whose tuple is now `out` (`p` is what classify saw of it);
+/// `fallback_mac` is the L2 destination for an off-cluster destination the
+/// snapshot has no neighbour for (the MAC a client's first packet came from).
 #[inline]
 pub(super) fn route(
     cx: &mut Ctx<'_>,
     f: &mut Frame<'_>,
+    p: &Parsed,
     out: &FlowKey,
     fallback_mac: Option<[u8; 6]>,
 ) -> Verdict {
@@ -40,7 +43,7 @@ pub(super) fn route(
         };
     }
     if let Some(remote) = snap.remote_route(dst) {
-        return encap(cx, f, out, remote);
+        return encap(cx, f, p, out, remote);
     }
     let own = snap.node();
     if snap.is_own_ip(dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
@@ -72,10 +75,27 @@ fn set_macs(f: &mut Frame<'_>, dst: &[u8; 6], src: &[u8; 6]) {
     }
 }
 
+/// The outer UDP source port for the inner flow `out`, as Linux's vxlan driver
+/// spreads them.
+#[inline]
+pub(super) fn vxlan_sport(out: &FlowKey) -> u16 {
+    let (lo, hi) = VXLAN_SPORT_RANGE;
+    let span = u64::from(hi - lo + 1);
+    lo + u16::try_from(flow_hash(out) % span).unwrap_or(0)
+}
+
 /// VXLAN encapsulation towards a remote node, as flannel's vxlan device does
 /// it: inner destination MAC the node's VTEP, outer UDP source port a hash of
-/// the inner flow, destination port and VNI from the snapshot.
-fn encap(cx: &mut Ctx<'_>, f: &mut Frame<'_>, out: &FlowKey, remote: RemoteHop<'_>) -> Verdict {
+/// the inner flow, destination port and VNI from the snapshot. A frame the
+/// uplink's MTU cannot carry once encapsulated gets ICMP fragmentation needed
+/// back (DF set) or is cut into fragments (`fragment::cut`).
+fn encap(
+    cx: &mut Ctx<'_>,
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    out: &FlowKey,
+    remote: RemoteHop<'_>,
+) -> Verdict {
     let snap = cx.snap;
     let own = snap.node();
     let node = remote.node;
@@ -85,41 +105,72 @@ fn encap(cx: &mut Ctx<'_>, f: &mut Frame<'_>, out: &FlowKey, remote: RemoteHop<'
     let Some(next_hop) = remote.next_hop else {
         return Verdict::Drop(DropReason::NoNeighbor);
     };
+    let mtu = own.uplink_mtu as usize;
+    if mtu != 0 && f.len() + VXLAN_OVERHEAD - ETH_HLEN > mtu {
+        let inner_mtu = mtu.saturating_sub(VXLAN_OVERHEAD);
+        let df = Ipv4Header::new_checked(f.data().get(ETH_HLEN..).unwrap_or_default())
+            .is_ok_and(|ip| ip.dont_frag());
+        if df {
+            return icmp::frag_needed(cx, f, p, out, u16::try_from(inner_mtu).unwrap_or(u16::MAX));
+        }
+        if let Some(v) = fragment::cut(cx, f, out, &remote, inner_mtu) {
+            return v;
+        }
+    }
     set_macs(f, &node.vtep_mac, &own.vtep_mac);
     let inner_len = f.len();
-    let Ok(total) = u16::try_from(inner_len + VXLAN_OVERHEAD - ETH_HLEN) else {
-        return Verdict::Drop(DropReason::TooBig);
-    };
     if !f.push(VXLAN_OVERHEAD) {
         return Verdict::Drop(DropReason::TooBig);
     }
-    let overlay = snap.overlay();
-    let (lo, hi) = VXLAN_SPORT_RANGE;
-    let span = u64::from(hi - lo + 1);
-    let sport = lo + u16::try_from(flow_hash(out) % span).unwrap_or(0);
-    let d = f.data_mut();
-    let Some(outer) = d.first_chunk_mut::<VXLAN_OVERHEAD>() else {
+    let sport = vxlan_sport(out);
+    let Some(outer) = f.data_mut().first_chunk_mut::<VXLAN_OVERHEAD>() else {
         return Verdict::Drop(DropReason::TooBig);
     };
+    if !write_outer(
+        outer,
+        snap,
+        &next_hop,
+        src_ip,
+        node.underlay_ip,
+        sport,
+        inner_len,
+    ) {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    cx.c.encapsulated += 1;
+    Verdict::Tx {
+        ifindex: own.uplink_ifindex,
+    }
+}
+
+/// Writes the 50 outer bytes of a VXLAN frame carrying an `inner_len`-byte
+/// inner frame: Ethernet to the next hop, IPv4 (no options, no fragmentation,
+/// TTL 64), UDP without a checksum (as Linux's vxlan sends it by default),
+/// VXLAN with the snapshot's VNI. False when the frame is too long for IPv4.
+pub(super) fn write_outer(
+    outer: &mut [u8; VXLAN_OVERHEAD],
+    snap: &shared::snapshot::Snapshot,
+    next_hop: &[u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    inner_len: usize,
+) -> bool {
+    let Ok(total) = u16::try_from(inner_len + VXLAN_OVERHEAD - ETH_HLEN) else {
+        return false;
+    };
+    let own = snap.node();
+    let overlay = snap.overlay();
     let (eth, rest) = outer.split_at_mut(ETH_HLEN);
     let (ip, rest) = rest.split_at_mut(IPV4_HLEN);
     let (udp, vx) = rest.split_at_mut(UDP_HLEN);
     if let Some(mut e) = EthernetHeader::new_mut(eth) {
-        e.set_dst(&next_hop);
+        e.set_dst(next_hop);
         e.set_src(&own.uplink_mac);
         e.set_ethertype(ETHERTYPE_IPV4);
     }
-    // The outer IPv4 header: no options, no fragmentation, TTL 64; the outer
-    // UDP header without a checksum, as Linux's vxlan sends it by default.
     if let Some(mut h) = Ipv4Header::new_mut(ip) {
-        h.emit(
-            total,
-            0,
-            64,
-            PROTO_UDP,
-            u32::from(src_ip),
-            u32::from(node.underlay_ip),
-        );
+        h.emit(total, 0, 64, PROTO_UDP, u32::from(src), u32::from(dst));
     }
     if let Some(mut u) = UdpHeader::new_mut(udp) {
         u.set_src_port(sport);
@@ -128,8 +179,5 @@ fn encap(cx: &mut Ctx<'_>, f: &mut Frame<'_>, out: &FlowKey, remote: RemoteHop<'
         u.set_checksum(0);
     }
     VxlanRepr { vni: overlay.vni }.emit(&mut VxlanPacket::new_unchecked(vx));
-    cx.c.encapsulated += 1;
-    Verdict::Tx {
-        ifindex: own.uplink_ifindex,
-    }
+    true
 }

@@ -9,16 +9,15 @@
 
 use shared::counters::DropReason;
 use shared::snapshot::{Frontend, FrontendKind, Snapshot};
-use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP};
+use shared::wire::ipv4::PROTO_TCP;
 use shared::wire::l4::ICMP_DST_UNREACHABLE;
 use shared::wire::{
-    EthernetAddress, EthernetFrame, EthernetHeader, EthernetProtocol, EthernetRepr, Icmpv4Packet,
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpHeader, TcpPacket, TcpRepr,
-    TcpSeqNumber, ETH_HLEN, IPV4_HLEN,
+    EthernetHeader, IpAddress, IpProtocol, TcpControl, TcpHeader, TcpPacket, TcpRepr, TcpSeqNumber,
+    ETH_HLEN,
 };
 
 use super::nat::{self, NewFlow};
-use super::{flow_hash, Ctx, Parsed};
+use super::{flow_hash, icmp, Ctx, Parsed};
 use crate::flow::{tcp_flags, FlowKey, FlowMeta, Rewrite};
 use crate::frame::{Frame, Verdict};
 
@@ -155,86 +154,52 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
 /// to the sender (back over the overlay when the client is on another node).
 fn reject(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
     let key = p.key;
-    let mut scratch = [0u8; ETH_HLEN + IPV4_HLEN + 8 + 60 + 8];
-    let len = {
-        let d = f.data();
-        let Some(eth) = EthernetHeader::new_checked(d) else {
-            return Verdict::Drop(DropReason::Malformed);
+    let l4 = f.data().get(p.l4()..).unwrap_or_default();
+    let v = if key.proto == PROTO_TCP {
+        let Ok(t) = TcpHeader::new_checked(l4) else {
+            return Verdict::Drop(DropReason::MalformedL4);
         };
-        let l4 = d.get(p.l4()..).unwrap_or_default();
-        let (proto, body_len) = if key.proto == PROTO_TCP {
-            let Ok(t) = TcpHeader::new_checked(l4) else {
-                return Verdict::Drop(DropReason::MalformedL4);
-            };
-            if t.flags() & tcp_flags::RST != 0 {
-                // Never answer a reset with a reset.
-                return Verdict::Drop(DropReason::NoRoute);
-            }
-            (IpProtocol::Tcp, emit_rst(&t, l4.len(), &key, &mut scratch))
-        } else {
-            // The quote: the IP header and the first 8 bytes of its payload.
-            let quote = (usize::from(p.ihl) + 8).min(d.len() - ETH_HLEN);
-            let body = &mut scratch[ETH_HLEN + IPV4_HLEN..];
-            (
-                IpProtocol::Icmp,
-                emit_port_unreachable(&d[ETH_HLEN..ETH_HLEN + quote], body),
-            )
-        };
-        let ip = Ipv4Repr {
-            src_addr: key.dst.into(),
-            dst_addr: key.src.into(),
-            next_header: proto,
-            payload_len: body_len,
-            hop_limit: 64,
-        };
-        ip.emit(
-            &mut Ipv4Packet::new_unchecked(&mut scratch[ETH_HLEN..ETH_HLEN + IPV4_HLEN]),
-            &Default::default(),
-        );
-        EthernetRepr {
-            src_addr: EthernetAddress(eth.dst()),
-            dst_addr: EthernetAddress(eth.src()),
-            ethertype: EthernetProtocol::Ipv4,
+        if t.flags() & tcp_flags::RST != 0 {
+            // Never answer a reset with a reset.
+            return Verdict::Drop(DropReason::NoRoute);
         }
-        .emit(&mut EthernetFrame::new_unchecked(&mut scratch[..ETH_HLEN]));
-        ETH_HLEN + IPV4_HLEN + body_len
+        let (flags, seq, ack, hlen, seg_len) =
+            (t.flags(), t.seq(), t.ack(), t.header_len(), l4.len());
+        icmp::answer(cx, f, p, key.dst, IpProtocol::Tcp, |_, body| {
+            emit_rst(flags, seq, ack, seg_len.saturating_sub(hlen), &key, body)
+        })
+    } else {
+        // The quote: the IP header and the first 8 bytes of its payload.
+        let ihl = usize::from(p.ihl);
+        icmp::answer(cx, f, p, key.dst, IpProtocol::Icmp, |d, body| {
+            let ip = d.get(ETH_HLEN..).unwrap_or_default();
+            let quote = &ip[..(ihl + 8).min(ip.len())];
+            icmp::emit_error(
+                ICMP_DST_UNREACHABLE,
+                icmp::CODE_PORT_UNREACHABLE,
+                [0; 4],
+                quote,
+                body,
+            )
+        })
     };
-    if !f.set_len(len) {
-        return Verdict::Drop(DropReason::TooBig);
+    if !matches!(v, Verdict::Drop(_)) {
+        cx.c.rejected += 1;
     }
-    f.data_mut().copy_from_slice(&scratch[..len]);
-    cx.c.rejected += 1;
-    if p.decapped {
-        // Back over the overlay to the client's node.
-        let out = FlowKey {
-            src: key.dst,
-            dst: key.src,
-            sport: key.dport,
-            dport: key.sport,
-            proto: if key.proto == PROTO_TCP {
-                PROTO_TCP
-            } else {
-                PROTO_ICMP
-            },
-        };
-        return super::route::route(cx, f, &out, None);
-    }
-    Verdict::Tx { ifindex: f.ifindex }
+    v
 }
 
-/// The RST answering TCP segment `t` (of `seg_len` bytes) of flow `key`, after
-/// RFC 793: for a segment with ACK, SEQ = its ACK; otherwise RST|ACK acknowledging
-/// it. Written after the IPv4 header's place in `frame`; returns its length.
-fn emit_rst(t: &TcpHeader<&[u8; 20]>, seg_len: usize, key: &FlowKey, frame: &mut [u8]) -> usize {
-    let flags = t.flags();
-    let data = seg_len.saturating_sub(t.header_len());
+/// The RST answering a TCP segment (its `flags`, `seq`, `ack` and `data`
+/// bytes) of flow `key`, after RFC 793: for a segment with ACK, SEQ = its ACK;
+/// otherwise RST|ACK acknowledging it. Written into `body`; returns its length.
+fn emit_rst(flags: u8, seq: u32, ack: u32, data: usize, key: &FlowKey, body: &mut [u8]) -> usize {
     let seg = u32::try_from(data).unwrap_or(u32::MAX)
         + u32::from(flags & tcp_flags::SYN != 0)
         + u32::from(flags & tcp_flags::FIN != 0);
     let (seq, ack) = if flags & tcp_flags::ACK != 0 {
-        (t.ack(), None)
+        (ack, None)
     } else {
-        (0, Some(t.seq().wrapping_add(seg)))
+        (0, Some(seq.wrapping_add(seg)))
     };
     let repr = TcpRepr {
         src_port: key.dport,
@@ -251,26 +216,11 @@ fn emit_rst(t: &TcpHeader<&[u8; 20]>, seg_len: usize, key: &FlowKey, frame: &mut
         payload: &[],
     };
     let len = repr.buffer_len();
-    let body = &mut frame[ETH_HLEN + IPV4_HLEN..ETH_HLEN + IPV4_HLEN + len];
     repr.emit(
-        &mut TcpPacket::new_unchecked(body),
+        &mut TcpPacket::new_unchecked(&mut body[..len]),
         &IpAddress::Ipv4(key.dst.into()),
         &IpAddress::Ipv4(key.src.into()),
         &Default::default(),
     );
-    len
-}
-
-/// ICMP destination unreachable, port unreachable (type 3 code 3), quoting
-/// `quote` (the offending IP header and 8 bytes of its payload) as received.
-fn emit_port_unreachable(quote: &[u8], body: &mut [u8]) -> usize {
-    let len = 8 + quote.len();
-    let mut m = Icmpv4Packet::new_unchecked(&mut body[..len]);
-    m.set_msg_type(ICMP_DST_UNREACHABLE.into());
-    m.set_msg_code(3);
-    m.set_echo_ident(0);
-    m.set_echo_seq_no(0);
-    m.data_mut().copy_from_slice(quote);
-    m.fill_checksum();
     len
 }

@@ -6,8 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane::flow::FlowTable;
-use dataplane::{process_batch, Frame, Verdict};
+use dataplane::{process_batch, Frame, Verdict, WorkerState};
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use shared::snapshot::{
     EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec,
@@ -86,6 +85,7 @@ pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
             pod_cidrs: vec!["198.19.1.0/24".parse().unwrap()],
             uplink_ifindex: UPLINK,
             uplink_mac: UPLINK_MAC,
+            uplink_mtu: 1500,
             vtep_mac: VTEP_A,
         },
         overlay: OverlayConfig {
@@ -256,7 +256,7 @@ pub struct Out {
 
 /// A worker: one flow table and its counters, fed one frame at a time.
 pub struct Worker {
-    pub flows: FlowTable,
+    pub state: WorkerState,
     pub counters: Counters,
     pub now: u64,
 }
@@ -264,7 +264,7 @@ pub struct Worker {
 impl Default for Worker {
     fn default() -> Self {
         Worker {
-            flows: FlowTable::new(65536),
+            state: WorkerState::new(65536),
             counters: Counters::default(),
             now: 1_000 * NS,
         }
@@ -279,7 +279,7 @@ impl Worker {
     /// A worker of `workers` owning its share of flows.
     pub fn owning(me: u16, workers: u16) -> Worker {
         let mut w = Worker::default();
-        w.flows.set_ownership(me, workers);
+        w.state.flows.set_ownership(me, workers);
         w
     }
 
@@ -301,7 +301,7 @@ impl Worker {
             &mut frames,
             &mut verdicts,
             snap,
-            &mut self.flows,
+            &mut self.state,
             &mut self.counters,
             self.now,
         );
@@ -313,6 +313,21 @@ impl Worker {
             verdict: verdicts[0],
             bytes: out,
         }
+    }
+}
+
+impl Worker {
+    /// The frames the pipeline emitted beyond its batch (fragments released or
+    /// cut), with the interface each goes out of; each is checked like `run`'s.
+    pub fn drain_extra(&mut self) -> Vec<(u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        self.state
+            .frags
+            .drain_extra(|ifindex, bytes| out.push((ifindex, bytes.to_vec())));
+        for (_, b) in &out {
+            verify_checksums(b);
+        }
+        out
     }
 }
 

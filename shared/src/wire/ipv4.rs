@@ -101,6 +101,27 @@ impl<'a> Ipv4Header<&'a [u8; HEADER_LEN]> {
     }
 }
 
+impl<'a> Ipv4Header<&'a [u8; HEADER_LEN]> {
+    /// The header of a packet quoted in an ICMP error, which is cut short: checks
+    /// the version and that IHL ≥ 5, and that the quote holds the whole header
+    /// and 8 bytes after it (RFC 792), but not the total length.
+    #[inline]
+    pub fn new_quoted(quote: &'a [u8]) -> Result<Self, Error> {
+        let b = quote.first_chunk::<HEADER_LEN>().ok_or(Error::Truncated)?;
+        let h = Ipv4Header { b };
+        if h.version() != 4 {
+            return Err(Error::Version);
+        }
+        if h.header_len() < HEADER_LEN {
+            return Err(Error::HeaderLen);
+        }
+        if quote.len() < h.header_len() + 8 {
+            return Err(Error::Truncated);
+        }
+        Ok(h)
+    }
+}
+
 impl<'a> Ipv4Header<&'a mut [u8; HEADER_LEN]> {
     /// A writable view of the header `packet` starts with (length checked
     /// only: for rewriting a packet `new_checked` accepted before).
@@ -319,6 +340,20 @@ mod tests {
         assert!(smoltcp::wire::Ipv4Packet::new_checked(&ours[..])
             .unwrap()
             .verify_checksum());
+    }
+
+    #[test]
+    fn quoted_headers_need_no_total_length() {
+        // The first 28 bytes of a longer packet, as an ICMP error quotes it.
+        let mut q = PACKET;
+        q[2..4].copy_from_slice(&1500u16.to_be_bytes());
+        assert!(Ipv4Header::new_checked(&q).is_err());
+        let h = Ipv4Header::new_quoted(&q).unwrap();
+        assert_eq!((h.total_len(), h.protocol()), (1500, 17));
+        assert_eq!(
+            Ipv4Header::new_quoted(&q[..27]).unwrap_err(),
+            Error::Truncated
+        );
     }
 
     #[test]
