@@ -2,16 +2,23 @@
 //! pod, the pod end renamed to CNI_IFNAME with its IPAM address as /32, a default
 //! route via the link-local gateway 169.254.1.1 (a permanent neighbour entry for
 //! it, proxy ARP on the host end), tx checksum offload off on both ends, and a
-//! registration record for the agent (`podstate`). Netlink work is done by `ip`
-//! (iproute2); pod-side steps run on a thread that entered CNI_NETNS with setns(2).
+//! registration record for the agent (`podstate`). Links, addresses, routes and
+//! neighbours are configured over rtnetlink; pod-side steps run on a thread that
+//! entered CNI_NETNS with setns(2). Proxy ARP is a /proc/sys write and the
+//! checksum offload an ethtool ioctl (rtnetlink speaks neither).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
-use std::sync::OnceLock;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -56,8 +63,12 @@ pub enum CniError {
         msg: String,
         details: String,
     },
-    #[error("`ip {args}` failed: {stderr}")]
-    Ip { args: String, stderr: String },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("CHECK failed: {0}")]
     Check(String),
 }
@@ -73,7 +84,7 @@ impl CniError {
             CniError::Decode(_) => 6,
             CniError::InvalidConfig(_) => 7,
             CniError::Ipam { code, .. } => *code,
-            CniError::Ip { .. } => 100,
+            CniError::Netlink { .. } => 100,
             CniError::Check(_) => 101,
         }
     }
@@ -82,7 +93,7 @@ impl CniError {
     pub fn to_json(&self, cni_version: &str) -> Value {
         let details = match self {
             CniError::Ipam { details, .. } => details.clone(),
-            CniError::Ip { args, .. } => format!("ip {args}"),
+            CniError::Netlink { what, .. } => what.clone(),
             CniError::Io { source, .. } => source.to_string(),
             _ => String::new(),
         };
@@ -467,20 +478,21 @@ fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError
     // Leftovers of an earlier ADD (interrupted, or its namespace was replaced):
     // release them first so the IPAM plugin can hand out the address again.
     let leftover = !matches!(existing, Ok(None));
-    if leftover || link_exists(&host) {
-        delete_link_if_exists(&host)?;
+    let nl = Netlink::open()?;
+    if leftover || nl.link(&host)?.is_some() {
+        nl.delete_link(&host)?;
         exec_ipam(env, conf, stdin, CniCommand::Del)?;
         podstate::remove_record(&state_dir, &env.container_id, &env.ifname).map_err(io_err(
             format!("removing the stale pod record in {}", state_dir.display()),
         ))?;
     }
-    let mtu = pod_mtu(conf)?;
+    let mtu = pod_mtu(&nl, conf)?;
     let ipam_out = exec_ipam(env, conf, stdin, CniCommand::Add)?;
     let (ip, _prefix) = parse_ipam_result(&ipam_out)?;
-    match setup_pod(env, conf, &ns, &host, ip, mtu) {
+    match setup_pod(&nl, env, conf, &ns, &host, ip, mtu) {
         Ok(rec) => Ok(build_result(&conf.cni_version, &rec, conf.dns.as_ref())),
         Err(e) => {
-            let _ = delete_link_if_exists(&host);
+            let _ = nl.delete_link(&host);
             let _ = exec_ipam(env, conf, stdin, CniCommand::Del);
             let _ = podstate::remove_record(&state_dir, &env.container_id, &env.ifname);
             Err(e)
@@ -489,6 +501,7 @@ fn cmd_add(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError
 }
 
 fn setup_pod(
+    nl: &Netlink,
     env: &CniEnv,
     conf: &NetConf,
     ns: &File,
@@ -496,73 +509,96 @@ fn setup_pod(
     ip: Ipv4Addr,
     mtu: u32,
 ) -> Result<PodRecord, CniError> {
-    let mtu_s = mtu.to_string();
     let ifname = env.ifname.as_str();
     // One queue pair per CPU on both ends, so every nodeplane worker gets a
     // queue of the pod's interface (`queues` overrides).
-    let queues = conf
-        .queues
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u32)
-        })
-        .to_string();
-    ip_cmd(&[
-        "link",
-        "add",
-        host,
-        "mtu",
-        &mtu_s,
-        "numtxqueues",
-        &queues,
-        "numrxqueues",
-        &queues,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        ifname,
-        "mtu",
-        &mtu_s,
-        "numtxqueues",
-        &queues,
-        "numrxqueues",
-        &queues,
-        "netns",
-        &env.netns,
-    ])?;
+    let queues = conf.queues.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(64) as u32)
+    });
+    // The pair, the pod end created in the pod's namespace (`ip link add HOST
+    // mtu M numtxqueues Q numrxqueues Q type veth peer name IF mtu M
+    // numtxqueues Q numrxqueues Q netns CNI_NETNS`).
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(ifname)
+        .mtu(mtu)
+        .setns_by_fd(ns.as_raw_fd())
+        .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
+        .build();
+    let pair = LinkVeth::new(host, ifname)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .mtu(mtu)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
+        .build();
+    nl.run(
+        format!("creating the veth pair {host} / {ifname}"),
+        nl.handle.link().add(pair).execute(),
+    )?;
     // Host end: proxy ARP (answer at once), up, no tx checksum offload, /32 route.
     write_sysctl(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")?;
     write_sysctl(&format!("net/ipv4/neigh/{host}/proxy_delay"), "0")?;
-    ip_cmd(&["link", "set", "dev", host, "up"])?;
-    set_tx_checksum(host, false)?;
-    let host_link = link_info(host)?
+    let host_link = nl
+        .link(host)?
         .ok_or_else(|| CniError::Check(format!("host interface {host} vanished")))?;
+    nl.set_up(host, host_link.ifindex)?;
+    set_tx_checksum(host, false)?;
     if conf.host_route.unwrap_or(true) {
-        ip_cmd(&["route", "replace", &format!("{ip}/32"), "dev", host])?;
+        // `ip route replace IP/32 dev HOST`
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(host_link.ifindex)
+            .protocol(RouteProtocol::Boot)
+            .scope(RouteScope::Link)
+            .build();
+        nl.run(
+            format!("adding the route to {ip}/32 via {host}"),
+            nl.handle.route().add(route).replace().execute(),
+        )?;
     }
     // Pod end.
-    let host_mac = host_link.address.clone();
+    let host_mac = host_link.mac.clone();
     let pod_link = in_netns(ns, || {
-        ip_cmd(&["link", "set", "dev", "lo", "up"])?;
-        ip_cmd(&["addr", "replace", &format!("{ip}/32"), "dev", ifname])?;
-        ip_cmd(&["link", "set", "dev", ifname, "up"])?;
+        let nl = Netlink::open()?;
+        let lo = nl
+            .link("lo")?
+            .ok_or_else(|| CniError::Check("the pod namespace has no lo".into()))?;
+        nl.set_up("lo", lo.ifindex)?;
+        let pod = nl
+            .link(ifname)?
+            .ok_or_else(|| CniError::Check(format!("pod interface {ifname} vanished")))?;
+        nl.run(
+            format!("adding {ip}/32 to {ifname}"),
+            nl.handle
+                .address()
+                .add(pod.ifindex, ip.into(), 32)
+                .replace()
+                .execute(),
+        )?;
+        nl.set_up(ifname, pod.ifindex)?;
         set_tx_checksum(ifname, false)?;
-        let gw = POD_GATEWAY.to_string();
-        ip_cmd(&[
-            "neigh",
-            "replace",
-            &gw,
-            "lladdr",
-            &host_mac,
-            "dev",
-            ifname,
-            "nud",
-            "permanent",
-        ])?;
-        ip_cmd(&[
-            "route", "replace", "default", "via", &gw, "dev", ifname, "onlink",
-        ])?;
-        link_info(ifname)?
+        // `ip neigh replace GW lladdr HOST_MAC dev IF nud permanent`
+        nl.run(
+            format!("adding the neighbour entry for {POD_GATEWAY} on {ifname}"),
+            nl.handle
+                .neighbours()
+                .add(pod.ifindex, POD_GATEWAY.into())
+                .link_layer_address(&host_mac)
+                .replace()
+                .execute(),
+        )?;
+        // `ip route replace default via GW dev IF onlink`
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(POD_GATEWAY)
+            .output_interface(pod.ifindex)
+            .onlink()
+            .protocol(RouteProtocol::Boot)
+            .build();
+        nl.run(
+            format!("adding the default route via {POD_GATEWAY} on {ifname}"),
+            nl.handle.route().add(default).replace().execute(),
+        )?;
+        nl.link(ifname)?
             .ok_or_else(|| CniError::Check(format!("pod interface {ifname} vanished")))
     })?;
     let rec = PodRecord {
@@ -587,7 +623,7 @@ fn setup_pod(
 
 fn cmd_del(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     // Deleting the host end deletes the pod end with it.
-    delete_link_if_exists(&host_ifname(&env.container_id, &env.ifname))?;
+    Netlink::open()?.delete_link(&host_ifname(&env.container_id, &env.ifname))?;
     exec_ipam(env, conf, stdin, CniCommand::Del)?;
     let dir = conf.state_dir();
     podstate::remove_record(&dir, &env.container_id, &env.ifname).map_err(io_err(format!(
@@ -641,7 +677,7 @@ fn cmd_check(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError>
 
 /// Checks that the interfaces, address, route and neighbour of `rec` exist.
 fn verify(rec: &PodRecord, ns: &File) -> Result<(), CniError> {
-    let host = link_info(&rec.host_ifname)?.ok_or_else(|| {
+    let host = Netlink::open()?.link(&rec.host_ifname)?.ok_or_else(|| {
         CniError::Check(format!("host interface {} does not exist", rec.host_ifname))
     })?;
     if host.ifindex != rec.host_ifindex || !host.address.eq_ignore_ascii_case(&rec.host_mac) {
@@ -654,7 +690,8 @@ fn verify(rec: &PodRecord, ns: &File) -> Result<(), CniError> {
     let ip = rec.ip;
     let mac = rec.mac.clone();
     in_netns(ns, move || {
-        let link = link_info(&ifname)?.ok_or_else(|| {
+        let nl = Netlink::open()?;
+        let link = nl.link(&ifname)?.ok_or_else(|| {
             CniError::Check(format!("{ifname} does not exist in the pod namespace"))
         })?;
         if !link.address.eq_ignore_ascii_case(&mac) {
@@ -663,10 +700,10 @@ fn verify(rec: &PodRecord, ns: &File) -> Result<(), CniError> {
                 link.address
             )));
         }
-        if !pod_has_address(&ifname, ip)? {
+        if !nl.has_address(&link, ip)? {
             return Err(CniError::Check(format!("{ifname} does not have {ip}/32")));
         }
-        if !pod_has_default_route(&ifname)? {
+        if !nl.has_default_route_via(&link, POD_GATEWAY)? {
             return Err(CniError::Check(format!(
                 "no default route via {POD_GATEWAY} on {ifname}"
             )));
@@ -844,135 +881,237 @@ fn exec_ipam(
 
 // ---- links and namespaces ----
 
-/// What `ip -j link show` tells about one interface.
-#[derive(Clone, Debug, Deserialize)]
+/// What the plugin reads of one interface.
+#[derive(Clone, Debug)]
 struct LinkInfo {
     ifindex: u32,
-    #[serde(default)]
+    /// The MAC as `ip` prints it (lower-case hex, colons).
     address: String,
-    #[serde(default)]
+    mac: Vec<u8>,
     mtu: u32,
 }
 
-fn ip_binary() -> &'static Path {
-    static IP: OnceLock<PathBuf> = OnceLock::new();
-    IP.get_or_init(|| {
-        let from_path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default();
-        from_path
+impl LinkInfo {
+    fn from_message(m: &LinkMessage) -> LinkInfo {
+        let mut info = LinkInfo {
+            ifindex: m.header.index,
+            address: String::new(),
+            mac: Vec::new(),
+            mtu: 0,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::Address(mac) => {
+                    info.address = mac
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(":");
+                    info.mac = mac.clone();
+                }
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// An rtnetlink connection in the network namespace of the thread that opened
+/// it (the socket stays there), driven by a single-threaded runtime of its own.
+struct Netlink {
+    rt: tokio::runtime::Runtime,
+    handle: rtnetlink::Handle,
+}
+
+impl Netlink {
+    fn open() -> Result<Netlink, CniError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(io_err("starting the netlink runtime"))?;
+        let (connection, handle, _) = {
+            let _in_rt = rt.enter();
+            rtnetlink::new_connection().map_err(io_err("opening a netlink socket"))?
+        };
+        rt.spawn(connection);
+        Ok(Netlink { rt, handle })
+    }
+
+    /// Runs one request; a failure names `what` was being done.
+    fn run<T>(
+        &self,
+        what: impl Into<String>,
+        request: impl std::future::Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> Result<T, CniError> {
+        self.rt
+            .block_on(request)
+            .map_err(|source| CniError::Netlink {
+                what: what.into(),
+                source,
+            })
+    }
+
+    /// The interface named `name`, if it exists.
+    fn link(&self, name: &str) -> Result<Option<LinkInfo>, CniError> {
+        let request = self.handle.link().get().match_name(name).execute();
+        let found = self.rt.block_on(async {
+            let mut links = std::pin::pin!(request);
+            links.try_next().await
+        });
+        match found {
+            Ok(link) => Ok(link.as_ref().map(LinkInfo::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(source) => Err(CniError::Netlink {
+                what: format!("reading interface {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// The name of the interface with `index`.
+    fn link_name(&self, index: u32) -> Result<Option<String>, CniError> {
+        let request = self.handle.link().get().match_index(index).execute();
+        let found = self.run(format!("reading interface {index}"), async {
+            let mut links = std::pin::pin!(request);
+            links.try_next().await
+        })?;
+        Ok(found.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        }))
+    }
+
+    /// `ip link set dev NAME up`
+    fn set_up(&self, name: &str, index: u32) -> Result<(), CniError> {
+        let up = LinkUnspec::new_with_index(index).up().build();
+        self.run(
+            format!("setting {name} up"),
+            self.handle.link().set(up).execute(),
+        )
+    }
+
+    /// Deletes the interface `name`; fine if it does not exist.
+    fn delete_link(&self, name: &str) -> Result<(), CniError> {
+        let Some(link) = self.link(name)? else {
+            return Ok(());
+        };
+        match self
+            .rt
+            .block_on(self.handle.link().del(link.ifindex).execute())
+        {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            other => other.map_err(|source| CniError::Netlink {
+                what: format!("deleting interface {name}"),
+                source,
+            }),
+        }
+    }
+
+    /// Whether `link` has `ip`/32.
+    fn has_address(&self, link: &LinkInfo, ip: Ipv4Addr) -> Result<bool, CniError> {
+        let request = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.ifindex)
+            .execute();
+        let addrs: Vec<_> = self.run("reading addresses", request.try_collect())?;
+        Ok(addrs.iter().any(|a| {
+            a.header.prefix_len == 32
+                && a.attributes
+                    .iter()
+                    .any(|at| matches!(at, AddressAttribute::Local(l) if *l == ip))
+        }))
+    }
+
+    /// The IPv4 default routes of the main table.
+    fn default_routes(&self) -> Result<Vec<DefaultRoute>, CniError> {
+        let request = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let routes: Vec<_> = self.run("reading routes", request.try_collect())?;
+        Ok(routes
             .into_iter()
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-            .map(|d| d.join("ip"))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("ip"))
-    })
-}
-
-/// Runs `ip ARGS` in the calling thread's network namespace.
-fn ip_cmd(args: &[&str]) -> Result<String, CniError> {
-    let out = Process::new(ip_binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_err(format!(
-            "running {} (iproute2 is required)",
-            ip_binary().display()
-        )))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(CniError::Ip {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+            .filter(|r| {
+                r.header.destination_prefix_length == 0
+                    && route_table(r)
+                        == u32::from(rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN)
+            })
+            .map(|r| {
+                let mut gw = None;
+                let mut oif = None;
+                for a in r.attributes {
+                    match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(g),
+                        RouteAttribute::Oif(i) => oif = Some(i),
+                        _ => {}
+                    }
+                }
+                DefaultRoute { gw, oif }
+            })
+            .collect())
     }
-}
 
-fn link_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: if_nametoindex reads a valid NUL-terminated string and returns 0
-    // when the interface does not exist in this thread's network namespace.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
-fn link_info(name: &str) -> Result<Option<LinkInfo>, CniError> {
-    if !link_exists(name) {
-        return Ok(None);
+    /// Whether there is a default route via `gw` on `link`.
+    fn has_default_route_via(&self, link: &LinkInfo, gw: Ipv4Addr) -> Result<bool, CniError> {
+        Ok(self
+            .default_routes()?
+            .iter()
+            .any(|r| r.gw == Some(gw) && r.oif == Some(link.ifindex)))
     }
-    let out = match ip_cmd(&["-j", "link", "show", "dev", name]) {
-        Ok(o) => o,
-        Err(_) if !link_exists(name) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let links: Vec<LinkInfo> = serde_json::from_str(&out)
-        .map_err(|e| CniError::Decode(format!("`ip -j link show dev {name}`: {e}")))?;
-    Ok(links.into_iter().next())
-}
 
-fn delete_link_if_exists(name: &str) -> Result<(), CniError> {
-    if !link_exists(name) {
-        return Ok(());
-    }
-    match ip_cmd(&["link", "del", "dev", name]) {
-        Err(_) if !link_exists(name) => Ok(()),
-        other => other.map(|_| ()),
+    /// The device of the first default route, if any.
+    fn default_route_device(&self) -> Result<Option<String>, CniError> {
+        match self.default_routes()?.iter().find_map(|r| r.oif) {
+            Some(index) => self.link_name(index),
+            None => Ok(None),
+        }
     }
 }
 
-fn pod_has_address(ifname: &str, ip: Ipv4Addr) -> Result<bool, CniError> {
-    #[derive(Deserialize)]
-    struct AddrInfo {
-        #[serde(default)]
-        local: String,
-        #[serde(default)]
-        prefixlen: u8,
-    }
-    #[derive(Deserialize)]
-    struct Iface {
-        #[serde(default)]
-        addr_info: Vec<AddrInfo>,
-    }
-    let out = ip_cmd(&["-j", "-4", "addr", "show", "dev", ifname])?;
-    let ifaces: Vec<Iface> = serde_json::from_str(&out)
-        .map_err(|e| CniError::Decode(format!("`ip -j addr show`: {e}")))?;
-    let want = ip.to_string();
-    Ok(ifaces
+/// An IPv4 default route: its gateway and output interface.
+struct DefaultRoute {
+    gw: Option<Ipv4Addr>,
+    oif: Option<u32>,
+}
+
+/// The routing table of a route (the attribute holds ids above 255).
+fn route_table(r: &rtnetlink::packet_route::route::RouteMessage) -> u32 {
+    r.attributes
         .iter()
-        .flat_map(|i| &i.addr_info)
-        .any(|a| a.local == want && a.prefixlen == 32))
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
 }
 
-fn pod_has_default_route(ifname: &str) -> Result<bool, CniError> {
-    #[derive(Deserialize)]
-    struct Route {
-        #[serde(default)]
-        gateway: String,
-        #[serde(default)]
-        dev: String,
+/// The errno of a netlink error answer.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
+        _ => None,
     }
-    let out = ip_cmd(&["-j", "-4", "route", "show", "default"])?;
-    let routes: Vec<Route> = serde_json::from_str(&out)
-        .map_err(|e| CniError::Decode(format!("`ip -j route show default`: {e}")))?;
-    let gw = POD_GATEWAY.to_string();
-    Ok(routes.iter().any(|r| r.gateway == gw && r.dev == ifname))
 }
 
 /// The pod MTU: `mtu` from the config, else the uplink's MTU − 50 (the uplink
 /// being `uplink` from the config or the default route's device).
-fn pod_mtu(conf: &NetConf) -> Result<u32, CniError> {
+fn pod_mtu(nl: &Netlink, conf: &NetConf) -> Result<u32, CniError> {
     if let Some(mtu) = conf.mtu {
         return Ok(mtu);
     }
     let uplink = match &conf.uplink {
         Some(u) => Some(u.clone()),
-        None => default_route_device()?,
+        None => nl.default_route_device()?,
     };
     let uplink_mtu = match uplink {
         Some(u) => {
-            link_info(&u)?
+            nl.link(&u)?
                 .ok_or_else(|| {
                     CniError::InvalidConfig(format!("uplink interface {u:?} does not exist"))
                 })?
@@ -983,18 +1122,6 @@ fn pod_mtu(conf: &NetConf) -> Result<u32, CniError> {
     Ok(uplink_mtu.saturating_sub(VXLAN_OVERHEAD).max(68))
 }
 
-fn default_route_device() -> Result<Option<String>, CniError> {
-    #[derive(Deserialize)]
-    struct Route {
-        #[serde(default)]
-        dev: String,
-    }
-    let out = ip_cmd(&["-j", "-4", "route", "show", "default"])?;
-    let routes: Vec<Route> = serde_json::from_str(&out)
-        .map_err(|e| CniError::Decode(format!("`ip -j route show default`: {e}")))?;
-    Ok(routes.into_iter().map(|r| r.dev).find(|d| !d.is_empty()))
-}
-
 /// Runs `f` on a thread that entered the network namespace `ns` (setns affects
 /// only that thread; processes it starts inherit the namespace).
 fn in_netns<T: Send>(
@@ -1003,16 +1130,11 @@ fn in_netns<T: Send>(
 ) -> Result<T, CniError> {
     std::thread::scope(|s| {
         let handle = s.spawn(|| {
-            // SAFETY: setns(2) on an open namespace file descriptor that outlives
-            // this call; CLONE_NEWNET changes only this thread's network namespace.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
+            // CLONE_NEWNET changes only this thread's network namespace.
+            if let Err(e) = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET) {
                 return Err(CniError::ContainerUnknown {
                     path: "CNI_NETNS".into(),
-                    reason: format!(
-                        "cannot enter it (not a network namespace?): {}",
-                        io::Error::last_os_error()
-                    ),
+                    reason: format!("cannot enter it (not a network namespace?): {e}"),
                 });
             }
             f()
@@ -1370,7 +1492,7 @@ mod tests {
             br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"},"mtu":1400}"#,
         )
         .unwrap();
-        assert_eq!(pod_mtu(&conf).unwrap(), 1400);
+        assert_eq!(pod_mtu(&Netlink::open().unwrap(), &conf).unwrap(), 1400);
         assert!(NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"host-local"},"mtu":20}"#
         )

@@ -164,11 +164,9 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_yaml::Error,
-    },
+    /// `message` is the parser's, with line, column and the lines around.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
     #[error("missing setting: {0}")]
     Missing(&'static str),
     #[error("invalid {what} '{value}': {why}")]
@@ -193,9 +191,14 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_path_buf(),
-        source,
+    serde_saphyr::from_str_with_options(&text, crate::manifests::yaml_options()).map_err(|e| {
+        let name = path.display().to_string();
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.render_with_options(serde_saphyr::render_options! {
+                source_name: Some(&name),
+            }),
+        }
     })
 }
 
@@ -491,5 +494,19 @@ mod tests {
         std::fs::write(&p, "nodeName: x\nbogusKey: 1\n").unwrap();
         let err = resolve(&a).unwrap_err().to_string();
         assert!(err.contains("c.yaml") && err.contains("bogusKey"), "{err}");
+        // The position, in the file's name, with the offending line shown.
+        assert!(err.contains("line 2 column 1"), "{err}");
+        assert!(err.contains(&format!("{}:2:1", p.display())), "{err}");
+        assert!(err.contains("2 | bogusKey: 1"), "{err}");
+        // A type error names the line too.
+        std::fs::write(
+            &p,
+            "nodeName: x
+vni: many
+",
+        )
+        .unwrap();
+        let err = resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("line 2 column 6"), "{err}");
     }
 }

@@ -11,8 +11,6 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -68,46 +66,39 @@ pub fn source_name(dir: &Path) -> String {
 /// Parses one manifest file's text. Documents of other kinds and empty
 /// documents are skipped; namespaced objects without a namespace get
 /// "default". The first malformed document makes the whole file an error.
+/// Messages name the field path and the line and column in the file.
 pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
     let doc_err = |index: usize, message: String| ManifestError::Document {
         file: file.to_path_buf(),
         index,
         message,
     };
-    // First pass: each document as a generic value, to learn its kind.
-    let mut values = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = serde_yaml::Value::deserialize(doc).map_err(|e| doc_err(i + 1, e.to_string()))?;
-        values.push(v);
-    }
-    // Second pass: the documents nodeplane reads, typed (serde_yaml errors then
-    // carry the field path and the line in the file).
+    let (documents, syntax) = split_documents(text);
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in documents.iter().enumerate() {
         let index = i + 1;
-        let Some(value) = values.get(i) else {
-            break;
+        let kind = match doc.parse::<Shape>() {
+            Err(m) => return Err(doc_err(index, m)),
+            Ok(Shape::Empty) => continue,
+            Ok(Shape::NotMapping) => {
+                return Err(doc_err(
+                    index,
+                    "not a Kubernetes object (expected a mapping)".into(),
+                ))
+            }
+            Ok(Shape::Mapping { kind: None }) => {
+                return Err(doc_err(index, "no 'kind' field".into()))
+            }
+            Ok(Shape::Mapping { kind: Some(kind) }) => kind,
         };
-        if value.is_null() {
-            continue;
-        }
-        let Some(map) = value.as_mapping() else {
-            return Err(doc_err(
-                index,
-                "not a Kubernetes object (expected a mapping)".into(),
-            ));
-        };
-        let kind = map
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .ok_or_else(|| doc_err(index, "no 'kind' field".into()))?;
-        let obj = match kind {
-            "Service" => Service::deserialize(doc).map(Object::Service),
-            "EndpointSlice" => EndpointSlice::deserialize(doc).map(Object::EndpointSlice),
-            "Node" => Node::deserialize(doc).map(Object::Node),
-            "Pod" => Pod::deserialize(doc).map(Object::Pod),
+        let obj = match kind.as_str() {
+            "Service" => doc.parse().map(Object::Service),
+            "EndpointSlice" => doc.parse().map(Object::EndpointSlice),
+            "Node" => doc.parse().map(Object::Node),
+            "Pod" => doc.parse().map(Object::Pod),
             "List" => {
-                list_items(value, &mut out).map_err(|m| doc_err(index, m))?;
+                let list: ListDoc = doc.parse().map_err(|m| doc_err(index, m))?;
+                list_items(list, &mut out).map_err(|m| doc_err(index, m))?;
                 continue;
             }
             other => {
@@ -115,34 +106,208 @@ pub fn parse_manifest(file: &Path, text: &str) -> Result<Vec<Object>, ManifestEr
                 continue;
             }
         }
-        .map_err(|e| doc_err(index, format!("{kind}: {e}")))?;
+        .map_err(|m| doc_err(index, format!("{kind}: {m}")))?;
         out.push(normalize(obj).map_err(|m| doc_err(index, m))?);
     }
-    Ok(out)
+    // A syntax error ends the stream: it lies in the document after the
+    // last complete one.
+    match syntax {
+        Some(message) => Err(doc_err(documents.len() + 1, message)),
+        None => Ok(out),
+    }
 }
 
-/// `kind: List` (as `kubectl get -o yaml` writes): its items, same rules.
-fn list_items(value: &serde_yaml::Value, out: &mut Vec<Object>) -> Result<(), String> {
-    let items = value
-        .get("items")
-        .and_then(|i| i.as_sequence())
-        .ok_or("List without 'items'")?;
-    for (j, item) in items.iter().enumerate() {
+/// How nodeplane reads YAML (manifests, the config file): the YAML 1.2 core
+/// schema, as Kubernetes' own JSON-compatible YAML and the earlier reader
+/// did: `yes`/`no`/`on`/`off`/`y`/`n` are strings, not booleans, and `0755`
+/// or `1_000` left untyped stay strings. Duplicate keys are an error.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+    }
+}
+
+/// One document of a YAML stream: its text and the number of lines before it
+/// in the file, so that positions in messages are the file's.
+struct Document<'a> {
+    text: &'a str,
+    line_offset: u64,
+}
+
+impl Document<'_> {
+    /// Deserializes the document; an error names the field path (when not
+    /// the root) and the line and column in the file.
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        let mut track = serde_path_to_error::Track::new();
+        serde_saphyr::with_deserializer_from_str_with_options(self.text, yaml_options(), |de| {
+            T::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
+        })
+        .map_err(|e| {
+            let message = e.render_with_options(serde_saphyr::render_options! {
+                snippets: serde_saphyr::SnippetMode::Off,
+                line_offset: self.line_offset,
+            });
+            match track.path().to_string() {
+                root if root == "." => message,
+                path => format!("{path}: {message}"),
+            }
+        })
+    }
+}
+
+/// Splits a YAML stream into its documents (`---` / `...` separated), as the
+/// YAML parser sees them; empty documents count. A syntax error stops the
+/// split and comes back as the message, with its line and column.
+fn split_documents(text: &str) -> (Vec<Document<'_>>, Option<String>) {
+    use serde_saphyr::granit_parser::{Event, Parser};
+    let mut documents = Vec::new();
+    // Each document runs from the end of the one before (directives and
+    // comments between documents go with the next one) to its own end.
+    let mut start = 0;
+    for event in Parser::new_from_str(text) {
+        match event {
+            Ok((Event::DocumentEnd, span)) => {
+                let end = span.end.index();
+                documents.push(Document {
+                    text: &text[start..end],
+                    line_offset: text[..start].matches('\n').count() as u64,
+                });
+                start = end;
+            }
+            Ok((Event::StreamEnd, _)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                let at = e.marker();
+                let message = format!(
+                    "{} at line {}, column {}",
+                    e.info(),
+                    at.line(),
+                    at.col() + 1
+                );
+                return (documents, Some(message));
+            }
+        }
+    }
+    (documents, None)
+}
+
+/// What the first look at a document finds: nothing, something other than a
+/// mapping, or a mapping and its `kind` (when that is a string).
+enum Shape {
+    Empty,
+    NotMapping,
+    Mapping { kind: Option<String> },
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML document")
+    }
+    fn visit_unit<E>(self) -> Result<Shape, E> {
+        Ok(Shape::Empty)
+    }
+    fn visit_none<E>(self) -> Result<Shape, E> {
+        Ok(Shape::Empty)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Shape, E> {
+        Ok(Shape::NotMapping)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Shape::NotMapping)
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Shape, A::Error> {
+        // A tagged node (`!Tag ...`): not an object.
+        use serde::de::VariantAccess as _;
+        let (serde::de::IgnoredAny, variant) = data.variant()?;
+        variant.newtype_variant::<serde::de::IgnoredAny>()?;
+        Ok(Shape::NotMapping)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        let mut kind = None;
+        while let Some(key) = map.next_key::<serde_json::Value>()? {
+            if key == "kind" {
+                kind = map
+                    .next_value::<serde_json::Value>()?
+                    .as_str()
+                    .map(str::to_owned);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(Shape::Mapping { kind })
+    }
+}
+
+/// `kind: List` (as `kubectl get -o yaml` writes it).
+#[derive(Deserialize)]
+struct ListDoc {
+    items: Option<serde_json::Value>,
+}
+
+/// A List's items, same rules as documents.
+fn list_items(list: ListDoc, out: &mut Vec<Object>) -> Result<(), String> {
+    let Some(serde_json::Value::Array(items)) = list.items else {
+        return Err("List without 'items'".into());
+    };
+    for (j, item) in items.into_iter().enumerate() {
         let kind = item
             .get("kind")
             .and_then(|k| k.as_str())
-            .unwrap_or_default();
-        let obj = match kind {
-            "Service" => serde_yaml::from_value(item.clone()).map(Object::Service),
-            "EndpointSlice" => serde_yaml::from_value(item.clone()).map(Object::EndpointSlice),
-            "Node" => serde_yaml::from_value(item.clone()).map(Object::Node),
-            "Pod" => serde_yaml::from_value(item.clone()).map(Object::Pod),
+            .unwrap_or_default()
+            .to_owned();
+        let obj = match kind.as_str() {
+            "Service" => typed(item).map(Object::Service),
+            "EndpointSlice" => typed(item).map(Object::EndpointSlice),
+            "Node" => typed(item).map(Object::Node),
+            "Pod" => typed(item).map(Object::Pod),
             _ => continue,
         }
         .map_err(|e| format!("items[{j}] ({kind}): {e}"))?;
         out.push(normalize(obj).map_err(|m| format!("items[{j}]: {m}"))?);
     }
     Ok(())
+}
+
+/// One List item, typed; an error names the field path.
+fn typed<T: serde::de::DeserializeOwned>(item: serde_json::Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(item).map_err(|e| e.to_string())
 }
 
 /// Requires a name; defaults the namespace of namespaced kinds to "default"

@@ -267,6 +267,17 @@ fn cni_plugin_add_check_del_in_namespaces() {
     let host_ifindex = hl[0]["ifindex"].as_u64().unwrap();
     assert_eq!(r1["interfaces"][0]["mac"], host_mac.as_str());
     assert_eq!(hl[0]["mtu"], 8950, "pod MTU = uplink MTU - 50");
+    // One queue pair per CPU on both ends (no `queues` in the config).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(64)) as u64;
+    let hd = lab.ip_json(node, &["-d", "link", "show", "dev", &host1]);
+    assert_eq!(
+        (
+            hd[0]["num_tx_queues"].as_u64(),
+            hd[0]["num_rx_queues"].as_u64()
+        ),
+        (Some(cpus), Some(cpus)),
+        "{hd}"
+    );
     let proxy = sh(
         "ip",
         &[
@@ -294,6 +305,15 @@ fn cni_plugin_add_check_del_in_namespaces() {
         "{addrs}"
     );
     let pl = lab.ip_json(&pod1_ns, &["link", "show", "dev", "eth0"]);
+    let pd = lab.ip_json(&pod1_ns, &["-d", "link", "show", "dev", "eth0"]);
+    assert_eq!(
+        (
+            pd[0]["num_tx_queues"].as_u64(),
+            pd[0]["num_rx_queues"].as_u64()
+        ),
+        (Some(cpus), Some(cpus)),
+        "{pd}"
+    );
     let pod_mac = pl[0]["address"].as_str().unwrap().to_string();
     assert_eq!(r1["interfaces"][1]["mac"], pod_mac.as_str());
     let def = lab.ip_json(&pod1_ns, &["-4", "route", "show", "default"]);

@@ -11,14 +11,13 @@ use control::config::{resolve, FileConfig, RunArgs, Source};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use serde::Deserialize;
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/deploy")
 }
 
 /// Every document of every file, as (kind, value).
-fn documents() -> Vec<(String, serde_yaml::Value)> {
+fn documents() -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
         .unwrap()
@@ -29,12 +28,10 @@ fn documents() -> Vec<(String, serde_yaml::Value)> {
     assert!(files.len() >= 3, "manifests missing: {files:?}");
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = serde_yaml::Value::deserialize(doc)
+        let docs: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple_with_options(&text, control::manifests::yaml_options())
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            if v.is_null() {
-                continue;
-            }
+        for v in docs {
             let kind = v["kind"].as_str().unwrap_or_default().to_string();
             assert!(!kind.is_empty(), "{}: a document without kind", f.display());
             out.push((kind, v));
@@ -43,10 +40,10 @@ fn documents() -> Vec<(String, serde_yaml::Value)> {
     out
 }
 
-fn one<T: serde::de::DeserializeOwned>(docs: &[(String, serde_yaml::Value)], kind: &str) -> T {
+fn one<T: serde::de::DeserializeOwned>(docs: &[(String, serde_json::Value)], kind: &str) -> T {
     let found: Vec<_> = docs.iter().filter(|(k, _)| k == kind).collect();
     assert_eq!(found.len(), 1, "want exactly one {kind}");
-    serde_yaml::from_value(found[0].1.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
+    serde_json::from_value(found[0].1.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
 #[test]
@@ -76,7 +73,11 @@ fn the_configmap_holds_a_valid_agent_config_and_cni_config() {
     let docs = documents();
     let cm: ConfigMap = one(&docs, "ConfigMap");
     let data = cm.data.expect("data");
-    let file: FileConfig = serde_yaml::from_str(&data["config.yaml"]).expect("agent config");
+    let file: FileConfig = serde_saphyr::from_str_with_options(
+        &data["config.yaml"],
+        control::manifests::yaml_options(),
+    )
+    .expect("agent config");
     assert_eq!(file.kubeconfig.as_deref(), Some("in-cluster"));
     // As the DaemonSet runs it: --config plus NODE_NAME from the downward API.
     let dir = tempfile::tempdir().unwrap();

@@ -553,17 +553,15 @@ fn lab_pods_added_and_deleted_while_traffic_flows() {
 }
 
 /// Rewrites one YAML file of a manifest directory document by document.
-fn edit_manifest(path: &std::path::Path, mut f: impl FnMut(&mut serde_yaml::Value)) {
-    use serde::Deserialize as _;
+fn edit_manifest(path: &std::path::Path, mut f: impl FnMut(&mut serde_json::Value)) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut docs = Vec::new();
-    for d in serde_yaml::Deserializer::from_str(&text) {
-        let mut v = serde_yaml::Value::deserialize(d).unwrap();
-        if v.is_null() {
-            continue;
-        }
+    let values: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple_with_options(&text, control::manifests::yaml_options())
+            .unwrap();
+    for mut v in values {
         f(&mut v);
-        docs.push(serde_yaml::to_string(&v).unwrap());
+        docs.push(serde_saphyr::to_string(&v).unwrap());
     }
     // Written to a temporary file and renamed over, as editors and
     // ConfigMap volume updates do.
@@ -572,7 +570,7 @@ fn edit_manifest(path: &std::path::Path, mut f: impl FnMut(&mut serde_yaml::Valu
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn named(v: &serde_yaml::Value, kind: &str, name: &str) -> bool {
+fn named(v: &serde_json::Value, kind: &str, name: &str) -> bool {
     v["kind"].as_str() == Some(kind) && v["metadata"]["name"].as_str() == Some(name)
 }
 
@@ -696,10 +694,10 @@ fn lab_live_manifest_edits_keep_established_flows() {
     let g = generations(&lab);
     edit_manifest(&slices, |v| {
         if named(v, "EndpointSlice", "web-7xk2p") {
-            let eps = v["endpoints"].as_sequence_mut().unwrap();
+            let eps = v["endpoints"].as_array_mut().unwrap();
             let mut b2 = eps[1].clone();
-            b2["addresses"][0] = serde_yaml::Value::from(lab.ip("b2").to_string());
-            b2["targetRef"]["name"] = serde_yaml::Value::from("b2");
+            b2["addresses"][0] = serde_json::Value::from(lab.ip("b2").to_string());
+            b2["targetRef"]["name"] = serde_json::Value::from("b2");
             eps.push(b2);
         }
     });
@@ -722,7 +720,7 @@ fn lab_live_manifest_edits_keep_established_flows() {
     edit_manifest(&slices, |v| {
         if named(v, "EndpointSlice", "web-7xk2p") {
             v["endpoints"]
-                .as_sequence_mut()
+                .as_array_mut()
                 .unwrap()
                 .retain(|e| e["addresses"][0].as_str() != Some(victim_ip.as_str()));
         }
@@ -737,7 +735,7 @@ fn lab_live_manifest_edits_keep_established_flows() {
     let g = generations(&lab);
     edit_manifest(&services, |v| {
         if named(v, "Service", "web") {
-            v["spec"]["ports"][0]["port"] = serde_yaml::Value::from(8000);
+            v["spec"]["ports"][0]["port"] = serde_json::Value::from(8000);
         }
     });
     let t = wait_generation(&lab, g);

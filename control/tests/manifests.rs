@@ -560,3 +560,43 @@ fn the_benchmark_manifests_reduce_to_their_scenarios() {
     }
     assert_eq!(spec.services.len(), 7, "3 demo + 4 bench Services");
 }
+
+#[test]
+fn errors_give_the_field_path_and_the_line_and_column_in_the_file() {
+    let good = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec: {ports: [{port: 80}]}\n";
+    // A type error in the second document: line 11 of the file, not of the document.
+    let (_, msg) = doc_error(&format!(
+        "{good}---\napiVersion: v1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  ports:\n  - port: eighty\n"
+    ));
+    assert_eq!(
+        msg,
+        "/etc/np/bad.yaml: document 2: Service: spec.ports[0].port: invalid i32 at line 11, column 11"
+    );
+    // A syntax error in the third document, after an empty one.
+    let (i, msg) = doc_error(&format!("{good}---\n---\nkind: Service\nspec: [1\n"));
+    assert_eq!(i, 3, "{msg}");
+    assert!(msg.contains("line 8, column 7"), "{msg}");
+    // A List item: its index, kind and field path.
+    let (_, msg) = doc_error(
+        "kind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: a}, spec: {ports: [{port: x}]}}\n",
+    );
+    assert!(
+        msg.contains("items[0] (Service): spec.ports[0].port: invalid type"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn plain_scalars_follow_the_yaml_1_2_core_schema() {
+    // `n`, `no`, `on` are names here, not booleans (YAML 1.1 would make them so).
+    let text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Node, metadata: {name: n}}\n- {apiVersion: v1, kind: Node, metadata: {name: on}}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: no}\n";
+    let objs = parse_manifest(Path::new("/m/nodes.yaml"), text).unwrap();
+    let names: Vec<_> = objs
+        .iter()
+        .map(|o| match o {
+            Object::Node(n) => n.metadata.name.clone().unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["n", "on", "no"]);
+}

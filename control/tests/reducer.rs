@@ -9,7 +9,6 @@ use control::publish::Publisher;
 use control::reducer::{reduce, synced, LocalConfig, LocalFacts};
 use control::state::AgentState;
 use control::store::{Kind, Object, ObjectStore};
-use serde::Deserialize;
 use shared::snapshot::{EndpointSpec, PodRoute, ServicePortSpec, ServiceSpec, TableSpec};
 use shared::L4Proto;
 
@@ -20,17 +19,15 @@ fn ip(s: &str) -> Ipv4Addr {
 /// Multi-document YAML → objects (test helper, independent of the manifest source).
 fn objects(yaml: &str) -> Vec<Object> {
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = serde_yaml::Value::deserialize(doc).unwrap();
-        if v.is_null() {
-            continue;
-        }
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple_with_options(yaml, control::manifests::yaml_options()).unwrap();
+    for v in docs {
         let kind = v["kind"].as_str().unwrap().to_string();
         out.push(match kind.as_str() {
-            "Service" => Object::Service(serde_yaml::from_value(v).unwrap()),
-            "EndpointSlice" => Object::EndpointSlice(serde_yaml::from_value(v).unwrap()),
-            "Node" => Object::Node(serde_yaml::from_value(v).unwrap()),
-            "Pod" => Object::Pod(serde_yaml::from_value(v).unwrap()),
+            "Service" => Object::Service(serde_json::from_value(v).unwrap()),
+            "EndpointSlice" => Object::EndpointSlice(serde_json::from_value(v).unwrap()),
+            "Node" => Object::Node(serde_json::from_value(v).unwrap()),
+            "Pod" => Object::Pod(serde_json::from_value(v).unwrap()),
             k => panic!("unexpected kind {k}"),
         });
     }

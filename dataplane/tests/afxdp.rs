@@ -1078,3 +1078,41 @@ fn a_stale_program_is_replaced_and_only_our_own_is_detached() {
         assert!(!shown().contains("xdp"));
     });
 }
+
+#[test]
+fn a_stale_generic_mode_program_is_replaced_in_generic_mode() {
+    if !can_run("a_stale_generic_mode_program_is_replaced_in_generic_mode") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let ns = lab.netns("stalegen");
+    let (x, y) = (lab.ifname("x"), lab.ifname("y"));
+    lab.veth(&ns, &x, &ns, &y, 1);
+    let shown = || sh(&["ip", "-n", &ns, "link", "show", &x]);
+    in_netns(&ns.clone(), || {
+        let ifx = netif::ifindex(&x).unwrap();
+        // A previous run with --xdp-mode generic left its program attached.
+        let mut old = dataplane::io::Steering::load().unwrap();
+        old.set_mode(Some(dataplane::io::XdpMode::Generic));
+        assert_eq!(
+            old.attach(ifx, InterfaceRole::Pod).unwrap().mode.name(),
+            "generic"
+        );
+        // The new run would take driver mode on veth, but the stale program
+        // is replaced where it is, in generic mode.
+        let new = dataplane::io::Steering::load().unwrap();
+        let a = new
+            .attach(ifx, InterfaceRole::Pod)
+            .expect("replaces the stale program");
+        assert_eq!(a.mode.name(), "generic");
+        assert!(shown().contains("xdpgeneric"), "{}", shown());
+        drop(old);
+        assert!(
+            shown().contains("xdpgeneric"),
+            "still attached: {}",
+            shown()
+        );
+        assert!(new.detach(ifx));
+        assert!(!shown().contains("xdp"), "{}", shown());
+    });
+}

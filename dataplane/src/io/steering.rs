@@ -1,15 +1,20 @@
 //! The XDP steering program (bpf/steer.c, compiled by build.rs): loading it with
-//! libbpf, attaching/detaching it per interface (driver mode, falling back to
+//! libbpf (through libbpf-rs), attaching/detaching it per interface (driver mode, falling back to
 //! generic), and the maps the agent updates at run time (`SteeringParams`), the
 //! XSKMAP the workers insert their sockets into, and the per-CPU decision counters.
 //! It never touches an interface it was not asked to attach to, and only ever
 //! detaches its own program.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::net::Ipv4Addr;
-use std::os::raw::{c_int, c_void};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
+
+use libbpf_rs::query::ProgInfoIter;
+use libbpf_rs::{
+    MapCore, MapFlags, MapHandle, Object, ObjectBuilder, Program, ProgramInput, ProgramMut, Xdp,
+    XdpFlags,
+};
 
 use shared::{Ipv4Cidr, L4Proto};
 
@@ -40,13 +45,13 @@ pub enum SteeringError {
     Bpf {
         what: String,
         #[source]
-        source: std::io::Error,
+        source: libbpf_rs::Error,
     },
     #[error("attaching XDP to ifindex {ifindex}: {source}")]
     Attach {
         ifindex: u32,
         #[source]
-        source: std::io::Error,
+        source: libbpf_rs::Error,
     },
     #[error("ifindex {0} is already attached")]
     AlreadyAttached(u32),
@@ -101,10 +106,10 @@ impl XdpMode {
         }
     }
 
-    fn flag(self) -> u32 {
+    fn flags(self) -> XdpFlags {
         match self {
-            XdpMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
-            XdpMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
+            XdpMode::Native => XdpFlags::DRV_MODE,
+            XdpMode::Generic => XdpFlags::SKB_MODE,
         }
     }
 }
@@ -132,39 +137,67 @@ pub struct SteeringParams {
     pub masq_range: (u16, u16),
 }
 
-/// Layout of `struct config` in steer.c.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
+/// `struct config` in steer.c: vxlan_port, masq_lo, masq_hi, pad (u16 each,
+/// host byte order).
 struct ConfigValue {
     vxlan_port: u16,
     masq_lo: u16,
     masq_hi: u16,
-    pad: u16,
 }
 
-/// Layout of `struct iface` in steer.c.
-#[repr(C)]
-#[derive(Clone, Copy)]
+impl ConfigValue {
+    fn to_bytes(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..2].copy_from_slice(&self.vxlan_port.to_ne_bytes());
+        b[2..4].copy_from_slice(&self.masq_lo.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.masq_hi.to_ne_bytes());
+        b
+    }
+}
+
+/// `struct iface` in steer.c: role, slot_base (u32 each).
 struct IfaceValue {
     role: u32,
     slot_base: u32,
 }
 
-/// Layout of `struct nodeport_key` in steer.c.
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct NodePortKey {
-    port: u16,
-    proto: u8,
-    pad: u8,
+impl IfaceValue {
+    fn new(role: InterfaceRole, slot_base: u32) -> IfaceValue {
+        let role = match role {
+            InterfaceRole::Uplink => ROLE_UPLINK,
+            InterfaceRole::Pod => ROLE_POD,
+        };
+        IfaceValue { role, slot_base }
+    }
+
+    fn to_bytes(&self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&self.role.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.slot_base.to_ne_bytes());
+        b
+    }
 }
 
-/// Layout of `struct lpm_v4_key` in steer.c.
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct LpmKey {
-    prefixlen: u32,
-    addr: u32,
+/// `struct nodeport_key` in steer.c: port (u16), proto (u8), pad (u8).
+fn nodeport_key(proto: L4Proto, port: u16) -> Vec<u8> {
+    let p = port.to_ne_bytes();
+    vec![p[0], p[1], proto.number(), 0]
+}
+
+/// `struct lpm_v4_key` in steer.c: prefixlen (u32), addr (network order).
+fn lpm_key(c: &Ipv4Cidr) -> Vec<u8> {
+    let mut b = u32::from(c.prefix_len()).to_ne_bytes().to_vec();
+    b.extend_from_slice(&c.network().octets());
+    b
+}
+
+/// `struct xdp_md` (the XDP context) for a test run: data, data_end,
+/// data_meta, ingress_ifindex, rx_queue_index, egress_ifindex (u32 each).
+fn xdp_md(len: u32, ingress_ifindex: u32) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    b[4..8].copy_from_slice(&len.to_ne_bytes());
+    b[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    b
 }
 
 /// The program's per-reason decisions (slots of the `stats` map). `redirect_*`
@@ -243,123 +276,77 @@ struct AttachState {
     used_slots: Vec<bool>,
 }
 
-struct MapFds {
-    xsks: c_int,
-    config: c_int,
-    ifaces: c_int,
-    node_ips: c_int,
-    frontend_ips: c_int,
-    nodeports: c_int,
-    service_cidrs: c_int,
-    stats: c_int,
+/// The program's maps (handles of their own, independent of the object's).
+struct Maps {
+    xsks: MapHandle,
+    config: MapHandle,
+    ifaces: MapHandle,
+    node_ips: MapHandle,
+    frontend_ips: MapHandle,
+    nodeports: MapHandle,
+    service_cidrs: MapHandle,
+    stats: MapHandle,
 }
 
 /// The loaded steering program and its maps. Dropping it detaches it from every
 /// interface it was attached to.
 pub struct Steering {
-    obj: *mut libbpf_sys::bpf_object,
-    prog_fd: c_int,
-    maps: MapFds,
+    obj: Object,
+    /// The program's descriptor, for attaching.
+    prog: OwnedFd,
+    maps: Maps,
     state: Mutex<AttachState>,
     /// The modes tried when attaching, in order.
     modes: &'static [XdpMode],
 }
 
-// SAFETY: `obj` is only dereferenced by libbpf in `Drop` (close); everything else
-// uses file descriptors, and the kernel serialises map and netlink operations.
-unsafe impl Send for Steering {}
-// SAFETY: as above; the mutable attachment state is behind a Mutex.
-unsafe impl Sync for Steering {}
-
-fn last_err(ret: c_int) -> std::io::Error {
-    if ret < 0 {
-        std::io::Error::from_raw_os_error(-ret)
-    } else {
-        std::io::Error::last_os_error()
-    }
-}
-
-fn bpf_err(what: impl Into<String>, ret: c_int) -> SteeringError {
-    SteeringError::Bpf {
-        what: what.into(),
-        source: last_err(ret),
-    }
+fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> SteeringError {
+    let what = what.into();
+    move |source| SteeringError::Bpf { what, source }
 }
 
 impl Steering {
     /// Loads the program and creates its maps (nothing is attached yet).
     pub fn load() -> Result<Steering, SteeringError> {
-        let name = CString::new("nodeplane").unwrap_or_default();
-        // SAFETY: zero is a valid bit pattern for this plain C options struct.
-        let mut opts: libbpf_sys::bpf_object_open_opts = unsafe { std::mem::zeroed() };
-        opts.sz = std::mem::size_of::<libbpf_sys::bpf_object_open_opts>() as libbpf_sys::size_t;
-        opts.object_name = name.as_ptr();
-        // SAFETY: the buffer is a static ELF object; libbpf copies what it keeps.
-        let obj = unsafe {
-            libbpf_sys::bpf_object__open_mem(
-                STEER_OBJ.as_ptr().cast::<c_void>(),
-                STEER_OBJ.len() as libbpf_sys::size_t,
-                &opts,
-            )
+        let obj = ObjectBuilder::default()
+            .name("nodeplane")
+            .map_err(bpf_err("naming the steering object"))?
+            .open_memory(STEER_OBJ)
+            .map_err(bpf_err("opening the steering object"))?
+            .load()
+            .map_err(bpf_err(
+                "loading the steering program (is this kernel XDP-capable?)",
+            ))?;
+        let prog = program(&obj)?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| bpf_err("the steering program's descriptor")(e.into()))?;
+        let map = |name: &str| -> Result<MapHandle, SteeringError> {
+            let m = obj
+                .maps()
+                .find(|m| m.name() == name)
+                .ok_or_else(|| not_found(format!("finding map '{name}'")))?;
+            MapHandle::try_from(&m).map_err(bpf_err(format!("map '{name}'")))
         };
-        if obj.is_null() {
-            return Err(bpf_err("opening the steering object", -1));
-        }
-        // From here on, `Steering`'s Drop closes the object on every error path.
-        let mut s = Steering {
+        let maps = Maps {
+            xsks: map("xsks")?,
+            config: map("config")?,
+            ifaces: map("ifaces")?,
+            node_ips: map("node_ips")?,
+            frontend_ips: map("frontend_ips")?,
+            nodeports: map("nodeports")?,
+            service_cidrs: map("service_cidrs")?,
+            stats: map("stats")?,
+        };
+        let s = Steering {
             obj,
-            prog_fd: -1,
-            maps: MapFds {
-                xsks: -1,
-                config: -1,
-                ifaces: -1,
-                node_ips: -1,
-                frontend_ips: -1,
-                nodeports: -1,
-                service_cidrs: -1,
-                stats: -1,
-            },
+            prog,
+            maps,
             state: Mutex::new(AttachState {
                 by_ifindex: HashMap::new(),
                 used_slots: vec![false; MAX_INTERFACES as usize],
             }),
             modes: &[XdpMode::Native, XdpMode::Generic],
-        };
-        // SAFETY: `obj` is a valid, not yet loaded object.
-        let ret = unsafe { libbpf_sys::bpf_object__load(obj) };
-        if ret != 0 {
-            return Err(bpf_err(
-                "loading the steering program (is this kernel XDP-capable?)",
-                ret,
-            ));
-        }
-        let prog_name = CString::new(PROGRAM_NAME).unwrap_or_default();
-        // SAFETY: `obj` is loaded; the name is NUL-terminated.
-        let prog = unsafe { libbpf_sys::bpf_object__find_program_by_name(obj, prog_name.as_ptr()) };
-        if prog.is_null() {
-            return Err(bpf_err("finding the steering program", -libc::ENOENT));
-        }
-        // SAFETY: `prog` belongs to the loaded object.
-        s.prog_fd = unsafe { libbpf_sys::bpf_program__fd(prog) };
-        let map_fd = |n: &str| -> Result<c_int, SteeringError> {
-            let cn = CString::new(n).unwrap_or_default();
-            // SAFETY: `obj` is loaded; the name is NUL-terminated.
-            let fd = unsafe { libbpf_sys::bpf_object__find_map_fd_by_name(obj, cn.as_ptr()) };
-            if fd < 0 {
-                Err(bpf_err(format!("finding map '{n}'"), fd))
-            } else {
-                Ok(fd)
-            }
-        };
-        s.maps = MapFds {
-            xsks: map_fd("xsks")?,
-            config: map_fd("config")?,
-            ifaces: map_fd("ifaces")?,
-            node_ips: map_fd("node_ips")?,
-            frontend_ips: map_fd("frontend_ips")?,
-            nodeports: map_fd("nodeports")?,
-            service_cidrs: map_fd("service_cidrs")?,
-            stats: map_fd("stats")?,
         };
         // Nothing steered until the agent says so: an empty masquerade range.
         s.set_params(&SteeringParams {
@@ -370,8 +357,12 @@ impl Steering {
     }
 
     /// The program's file descriptor (for tests and diagnostics).
-    pub fn prog_fd(&self) -> c_int {
-        self.prog_fd
+    pub fn prog_fd(&self) -> RawFd {
+        self.prog.as_raw_fd()
+    }
+
+    fn xdp(&self) -> Xdp<'_> {
+        Xdp::new(self.prog.as_fd())
     }
 
     /// Replaces the steering parameters. New entries are added before stale
@@ -387,41 +378,35 @@ impl Steering {
             vxlan_port: p.vxlan_port,
             masq_lo: lo,
             masq_hi: hi,
-            pad: 0,
         };
-        map_update(self.maps.config, &0u32, &cfg, "config")?;
-        let ip_key = |ip: &Ipv4Addr| u32::from_ne_bytes(ip.octets());
+        map_update(
+            &self.maps.config,
+            &0u32.to_ne_bytes(),
+            &cfg.to_bytes(),
+            "config",
+        )?;
+        let ip_key = |ip: &Ipv4Addr| ip.octets().to_vec();
         sync_set(
-            self.maps.node_ips,
+            &self.maps.node_ips,
             p.node_ips.iter().map(ip_key).collect(),
             "node_ips",
         )?;
         sync_set(
-            self.maps.frontend_ips,
+            &self.maps.frontend_ips,
             p.frontend_ips.iter().map(ip_key).collect(),
             "frontend_ips",
         )?;
         sync_set(
-            self.maps.nodeports,
+            &self.maps.nodeports,
             p.nodeports
                 .iter()
-                .map(|(proto, port)| NodePortKey {
-                    port: *port,
-                    proto: proto.number(),
-                    pad: 0,
-                })
+                .map(|(proto, port)| nodeport_key(*proto, *port))
                 .collect(),
             "nodeports",
         )?;
         sync_set(
-            self.maps.service_cidrs,
-            p.service_cidrs
-                .iter()
-                .map(|c| LpmKey {
-                    prefixlen: u32::from(c.prefix_len()),
-                    addr: u32::from_ne_bytes(c.network().octets()),
-                })
-                .collect(),
+            &self.maps.service_cidrs,
+            p.service_cidrs.iter().map(lpm_key).collect(),
             "service_cidrs",
         )?;
         Ok(())
@@ -441,18 +426,17 @@ impl Steering {
             .position(|u| !u)
             .ok_or(SteeringError::TooManyInterfaces)?;
         let slot_base = slot as u32 * QUEUES_PER_INTERFACE;
-        let value = IfaceValue {
-            role: match role {
-                InterfaceRole::Uplink => ROLE_UPLINK,
-                InterfaceRole::Pod => ROLE_POD,
-            },
-            slot_base,
-        };
-        map_update(self.maps.ifaces, &ifindex, &value, "ifaces")?;
+        let value = IfaceValue::new(role, slot_base);
+        map_update(
+            &self.maps.ifaces,
+            &ifindex.to_ne_bytes(),
+            &value.to_bytes(),
+            "ifaces",
+        )?;
         let mode = match self.attach_prog(ifindex) {
             Ok(m) => m,
             Err(e) => {
-                map_delete(self.maps.ifaces, &ifindex);
+                map_delete(&self.maps.ifaces, &ifindex.to_ne_bytes());
                 return Err(e);
             }
         };
@@ -479,46 +463,38 @@ impl Steering {
     }
 
     fn attach_prog(&self, ifindex: u32) -> Result<XdpMode, SteeringError> {
+        let attach_err = |source| SteeringError::Attach { ifindex, source };
+        let xdp = self.xdp();
         let mut last = None;
         for &mode in self.modes {
-            let flags = mode.flag() | libbpf_sys::XDP_FLAGS_UPDATE_IF_NOEXIST;
-            // SAFETY: plain syscall wrapper; a null opts pointer is allowed.
-            let ret = unsafe {
-                libbpf_sys::bpf_xdp_attach(ifindex as c_int, self.prog_fd, flags, std::ptr::null())
-            };
-            if ret == 0 {
+            let Err(e) = xdp.attach(ifindex as i32, mode.flags() | XdpFlags::UPDATE_IF_NOEXIST)
+            else {
                 return Ok(mode);
-            }
-            let errno = -ret;
-            if errno == libc::EBUSY || errno == libc::EEXIST {
-                // Something is attached already: ours from a crashed run, or not ours.
+            };
+            // Why it failed: something attached already (ours from a crashed
+            // run, or not ours), no such interface (the query fails too), or
+            // this mode is not available here (try the next one).
+            let attached = xdp
+                .query(ifindex as i32, XdpFlags::NONE)
+                .map_err(attach_err)?;
+            if attached.prog_id != 0 || attached.drv_prog_id != 0 || attached.skb_prog_id != 0 {
                 return self.replace_stale(ifindex);
             }
-            if errno == libc::ENODEV {
-                return Err(SteeringError::Attach {
-                    ifindex,
-                    source: last_err(ret),
-                });
-            }
-            last = Some(last_err(ret));
+            last = Some(e);
         }
-        Err(SteeringError::Attach {
-            ifindex,
-            source: last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL)),
-        })
+        Err(attach_err(last.unwrap_or_else(|| {
+            libbpf_rs::Error::from_raw_os_error(libc::EINVAL)
+        })))
     }
 
     /// Replaces a program named like ours (left behind by a previous run).
     fn replace_stale(&self, ifindex: u32) -> Result<XdpMode, SteeringError> {
+        let attach_err = |source| SteeringError::Attach { ifindex, source };
         for mode in [XdpMode::Native, XdpMode::Generic] {
-            let mut id = 0u32;
-            // SAFETY: plain syscall wrapper writing one u32.
-            let ret = unsafe {
-                libbpf_sys::bpf_xdp_query_id(ifindex as c_int, mode.flag() as c_int, &mut id)
+            let id = match self.xdp().query_id(ifindex as i32, mode.flags()) {
+                Ok(id) if id != 0 => id,
+                _ => continue,
             };
-            if ret != 0 || id == 0 {
-                continue;
-            }
             let name = prog_name_by_id(id).unwrap_or_default();
             if name != PROGRAM_NAME {
                 return Err(SteeringError::Occupied {
@@ -527,38 +503,13 @@ impl Steering {
                     name,
                 });
             }
-            // SAFETY: plain syscall wrapper.
-            let old_fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
-            if old_fd < 0 {
-                return Err(SteeringError::Attach {
-                    ifindex,
-                    source: last_err(old_fd),
-                });
-            }
-            let opts = libbpf_sys::bpf_xdp_attach_opts {
-                sz: std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as libbpf_sys::size_t,
-                old_prog_fd: old_fd,
-                ..Default::default()
-            };
-            // SAFETY: plain syscall wrapper; `opts` outlives the call.
-            let ret = unsafe {
-                libbpf_sys::bpf_xdp_attach(ifindex as c_int, self.prog_fd, mode.flag(), &opts)
-            };
-            // SAFETY: `old_fd` was returned by the kernel above and is ours to close.
-            unsafe { libc::close(old_fd) };
-            if ret != 0 {
-                return Err(SteeringError::Attach {
-                    ifindex,
-                    source: last_err(ret),
-                });
-            }
+            let old = Program::fd_from_id(id).map_err(attach_err)?;
+            xdp_swap(ifindex, Some(self.prog.as_fd()), mode, old.as_fd())
+                .map_err(|e| attach_err(e.into()))?;
             tracing::warn!(ifindex, "replaced a stale nodeplane XDP program");
             return Ok(mode);
         }
-        Err(SteeringError::Attach {
-            ifindex,
-            source: std::io::Error::from_raw_os_error(libc::EBUSY),
-        })
+        Err(attach_err(libbpf_rs::Error::from_raw_os_error(libc::EBUSY)))
     }
 
     /// Detaches the program from `ifindex` (only if it is still ours) and forgets
@@ -568,7 +519,7 @@ impl Steering {
         let Some(a) = st.by_ifindex.remove(&ifindex) else {
             return false;
         };
-        map_delete(self.maps.ifaces, &ifindex);
+        map_delete(&self.maps.ifaces, &ifindex.to_ne_bytes());
         self.detach_prog(&a);
         let slot = (a.slot_base / QUEUES_PER_INTERFACE) as usize;
         if let Some(u) = st.used_slots.get_mut(slot) {
@@ -578,16 +529,12 @@ impl Steering {
     }
 
     fn detach_prog(&self, a: &Attachment) {
-        let opts = libbpf_sys::bpf_xdp_attach_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as libbpf_sys::size_t,
-            old_prog_fd: self.prog_fd,
-            ..Default::default()
-        };
-        // SAFETY: plain syscall wrapper; `opts` outlives the call. With
-        // old_prog_fd set, the kernel detaches only if our program is attached.
-        let ret = unsafe { libbpf_sys::bpf_xdp_detach(a.ifindex as c_int, a.mode.flag(), &opts) };
-        if ret != 0 && -ret != libc::ENODEV {
-            tracing::warn!(ifindex = a.ifindex, error = %last_err(ret), "detaching XDP");
+        // With our program as the expected one, the kernel detaches only if
+        // it is still ours (a newer instance may have replaced it).
+        if let Err(e) = xdp_swap(a.ifindex, None, a.mode, self.prog.as_fd()) {
+            if e.raw_os_error() != Some(libc::ENODEV) {
+                tracing::warn!(ifindex = a.ifindex, error = %e, "detaching XDP");
+            }
         }
     }
 
@@ -616,14 +563,19 @@ impl Steering {
     }
 
     /// Inserts an AF_XDP socket at XSKMAP index `slot`.
-    pub(crate) fn set_socket(&self, slot: u32, fd: c_int) -> Result<(), SteeringError> {
+    pub(crate) fn set_socket(&self, slot: u32, fd: RawFd) -> Result<(), SteeringError> {
         let v = fd as u32;
-        map_update(self.maps.xsks, &slot, &v, "xsks")
+        map_update(
+            &self.maps.xsks,
+            &slot.to_ne_bytes(),
+            &v.to_ne_bytes(),
+            "xsks",
+        )
     }
 
     /// Removes the socket at XSKMAP index `slot`.
     pub(crate) fn clear_socket(&self, slot: u32) {
-        map_delete(self.maps.xsks, &slot);
+        map_delete(&self.maps.xsks, &slot.to_ne_bytes());
     }
 
     /// Runs the program once on `packet` (an Ethernet frame) as if it arrived
@@ -642,42 +594,30 @@ impl Steering {
         if self.attachment(LOOPBACK).is_some() {
             return Err(SteeringError::AlreadyAttached(LOOPBACK));
         }
-        let value = IfaceValue {
-            role: match role {
-                InterfaceRole::Uplink => ROLE_UPLINK,
-                InterfaceRole::Pod => ROLE_POD,
-            },
-            // Past every interface slot: nothing is ever inserted there.
-            slot_base: XSK_SLOTS - QUEUES_PER_INTERFACE,
-        };
-        map_update(self.maps.ifaces, &LOOPBACK, &value, "ifaces")?;
+        // Past every interface slot: nothing is ever inserted there.
+        let value = IfaceValue::new(role, XSK_SLOTS - QUEUES_PER_INTERFACE);
+        map_update(
+            &self.maps.ifaces,
+            &LOOPBACK.to_ne_bytes(),
+            &value.to_bytes(),
+            "ifaces",
+        )?;
         let before = self.stats();
-        let ctx = libbpf_sys::xdp_md {
-            data: 0,
-            data_end: packet.len() as u32,
-            data_meta: 0,
-            ingress_ifindex: LOOPBACK,
-            rx_queue_index: 0,
-            egress_ifindex: 0,
-        };
+        let mut ctx = xdp_md(packet.len() as u32, LOOPBACK);
         let mut out = vec![0u8; packet.len() + 512];
-        let mut opts = libbpf_sys::bpf_test_run_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
-            data_in: packet.as_ptr().cast::<c_void>(),
-            data_out: out.as_mut_ptr().cast::<c_void>(),
-            data_size_in: packet.len() as u32,
-            data_size_out: out.len() as u32,
-            ctx_in: (&ctx as *const libbpf_sys::xdp_md).cast::<c_void>(),
-            ctx_size_in: std::mem::size_of::<libbpf_sys::xdp_md>() as u32,
+        let input = ProgramInput {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            context_in: Some(&mut ctx),
             repeat: 1,
-            ..Default::default()
+            ..ProgramInput::default()
         };
-        // SAFETY: every pointer in `opts` refers to a live buffer of the stated size.
-        let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(self.prog_fd, &mut opts) };
-        map_delete(self.maps.ifaces, &LOOPBACK);
-        if ret != 0 {
-            return Err(bpf_err("test-running the steering program", ret));
-        }
+        let ran = program(&self.obj).and_then(|p| {
+            p.test_run(input)
+                .map_err(bpf_err("test-running the steering program"))
+        });
+        map_delete(&self.maps.ifaces, &LOOPBACK.to_ne_bytes());
+        ran?;
         let after = self.stats();
         // The decision; `pass_no_socket` only if it is the sole counter bumped.
         let no_socket = STAT_NAMES.iter().position(|n| *n == "pass_no_socket");
@@ -691,29 +631,23 @@ impl Steering {
             .or(bumped.first().copied());
         match decision {
             Some(i) => Ok(STAT_NAMES[i]),
-            None => Err(bpf_err("test run counted no decision", -libc::EIO)),
+            None => Err(bpf_err("test run counted no decision")(
+                libbpf_rs::Error::from_raw_os_error(libc::EIO),
+            )),
         }
     }
 
     /// The program's decision counters, summed over CPUs.
     pub fn stats(&self) -> SteeringStats {
-        // SAFETY: plain library call.
-        let ncpu = unsafe { libbpf_sys::libbpf_num_possible_cpus() }.max(1) as usize;
         let mut out = SteeringStats::default();
-        let mut vals = vec![0u64; ncpu];
         for (i, c) in out.counts.iter_mut().enumerate() {
-            let key = i as u32;
-            // SAFETY: a per-CPU array lookup writes one u64 per possible CPU,
-            // which `vals` holds.
-            let ret = unsafe {
-                libbpf_sys::bpf_map_lookup_elem(
-                    self.maps.stats,
-                    (&key as *const u32).cast::<c_void>(),
-                    vals.as_mut_ptr().cast::<c_void>(),
-                )
-            };
-            if ret == 0 {
-                *c = vals.iter().sum();
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(per_cpu)) = self.maps.stats.lookup_percpu(&key, MapFlags::ANY) {
+                *c = per_cpu
+                    .iter()
+                    .filter_map(|v| v.get(..8)?.try_into().ok())
+                    .map(u64::from_ne_bytes)
+                    .sum();
             }
         }
         out
@@ -722,10 +656,48 @@ impl Steering {
 
 impl Drop for Steering {
     fn drop(&mut self) {
+        // The object (program and maps) is closed after this, by its own Drop.
         self.detach_all();
-        // SAFETY: `obj` came from bpf_object__open_mem and is closed once, here.
-        unsafe { libbpf_sys::bpf_object__close(self.obj) };
     }
+}
+
+/// The steering program of the loaded object.
+fn program(obj: &Object) -> Result<ProgramMut<'_>, SteeringError> {
+    obj.progs_mut()
+        .find(|p| p.name() == PROGRAM_NAME)
+        .ok_or_else(|| not_found("finding the steering program"))
+}
+
+fn not_found(what: impl Into<String>) -> SteeringError {
+    bpf_err(what)(libbpf_rs::Error::from_raw_os_error(libc::ENOENT))
+}
+
+/// Puts `new` (None: nothing) in place of `expected` on `ifindex` in `mode`,
+/// atomically: the kernel refuses (EEXIST) when the program attached there
+/// is not `expected`. Used to replace a stale program of ours and to detach
+/// only our own. libbpf-rs 0.27's `Xdp` has no expected program on detach
+/// and no mode on replace, so this one call goes to libbpf directly.
+fn xdp_swap(
+    ifindex: u32,
+    new: Option<BorrowedFd<'_>>,
+    mode: XdpMode,
+    expected: BorrowedFd<'_>,
+) -> Result<(), std::io::Error> {
+    let opts = libbpf_sys::bpf_xdp_attach_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_xdp_attach_opts>() as libbpf_sys::size_t,
+        old_prog_fd: expected.as_raw_fd(),
+        ..Default::default()
+    };
+    let new = new.map_or(-1, |fd| fd.as_raw_fd());
+    // SAFETY: a syscall wrapper taking plain integers and `opts`, which lives
+    // across the call and has its size in `sz`; both descriptors are borrowed
+    // for the call (-1 detaches).
+    let ret =
+        unsafe { libbpf_sys::bpf_xdp_attach(ifindex as i32, new, mode.flags().bits(), &opts) };
+    if ret < 0 {
+        return Err(std::io::Error::from_raw_os_error(-ret));
+    }
+    Ok(())
 }
 
 fn check_len(what: &'static str, count: usize, max: usize) -> Result<(), SteeringError> {
@@ -736,93 +708,37 @@ fn check_len(what: &'static str, count: usize, max: usize) -> Result<(), Steerin
     }
 }
 
-fn map_update<K, V>(fd: c_int, key: &K, value: &V, what: &str) -> Result<(), SteeringError> {
-    // SAFETY: `key` and `value` have the map's key/value layouts (repr(C) mirrors
-    // of steer.c) and live across the call.
-    let ret = unsafe {
-        libbpf_sys::bpf_map_update_elem(
-            fd,
-            (key as *const K).cast::<c_void>(),
-            (value as *const V).cast::<c_void>(),
-            0,
-        )
-    };
-    if ret != 0 {
-        return Err(bpf_err(format!("updating map {what}"), ret));
-    }
-    Ok(())
+fn map_update(map: &MapHandle, key: &[u8], value: &[u8], what: &str) -> Result<(), SteeringError> {
+    map.update(key, value, MapFlags::ANY)
+        .map_err(bpf_err(format!("updating map {what}")))
 }
 
-fn map_delete<K>(fd: c_int, key: &K) {
-    // SAFETY: `key` has the map's key layout and lives across the call.
-    unsafe { libbpf_sys::bpf_map_delete_elem(fd, (key as *const K).cast::<c_void>()) };
+fn map_delete(map: &MapHandle, key: &[u8]) {
+    // Absent keys are fine: deleting is idempotent here.
+    let _ = map.delete(key);
 }
 
 /// Makes a set-like map (key → 1u8) hold exactly `want`.
-fn sync_set<K: Copy + Eq + std::hash::Hash>(
-    fd: c_int,
-    want: Vec<K>,
-    what: &str,
-) -> Result<(), SteeringError> {
-    let one = 1u8;
+fn sync_set(map: &MapHandle, want: Vec<Vec<u8>>, what: &str) -> Result<(), SteeringError> {
     for k in &want {
-        map_update(fd, k, &one, what)?;
+        map_update(map, k, &[1u8], what)?;
     }
-    let want: std::collections::HashSet<K> = want.into_iter().collect();
-    let mut stale = Vec::new();
-    let mut cur: Option<K> = None;
-    loop {
-        let mut next = std::mem::MaybeUninit::<K>::uninit();
-        let prev = cur
-            .as_ref()
-            .map_or(std::ptr::null(), |k| (k as *const K).cast::<c_void>());
-        // SAFETY: `prev` is null (first key) or a key of the map's layout;
-        // `next` has room for one key.
-        let ret = unsafe {
-            libbpf_sys::bpf_map_get_next_key(fd, prev, next.as_mut_ptr().cast::<c_void>())
-        };
-        if ret != 0 {
-            break;
-        }
-        // SAFETY: the kernel wrote a full key on success.
-        let k = unsafe { next.assume_init() };
-        if !want.contains(&k) {
-            stale.push(k);
-        }
-        cur = Some(k);
-        if stale.len() > 1 << 20 {
-            break;
-        }
-    }
+    let want: std::collections::HashSet<Vec<u8>> = want.into_iter().collect();
+    let stale: Vec<Vec<u8>> = map
+        .keys()
+        .take(1 << 20)
+        .filter(|k| !want.contains(k))
+        .collect();
     for k in &stale {
-        map_delete(fd, k);
+        map_delete(map, k);
     }
     Ok(())
 }
 
 fn prog_name_by_id(id: u32) -> Option<String> {
-    // SAFETY: plain syscall wrapper.
-    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: zero is a valid bit pattern for this plain C struct.
-    let mut info: libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: `info` has `len` writable bytes; `fd` is a program fd.
-    let ret = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
-    // SAFETY: `fd` is ours to close.
-    unsafe { libc::close(fd) };
-    if ret != 0 {
-        return None;
-    }
-    let bytes: Vec<u8> = info
-        .name
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8)
-        .collect();
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    ProgInfoIter::default()
+        .find(|p| p.id == id)
+        .map(|p| p.name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
