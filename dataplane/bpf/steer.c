@@ -10,6 +10,17 @@
  *   externalIP/LoadBalancer IP; TCP/UDP to a node IP on a NodePort; TCP/UDP
  *   (and ICMP echo replies) to a node IP on a port/id in the masquerade range.
  * Pod interface: all IPv4 except traffic to a node IP (unless it is a NodePort).
+ * Both, to a node IP:
+ *   - an ICMP error (destination unreachable, time exceeded, parameter
+ *     problem) whose quoted packet left from a NodePort or from a port/echo id
+ *     in the masquerade range: it belongs to a flow nodeplane translated;
+ *   - a later fragment (offset > 0) of a datagram whose first fragment was
+ *     steered here: the first fragment's decision is remembered in an LRU map
+ *     keyed by (src, dst, IP id, protocol). A later fragment that arrives
+ *     before its first goes to the kernel (the documented gap: the kernel
+ *     holds it until its reassembly timeout). Fragments to a Service or
+ *     frontend IP and all fragments on pod interfaces need no memory: the
+ *     destination alone decides.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -26,6 +37,12 @@
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
 
 /* Slots of the per-CPU decision counters (keep in step with steering.rs).
  * STAT_REDIRECT_* count decisions to steer; STAT_PASS_NO_SOCKET counts those
@@ -43,6 +60,8 @@ enum stat {
 	STAT_REDIRECT_NODEPORT,
 	STAT_REDIRECT_MASQ_REPLY,
 	STAT_REDIRECT_POD,
+	STAT_REDIRECT_ICMP_ERROR,
+	STAT_REDIRECT_FRAGMENT,
 	STAT_COUNT,
 };
 
@@ -68,6 +87,17 @@ struct lpm_v4_key {
 	__u32 prefixlen;
 	__u32 addr; /* network order */
 };
+
+/* A datagram whose first fragment went to a socket (see the header). */
+struct frag_key {
+	__u32 saddr; /* network order */
+	__u32 daddr; /* network order */
+	__u16 id;    /* network order */
+	__u8 proto;
+	__u8 pad;
+};
+
+#define FRAG_ENTRIES 4096
 
 #define XSK_SLOTS 8192
 #define QUEUES_PER_IFACE 16 /* XSKMAP slots reserved per interface */
@@ -123,6 +153,13 @@ struct {
 } service_cidrs SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FRAG_ENTRIES);
+	__type(key, struct frag_key);
+	__type(value, __u8);
+} frag_steered SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_COUNT);
 	__type(key, __u32);
@@ -150,6 +187,68 @@ static __always_inline int redirect(struct xdp_md *ctx, const struct iface *ifc,
 	if (rc != XDP_REDIRECT)
 		return count(STAT_PASS_NO_SOCKET, XDP_PASS);
 	return XDP_REDIRECT;
+}
+
+/* Is (proto, port) a NodePort? `port` in host order. */
+static __always_inline int is_nodeport(__u8 proto, __u16 port)
+{
+	struct nodeport_key nk = { .port = port, .proto = proto, .pad = 0 };
+	return bpf_map_lookup_elem(&nodeports, &nk) != 0;
+}
+
+/* An ICMP error to a node IP quoting a packet the node sent from a NodePort
+ * (a Service reply) or from a masquerade port or echo id: nodeplane's flow.
+ * `l4` points at the ICMP header (8 bytes, checked by the caller). */
+static __always_inline int icmp_error_owned(__u8 *l4, void *end, const struct config *cfg)
+{
+	if ((void *)(l4 + 8) > end)
+		return 0;
+	__u8 t = l4[0];
+	if (t != ICMP_DEST_UNREACH && t != ICMP_TIME_EXCEEDED && t != ICMP_PARAMETERPROB)
+		return 0;
+	__u8 *q = l4 + 8; /* the quoted IP header */
+	if ((void *)(q + 20) > end)
+		return 0;
+	__u32 qihl = (q[0] & 0x0f) * 4;
+	if ((q[0] >> 4) != 4 || qihl < 20)
+		return 0;
+	__u8 qproto = q[9];
+	__u8 *ql4 = q + qihl;
+	if ((void *)(ql4 + 8) > end)
+		return 0;
+	__u16 sport;
+	if (qproto == IPPROTO_TCP || qproto == IPPROTO_UDP) {
+		sport = ((__u16)ql4[0] << 8) | ql4[1];
+		if (is_nodeport(qproto, sport))
+			return 1;
+	} else if (qproto == IPPROTO_ICMP && ql4[0] == ICMP_ECHO) {
+		sport = ((__u16)ql4[4] << 8) | ql4[5];
+	} else {
+		return 0;
+	}
+	return cfg && sport >= cfg->masq_lo && sport <= cfg->masq_hi;
+}
+
+static __always_inline struct frag_key frag_key_of(const __u8 *ip)
+{
+	struct frag_key k = { .proto = ip[9], .pad = 0 };
+	__builtin_memcpy(&k.saddr, ip + 12, 4);
+	__builtin_memcpy(&k.daddr, ip + 16, 4);
+	__builtin_memcpy(&k.id, ip + 4, 2);
+	return k;
+}
+
+/* Redirects a frame to a node IP that nodeplane owns; a first fragment's
+ * decision is remembered for the datagram's later fragments. */
+static __always_inline int steer_to_node(struct xdp_md *ctx, const struct iface *ifc,
+					 const __u8 *ip, __u16 frag, __u32 reason)
+{
+	if (frag & IP_MF) {
+		struct frag_key k = frag_key_of(ip);
+		__u8 one = 1;
+		bpf_map_update_elem(&frag_steered, &k, &one, BPF_ANY);
+	}
+	return redirect(ctx, ifc, reason);
 }
 
 SEC("xdp")
@@ -182,11 +281,12 @@ int nodeplane_steer(struct xdp_md *ctx)
 	__u32 daddr;
 	__builtin_memcpy(&daddr, ip + 16, 4);
 
-	/* Ports (or the ICMP echo identifier) when the L4 header is present. */
+	/* Ports (or the ICMP echo identifier) when the L4 header is present:
+	 * unfragmented or a first fragment. */
 	int have_ports = 0;
 	__u16 dport = 0;
 	__u8 icmp_type = 0xff;
-	if (frag == 0 && ihl <= 60) {
+	if ((frag & IP_OFFSET) == 0 && ihl <= 60) {
 		__u8 *l4 = ip + ihl;
 		if ((l4proto == IPPROTO_TCP || l4proto == IPPROTO_UDP) && (void *)(l4 + 4) <= end) {
 			dport = ((__u16)l4[2] << 8) | l4[3];
@@ -198,23 +298,32 @@ int nodeplane_steer(struct xdp_md *ctx)
 	}
 
 	int to_node = bpf_map_lookup_elem(&node_ips, &daddr) != 0;
-	int nodeport = 0;
-	if (to_node && have_ports) {
-		struct nodeport_key nk = { .port = dport, .proto = l4proto, .pad = 0 };
-		nodeport = bpf_map_lookup_elem(&nodeports, &nk) != 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (to_node) {
+		/* What every role steers to a node IP: later fragments of a datagram
+		 * whose first was steered, ICMP errors about nodeplane's flows. */
+		if (frag & IP_OFFSET) {
+			struct frag_key k = frag_key_of(ip);
+			if (bpf_map_lookup_elem(&frag_steered, &k))
+				return redirect(ctx, ifc, STAT_REDIRECT_FRAGMENT);
+		}
+		if (icmp_type != 0xff && icmp_error_owned(ip + ihl, end, cfg))
+			return steer_to_node(ctx, ifc, ip, frag, STAT_REDIRECT_ICMP_ERROR);
 	}
+	int nodeport = 0;
+	if (to_node && have_ports)
+		nodeport = is_nodeport(l4proto, dport);
 
 	if (ifc->role == ROLE_POD) {
 		if (!to_node)
 			return redirect(ctx, ifc, STAT_REDIRECT_POD);
 		if (nodeport)
-			return redirect(ctx, ifc, STAT_REDIRECT_NODEPORT);
+			return steer_to_node(ctx, ifc, ip, frag, STAT_REDIRECT_NODEPORT);
 		return count(STAT_PASS_TO_NODE, XDP_PASS);
 	}
 	if (ifc->role != ROLE_UPLINK)
 		return count(STAT_PASS_UNKNOWN_IFACE, XDP_PASS);
 
-	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (to_node) {
 		if (!cfg)
 			return count(STAT_PASS_NOT_OWNED, XDP_PASS);
@@ -222,10 +331,10 @@ int nodeplane_steer(struct xdp_md *ctx)
 		    dport == cfg->vxlan_port)
 			return redirect(ctx, ifc, STAT_REDIRECT_VXLAN);
 		if (nodeport)
-			return redirect(ctx, ifc, STAT_REDIRECT_NODEPORT);
+			return steer_to_node(ctx, ifc, ip, frag, STAT_REDIRECT_NODEPORT);
 		int echo_reply = l4proto == IPPROTO_ICMP && icmp_type == ICMP_ECHOREPLY;
 		if ((have_ports || echo_reply) && dport >= cfg->masq_lo && dport <= cfg->masq_hi)
-			return redirect(ctx, ifc, STAT_REDIRECT_MASQ_REPLY);
+			return steer_to_node(ctx, ifc, ip, frag, STAT_REDIRECT_MASQ_REPLY);
 		return count(STAT_PASS_NOT_OWNED, XDP_PASS);
 	}
 

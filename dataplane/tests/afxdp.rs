@@ -841,6 +841,51 @@ fn non_ipv4(ethertype: u16, len: usize) -> Vec<u8> {
     v
 }
 
+/// An ICMP error of `icmp_type` (3 unreachable, 11 time exceeded) from
+/// 198.18.0.1 to `dst`, quoting a packet `dst` sent from `sport` (`l4` as in
+/// `frame`; for "echo", `sport` is the echo id) to 198.18.0.1.
+fn icmp_error(dst: Ipv4Addr, icmp_type: u8, l4: &str, sport: u16) -> Vec<u8> {
+    let q = etherparse::PacketBuilder::ipv4(dst.octets(), [198, 18, 0, 1], 64);
+    let mut quoted = Vec::new();
+    match l4 {
+        "udp" => q.udp(sport, 53).write(&mut quoted, b"question").unwrap(),
+        "tcp" => q
+            .tcp(sport, 40000, 1, 1024)
+            .write(&mut quoted, b"")
+            .unwrap(),
+        "echo" => q
+            .icmpv4_echo_request(sport, 1)
+            .write(&mut quoted, b"")
+            .unwrap(),
+        other => panic!("{other}"),
+    }
+    quoted.truncate(28);
+    use etherparse::icmpv4::DestUnreachableHeader;
+    use etherparse::Icmpv4Type;
+    let t = match icmp_type {
+        3 => Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+        11 => Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit),
+        other => panic!("{other}"),
+    };
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([198, 18, 0, 1], dst.octets(), 64)
+        .icmpv4(t)
+        .write(&mut v, &quoted)
+        .unwrap();
+    v
+}
+
+/// A UDP datagram's first fragment (MF set, offset 0) or a later one
+/// (offset 8 bytes), IP id `id`.
+fn fragment_of(dst: Ipv4Addr, dport: u16, id: u16, first: bool) -> Vec<u8> {
+    let mut v = frame(dst, "udp", dport);
+    v[14 + 4..14 + 6].copy_from_slice(&id.to_be_bytes());
+    let flags: u16 = if first { 0x2000 } else { 0x0001 };
+    v[14 + 6..14 + 8].copy_from_slice(&flags.to_be_bytes());
+    v
+}
+
 /// A non-first fragment: no L4 header to read ports from.
 fn later_fragment(dst: Ipv4Addr) -> Vec<u8> {
     let mut v = frame(dst, "udp", 8472);
@@ -1011,6 +1056,99 @@ fn steering_program_takes_only_what_nodeplane_owns() {
                 "redirect_nodeport",
             ),
             ("pod ARP", Pod, non_ipv4(0x0806, 28), "pass_not_ipv4"),
+            (
+                "port unreachable about a masqueraded UDP flow",
+                Uplink,
+                icmp_error(node, 3, "udp", 62000),
+                "redirect_icmp_error",
+            ),
+            (
+                "port unreachable about a NodePort reply",
+                Uplink,
+                icmp_error(node, 3, "tcp", 30080),
+                "redirect_icmp_error",
+            ),
+            (
+                "time exceeded about a masqueraded echo",
+                Uplink,
+                icmp_error(node, 11, "echo", 61500),
+                "redirect_icmp_error",
+            ),
+            (
+                "ICMP error about the node's own UDP",
+                Uplink,
+                icmp_error(node, 3, "udp", 5000),
+                "pass_not_owned",
+            ),
+            (
+                "ICMP error about the node's own echo",
+                Uplink,
+                icmp_error(node, 11, "echo", 1234),
+                "pass_not_owned",
+            ),
+            (
+                "ICMP error to a ClusterIP",
+                Uplink,
+                icmp_error(svc, 3, "udp", 5000),
+                "redirect_service_cidr",
+            ),
+            (
+                "pod's ICMP error about a masqueraded flow",
+                Pod,
+                icmp_error(node, 3, "udp", 62000),
+                "redirect_icmp_error",
+            ),
+            (
+                "pod's ICMP error about the node's own flow",
+                Pod,
+                icmp_error(node, 3, "tcp", 22),
+                "pass_to_node",
+            ),
+            (
+                "later fragment before its first",
+                Uplink,
+                fragment_of(node, 30053, 7, false),
+                "pass_not_owned",
+            ),
+            (
+                "first fragment to a NodePort",
+                Uplink,
+                fragment_of(node, 30053, 7, true),
+                "redirect_nodeport",
+            ),
+            (
+                "later fragment after its first",
+                Uplink,
+                fragment_of(node, 30053, 7, false),
+                "redirect_fragment",
+            ),
+            (
+                "later fragment of another datagram",
+                Uplink,
+                fragment_of(node, 30053, 8, false),
+                "pass_not_owned",
+            ),
+            (
+                "first fragment to the node's own port",
+                Uplink,
+                fragment_of(node, 5000, 9, true),
+                "pass_not_owned",
+            ),
+            (
+                "its later fragment",
+                Uplink,
+                fragment_of(node, 5000, 9, false),
+                "pass_not_owned",
+            ),
+            (
+                "pod's later fragment to a NodePort",
+                Pod,
+                {
+                    let _ = s.dry_run(Pod, &fragment_of(node, 30053, 10, true));
+                    fragment_of(node, 30053, 10, false)
+                },
+                "redirect_fragment",
+            ),
         ];
         for (what, role, pkt, want) in &rows {
             assert_eq!(s.dry_run(*role, pkt).unwrap(), *want, "{what}");

@@ -203,7 +203,7 @@ fn xdp_md(len: u32, ingress_ifindex: u32) -> [u8; 24] {
 /// The program's per-reason decisions (slots of the `stats` map). `redirect_*`
 /// count decisions to steer a frame; `pass_no_socket` counts those of them that
 /// found no socket at the queue's XSKMAP slot and were passed instead.
-pub const STAT_NAMES: [&str; 12] = [
+pub const STAT_NAMES: [&str; 14] = [
     "pass_not_ipv4",
     "pass_malformed",
     "pass_unknown_interface",
@@ -216,6 +216,8 @@ pub const STAT_NAMES: [&str; 12] = [
     "redirect_nodeport",
     "redirect_masquerade_reply",
     "redirect_pod",
+    "redirect_icmp_error",
+    "redirect_fragment",
 ];
 
 /// Decision counters summed over CPUs, indexed like `STAT_NAMES`.
