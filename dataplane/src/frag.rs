@@ -66,6 +66,8 @@ pub enum FragDecision {
     Forward { rw: Rewrite, ip_delta: u16 },
     /// Dropped, rejected or passed to the host: the rest is dropped.
     Drop,
+    /// Handed to the worker that owns its flow: the rest follows it there.
+    Handoff { worker: u16 },
 }
 
 /// What to do with a fragment that has no L4 header.
@@ -77,6 +79,10 @@ pub enum Later {
     },
     /// Wait for the first fragment (call `hold`).
     Wait(u32),
+    /// Hand to the worker the first fragment went to.
+    Handoff {
+        worker: u16,
+    },
     Drop(FragError),
 }
 
@@ -143,6 +149,9 @@ pub struct FragTable {
     timed_out: u64,
     /// Waiting fragments dropped because newer datagrams needed their entry.
     evicted: u64,
+    /// Waiting fragments dropped because their first fragment went to the
+    /// worker that owns its flow (this worker's arena cannot follow it).
+    other_worker: u64,
     /// When the arena was last swept for expired datagrams.
     last_sweep_ns: u64,
 }
@@ -164,6 +173,7 @@ impl FragTable {
             released: ArrayVec::new(),
             timed_out: 0,
             evicted: 0,
+            other_worker: 0,
             last_sweep_ns: 0,
         }
     }
@@ -190,6 +200,12 @@ impl FragTable {
     /// Waiting fragments dropped because newer datagrams needed their entry.
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// Waiting fragments dropped because their first fragment was handed to
+    /// another worker.
+    pub fn other_worker(&self) -> u64 {
+        self.other_worker
     }
 
     fn set_of(&self, k: &FragKey) -> usize {
@@ -303,6 +319,10 @@ impl FragTable {
                         self.timed_out += 1;
                     }
                 }
+                FragDecision::Handoff { .. } => {
+                    self.free.push(slot);
+                    self.other_worker += 1;
+                }
                 _ => {
                     self.free.push(slot);
                     self.timed_out += 1;
@@ -321,6 +341,7 @@ impl FragTable {
         match self.entries[i].decision {
             FragDecision::Forward { rw, ip_delta } => Later::Forward { rw, ip_delta },
             FragDecision::Drop => Later::Drop(FragError::Refused),
+            FragDecision::Handoff { worker } => Later::Handoff { worker },
             FragDecision::Pending => Later::Wait(u32::try_from(i).unwrap_or(u32::MAX)),
         }
     }

@@ -543,6 +543,11 @@ fn fragments_in_order_and_out_of_order_all_reach_the_first_ones_backend() {
         let held = order.iter().take_while(|&&i| i != 0).count() as u64;
         assert_eq!(w.counters.fragments_held, held, "{order:?}");
         assert_eq!(w.counters.fragments_released, held, "{order:?}");
+        assert_eq!(
+            w.counters.fragments_translated,
+            2 - held,
+            "{order:?}: the later fragments that came after the first"
+        );
     }
 }
 
@@ -664,4 +669,50 @@ fn a_fragment_flood_fills_fixed_memory_and_waiting_fragments_time_out() {
     let frags = fragmented_udp(A2, 44001, ip(DNS_REMOTE), 2000, 9999);
     assert_eq!(w.run(&s, A2_IF, &frags[1]).verdict, Verdict::Held);
     assert!(w.counters.dropped(DropReason::FragmentTimeout) > 0);
+}
+
+#[test]
+fn with_two_workers_a_datagrams_fragments_follow_the_first_to_its_flows_owner() {
+    // The fragments land on the worker that does not own the client's flows:
+    // the first is handed to the owner, and the later ones after it follow.
+    // One that came before its first cannot follow (it waits in the landing
+    // worker's arena): dropped and counted as `fragment_other_worker`.
+    let s = snap(world(services()), 1);
+    let owner_of_a2 = dataplane::flow::client_owner(u32::from(A2), 2);
+    let landing = 1 - owner_of_a2;
+    for (order, early) in [([0usize, 1, 2], 0u64), ([1, 0, 2], 1)] {
+        let mut workers = [Worker::owning(0, 2), Worker::owning(1, 2)];
+        let frags = fragmented_udp(A2, 41000, ip(DNS_REMOTE), 4000, 0x4242);
+        let mut delivered_inner = Vec::new();
+        for &i in &order {
+            let out = workers[usize::from(landing)].run(&s, A2_IF, &frags[i]);
+            match out.verdict {
+                Verdict::Handoff { worker } => {
+                    assert_eq!(worker, owner_of_a2, "{order:?}: fragment {i}");
+                    let out = workers[usize::from(worker)].run_handed_in(&s, A2_IF, &frags[i]);
+                    assert_eq!(
+                        out.verdict,
+                        tx(UPLINK),
+                        "{order:?}: fragment {i} at the owner"
+                    );
+                    delivered_inner.push(delivered(&out));
+                }
+                Verdict::Held => assert_eq!(early, 1, "{order:?}: only an early one waits"),
+                v => panic!("{order:?}: fragment {i}: {v:?}"),
+            }
+        }
+        let c = &workers[usize::from(landing)].counters;
+        assert_eq!(
+            c.drops[DropReason::FragmentOtherWorker as usize],
+            early,
+            "{order:?}"
+        );
+        assert_eq!(delivered_inner.len() as u64, 3 - early, "{order:?}");
+        if early == 0 {
+            let (src, dst, data) = reassemble(&delivered_inner);
+            assert_eq!((src, dst), (A2, B1), "{order:?}");
+            let u = UdpPacket::new_checked(&data[..]).unwrap();
+            assert_eq!((u.src_port(), u.dst_port()), (41000, 5353));
+        }
+    }
 }

@@ -82,6 +82,7 @@ drop_reasons! {
         "The frame inside the VXLAN header is too short to be Ethernet + IPv4.";
     TtlExceeded => "ttl_exceeded",
         "The TTL reached zero and no ICMP time exceeded was sent (rate limit, or the frame was an ICMP error or a later fragment).";
+    FragmentOtherWorker => "fragment_other_worker", "IPv4 fragments that arrived before their datagram's first fragment, which was handed to the worker owning its flow.";
     IcmpErrorOfError => "icmp_error_of_error",
         "An ICMP error quoting an ICMP error: never translated, answered or forwarded.";
     IcmpErrorNoFlow => "icmp_error_no_flow",
@@ -158,6 +159,7 @@ counters! {
     icmp_errors_translated => "icmp_errors_translated", "ICMP errors about a tracked flow, translated through its NAT.";
     icmp_errors_sent => "icmp_errors_sent", "ICMP time exceeded and fragmentation needed sent by the dataplane.";
     icmp_rate_limited => "icmp_rate_limited", "ICMP errors the dataplane did not send because of the per-destination rate limit.";
+    fragments_translated => "fragments_translated", "IPv4 fragments after the first given their datagram's translation on arrival.";
     fragments_held => "fragments_held", "IPv4 fragments kept to wait for their datagram's first fragment.";
     fragments_released => "fragments_released", "Waiting IPv4 fragments sent on once their first fragment was translated.";
     fragments_cut => "fragments_cut", "IPv4 fragments cut from frames too big for the overlay (DF clear).";

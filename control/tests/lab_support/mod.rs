@@ -64,6 +64,17 @@ impl Lab {
 
     /// `up` with extra environment for `scripts/testbed up` (e.g. NP_LAB_QUEUES).
     pub fn up_with(tag: &str, env: &[(&str, &str)]) -> Option<Lab> {
+        Self::up_args(tag, &[], env)
+    }
+
+    /// A lab whose nodes are all kernel nodes (`--nodes-kernel-only`): the
+    /// kernel reference path, for tests that run the same case against both.
+    pub fn up_kernel(tag: &str) -> Option<Lab> {
+        Self::up_args(tag, &["--nodes-kernel-only"], &[])
+    }
+
+    /// `scripts/testbed up` with extra arguments and environment.
+    pub fn up_args(tag: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Lab> {
         if !is_root() {
             eprintln!("skipping: lab tests need root (CI runs them as root)");
             return None;
@@ -76,6 +87,7 @@ impl Lab {
         };
         let out = Command::new(repo().join("scripts/testbed"))
             .args(["up", "--prefix", &prefix])
+            .args(args)
             .envs(env.iter().copied())
             .output()
             .expect("run scripts/testbed");
@@ -118,7 +130,12 @@ impl Lab {
     fn bin(name: &str) -> PathBuf {
         match std::env::var("NODEPLANE_BIN_DIR") {
             Ok(d) => PathBuf::from(d).join(name),
-            Err(_) => PathBuf::from(env!("CARGO_BIN_EXE_nodeplane")).with_file_name(name),
+            // The control crate's tests know where cargo put the binaries;
+            // other crates' tests (perf) that include this module use the
+            // workspace's debug directory.
+            Err(_) => option_env!("CARGO_BIN_EXE_nodeplane")
+                .map(|p| PathBuf::from(p).with_file_name(name))
+                .unwrap_or_else(|| repo().join("target/debug").join(name)),
         }
     }
 

@@ -2,7 +2,8 @@
 //! prefetched in two passes, then per frame the flow-table lookup. A hit
 //! carries its rewrite (stages 6–7 follow at once); a hit whose Service backend
 //! left the tables is flushed; a miss whose flow another worker owns is handed
-//! to that worker untouched. Reads the snapshot, reads and updates the flow
+//! to that worker untouched (a first fragment's datagram follows it there).
+//! Reads the snapshot, reads and updates the flow
 //! table; it may not create flows (stage 5 does).
 
 use shared::counters::DropReason;
@@ -79,6 +80,9 @@ pub(super) fn lookup(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Option<
             return Some(Verdict::Drop(DropReason::NoRoute));
         }
     } else if let Some(worker) = foreign_owner(cx, f, p) {
+        if p.is_first_fragment() {
+            super::fragment::handed(cx, p, worker);
+        }
         return Some(Verdict::Handoff { worker });
     }
     None

@@ -71,6 +71,15 @@ pub(super) fn refused(cx: &mut Ctx<'_>, p: &Parsed) {
     cx.state.frags.decide(&key(p), FragDecision::Drop, cx.now);
 }
 
+/// The first fragment went to the worker that owns its flow: the later ones
+/// follow it there (those that came before it cannot: dropped, counted).
+#[cold]
+pub(super) fn handed(cx: &mut Ctx<'_>, p: &Parsed, worker: u16) {
+    cx.state
+        .frags
+        .decide(&key(p), FragDecision::Handoff { worker }, cx.now);
+}
+
 /// Stages 3–7 for a fragment without the L4 header.
 #[cold]
 pub(super) fn later(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
@@ -78,7 +87,10 @@ pub(super) fn later(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict 
         return Verdict::Drop(DropReason::Malformed);
     };
     match cx.state.frags.later(&key(p), start, end, cx.now) {
-        Later::Forward { rw, ip_delta } => forward(cx, f, p, &rw, ip_delta),
+        Later::Forward { rw, ip_delta } => {
+            cx.c.fragments_translated += 1;
+            forward(cx, f, p, &rw, ip_delta)
+        }
         Later::Wait(w) => {
             match cx
                 .state
@@ -92,6 +104,7 @@ pub(super) fn later(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict 
                 Err(e) => Verdict::Drop(reason(e)),
             }
         }
+        Later::Handoff { worker } => Verdict::Handoff { worker },
         Later::Drop(e) => Verdict::Drop(reason(e)),
     }
 }

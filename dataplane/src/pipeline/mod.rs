@@ -113,6 +113,11 @@ impl Parsed {
     }
 
     #[inline]
+    fn is_first_fragment(&self) -> bool {
+        self.frag == FRAG_FIRST
+    }
+
+    #[inline]
     fn is_later_fragment(&self) -> bool {
         self.frag == FRAG_LATER
     }
@@ -253,6 +258,7 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
     cx.c.tuple_reuses = cx.flows.tuple_reuses();
     cx.c.drops[DropReason::FragmentTimeout as usize] = cx.state.frags.timed_out();
     cx.c.drops[DropReason::FragmentEvicted as usize] = cx.state.frags.evicted();
+    cx.c.drops[DropReason::FragmentOtherWorker as usize] = cx.state.frags.other_worker();
 }
 
 /// What the first pass left for after it to do with a frame.

@@ -1,0 +1,377 @@
+//! Root lab tests of ICMP errors, path MTU and IPv4 fragments through Service
+//! NAT and the overlay (issue 14), against real stacks, each case run twice:
+//! through nodeplane (agents on node-a and node-b) and through the kernel
+//! reference path (every node a kernel node with the nftables rules kube-proxy
+//! would write for the same manifests, `perf::kernel_path`), so a difference is
+//! nodeplane's. The cases, all from pod a2 on node-a:
+//! - 4,000-byte UDP datagrams (fragmented by a2's kernel, and the echoes by the
+//!   backend's) through a ClusterIP to a backend on node-b and on the kernel node;
+//! - a connected UDP socket gets ECONNREFUSED from a ClusterIP whose backend's
+//!   port is closed (the backend's port unreachable, translated back);
+//! - a TCP bulk transfer through a ClusterIP to a backend behind a 1,300-byte
+//!   MTU hop completes, and a2's kernel learned the path MTU for the ClusterIP;
+//! - a traceroute-style probe (UDP, TTL 1 and 2) through a ClusterIP to a
+//!   backend on node-b gets time exceeded from node-a, then from node-b.
+//!
+//! Each test has its own lab prefix and removes the lab on drop; every wait is
+//! bounded.
+
+#[path = "../../control/tests/lab_support/mod.rs"]
+mod lab_support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lab_support::{eventually, in_netns, repo, Lab};
+
+/// Services of these tests, next to configs/demo's: one backend each.
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: big-b, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 198.18.96.20
+  clusterIPs: [198.18.96.20]
+  ports: [{name: dns, protocol: UDP, port: 53, targetPort: 5353}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: big-k, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 198.18.96.21
+  clusterIPs: [198.18.96.21]
+  ports: [{name: dns, protocol: UDP, port: 53, targetPort: 5353}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: closed-b, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 198.18.96.22
+  clusterIPs: [198.18.96.22]
+  ports: [{name: discard, protocol: UDP, port: 9, targetPort: 9999}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bulk-k, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: 198.18.96.23
+  clusterIPs: [198.18.96.23]
+  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
+"#;
+
+const BIG_B: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 20);
+const BIG_K: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 21);
+const CLOSED_B: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 22);
+const BULK_K: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 23);
+
+/// An EndpointSlice of `service` with the one endpoint `pod` on `node`.
+fn slice(service: &str, proto: &str, port: u16, pod: &str, ip: Ipv4Addr, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {service}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: IPv4
+ports: [{{protocol: {proto}, port: {port}}}]
+endpoints:
+  - addresses: ["{ip}"]
+    conditions: {{ready: true, serving: true, terminating: false}}
+    nodeName: {node}
+    targetRef: {{kind: Pod, namespace: default, name: {pod}}}
+"#
+    )
+}
+
+/// configs/demo plus this test's Services, in the lab's directory.
+fn write_manifests(lab: &Lab) -> PathBuf {
+    let dir = PathBuf::from(lab.var("NP_LAB_DIR")).join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(repo().join("configs/demo")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let (b1, k1) = (lab.ip("b1"), lab.ip("k1"));
+    let slices = [
+        slice("big-b", "UDP", 5353, "b1", b1, "node-b"),
+        slice("big-k", "UDP", 5353, "k1", k1, "node-k"),
+        slice("closed-b", "UDP", 9999, "b1", b1, "node-b"),
+        slice("bulk-k", "TCP", 8080, "k1", k1, "node-k"),
+    ];
+    std::fs::write(dir.join("icmp-services.yaml"), SERVICES).unwrap();
+    std::fs::write(dir.join("icmp-slices.yaml"), slices.join("---")).unwrap();
+    dir
+}
+
+/// The dataplane under test.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Dataplane {
+    Nodeplane,
+    Kernel,
+}
+
+/// A lab for `path` serving the test's manifests; `None` when not root.
+fn lab_for(path: Dataplane, tag: &str) -> Option<Lab> {
+    let mut lab = match path {
+        Dataplane::Nodeplane => Lab::up(tag)?,
+        Dataplane::Kernel => Lab::up_kernel(tag)?,
+    };
+    let dir = write_manifests(&lab);
+    match path {
+        Dataplane::Nodeplane => {
+            lab.start_agent_with_manifests("a", &dir);
+            lab.start_agent_with_manifests("b", &dir);
+        }
+        Dataplane::Kernel => {
+            for (node, name) in [("a", "node-a"), ("b", "node-b"), ("k", "node-k")] {
+                let spec = perf::kernel_path::spec_for(&dir, name).unwrap();
+                perf::kernel_path::apply(&lab.ns(node), "nftables", &spec).unwrap();
+            }
+        }
+    }
+    Some(lab)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The IPv4 addresses of namespace `ns`.
+fn addresses(ns: &str) -> BTreeSet<Ipv4Addr> {
+    run(Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show"]))
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "inet")?;
+            w.get(i + 1)?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// A per-worker counter summed over node-a's workers (nodeplane only).
+fn counter(lab: &Lab, path: Dataplane, node: &str, name: &str) -> Option<u64> {
+    (path == Dataplane::Nodeplane).then(|| lab.counter(node, name))
+}
+
+// ---- the cases ----
+
+/// 4,000-byte datagrams to backends on node-b and on the kernel node, and
+/// their 4,000-byte echoes, all fragmented on the way.
+fn big_udp(lab: &Lab, path: Dataplane) {
+    let before = counter(lab, path, "a", "fragments_translated");
+    for (svc, pod) in [(BIG_B, "b1"), (BIG_K, "k1")] {
+        for i in 0..5u8 {
+            let payload: Vec<u8> = (0..4000u32)
+                .map(|j| b'a' + ((j + u32::from(i)) % 26) as u8)
+                .collect();
+            let dst = SocketAddr::from((svc, 53));
+            let p = payload.clone();
+            let answer = eventually(5, || {
+                let p = p.clone();
+                in_netns(&lab.ns("a2"), move || -> Result<Vec<u8>, String> {
+                    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+                    s.set_read_timeout(Some(Duration::from_secs(2)))
+                        .map_err(|e| e.to_string())?;
+                    s.send_to(&p, dst).map_err(|e| e.to_string())?;
+                    let mut buf = vec![0u8; 9000];
+                    let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+                    if from != dst {
+                        return Err(format!("answer from {from}, not {dst}"));
+                    }
+                    buf.truncate(n);
+                    Ok(buf)
+                })
+                .map_err(|e| e.to_string())?
+            })
+            .unwrap_or_else(|e| panic!("{path:?}: 4,000-byte UDP to {svc} ({pod}): {e}"));
+            assert!(
+                answer.starts_with(format!("{pod} ").as_bytes()),
+                "{path:?}: answered by {pod}"
+            );
+            assert!(
+                answer.ends_with(&payload),
+                "{path:?}: the whole datagram came back ({} bytes)",
+                answer.len()
+            );
+        }
+    }
+    if let (Some(b), Some(a)) = (before, counter(lab, path, "a", "fragments_translated")) {
+        // 10 datagrams out and 10 back, each with 2 later fragments (1,450 MTU).
+        assert!(
+            a - b >= 40,
+            "node-a translated the later fragments: {b} -> {a}"
+        );
+    }
+}
+
+/// A connected UDP socket learns that the backend's port is closed.
+fn refused(lab: &Lab, path: Dataplane) {
+    let before = counter(lab, path, "a", "icmp_errors_translated");
+    let dst = SocketAddr::from((CLOSED_B, 9));
+    let got = eventually(5, || {
+        in_netns(&lab.ns("a2"), move || -> Result<(), String> {
+            let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            s.connect(dst).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .map_err(|e| e.to_string())?;
+            s.send(b"anyone?").map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .map_err(|e| e.to_string())?
+    });
+    got.unwrap_or_else(|e| panic!("{path:?}: ECONNREFUSED from {dst}: got {e}"));
+    if let (Some(b), Some(a)) = (before, counter(lab, path, "a", "icmp_errors_translated")) {
+        assert!(a > b, "node-a translated the port unreachable: {b} -> {a}");
+    }
+}
+
+/// The route node-k has to k1, with `mtu 1300` on it: the 1,300-byte hop.
+fn narrow_hop_to_k1(lab: &Lab) {
+    let ns = lab.ns("k");
+    let k1 = lab.ip("k1").to_string();
+    let route = run(Command::new("ip").args(["-n", &ns, "-4", "route", "show", &k1]));
+    let route = route.lines().next().expect("node-k has a route to k1");
+    let mut args = vec!["-n", &ns, "route", "change"];
+    args.extend(route.split_whitespace());
+    args.extend(["mtu", "1300"]);
+    run(Command::new("ip").args(&args));
+}
+
+/// 2,000 lines of 200 bytes echoed through a ClusterIP to k1 behind the
+/// 1,300-byte hop: only completes if a2's TCP learns the path MTU from the
+/// fragmentation-needed error node-k sends, translated back to the ClusterIP.
+fn pmtu_bulk(lab: &Lab, path: Dataplane) {
+    narrow_hop_to_k1(lab);
+    let before = counter(lab, path, "a", "icmp_errors_translated");
+    let dst = SocketAddr::from((BULK_K, 80));
+    const LINES: usize = 2000;
+    let lines = in_netns(&lab.ns("a2"), move || -> Result<usize, String> {
+        let s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let mut w = s.try_clone().map_err(|e| e.to_string())?;
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            let line = "x".repeat(199);
+            for _ in 0..LINES {
+                writeln!(w, "{line}")?;
+            }
+            w.flush()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut r = BufReader::new(s);
+        let mut n = 0;
+        let mut buf = String::new();
+        while n < LINES && Instant::now() < deadline {
+            buf.clear();
+            match r.read_line(&mut buf) {
+                Ok(0) => break,
+                Ok(_) if buf.ends_with(&format!("{}\n", "x".repeat(199))) => n += 1,
+                Ok(_) => return Err(format!("bad line {buf:?}")),
+                Err(e) => return Err(format!("after {n} lines: {e}")),
+            }
+        }
+        writer
+            .join()
+            .map_err(|_| "writer panicked".to_string())?
+            .map_err(|e| format!("write: {e}"))?;
+        Ok(n)
+    })
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{path:?}: bulk TCP through {dst}: {e}"));
+    assert_eq!(lines, LINES, "{path:?}: every line echoed");
+    let cached =
+        run(Command::new("ip").args(["-n", &lab.ns("a2"), "route", "get", &BULK_K.to_string()]));
+    assert!(
+        cached.contains("mtu 1300"),
+        "{path:?}: a2 learned the path MTU to the ClusterIP: {cached}"
+    );
+    if let (Some(b), Some(a)) = (before, counter(lab, path, "a", "icmp_errors_translated")) {
+        assert!(a > b, "node-a translated fragmentation needed: {b} -> {a}");
+    }
+}
+
+/// tests/lab/ttlprobe.py from a2: the JSON it prints.
+fn ttl_probe(lab: &Lab, dst: Ipv4Addr, port: u16, ttl: u8) -> serde_json::Value {
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.ns("a2"),
+        "python3",
+        &repo().join("tests/lab/ttlprobe.py").display().to_string(),
+        &dst.to_string(),
+        &port.to_string(),
+        &ttl.to_string(),
+    ]));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"))
+}
+
+/// Hop 1 is node-a, hop 2 node-b (across the overlay), as traceroute shows.
+fn traceroute(lab: &Lab, path: Dataplane) {
+    for (ttl, node) in [(1u8, "a"), (2, "b")] {
+        let hop = eventually(5, || {
+            let v = ttl_probe(lab, BIG_B, 53, ttl);
+            if v["type"] == 11 {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        })
+        .unwrap_or_else(|e| panic!("{path:?}: TTL {ttl}: no time exceeded: {e}"));
+        let from: Ipv4Addr = hop["offender"].as_str().unwrap().parse().unwrap();
+        let node_addrs = addresses(&lab.ns(node));
+        assert!(
+            node_addrs.contains(&from),
+            "{path:?}: TTL {ttl} expires at node-{node} ({node_addrs:?}), not {from}"
+        );
+    }
+    if let Some(sent) = counter(lab, path, "b", "icmp_errors_sent") {
+        assert!(sent > 0, "node-b sent the time exceeded");
+    }
+}
+
+fn all_cases(path: Dataplane, tag: &str) {
+    let Some(lab) = lab_for(path, tag) else {
+        return;
+    };
+    big_udp(&lab, path);
+    refused(&lab, path);
+    traceroute(&lab, path);
+    pmtu_bulk(&lab, path);
+    if path == Dataplane::Nodeplane {
+        let drops = lab.drops("a");
+        for r in ["fragment_timeout", "fragment_overlap", "fragment_no_room"] {
+            assert_eq!(drops.get(r).copied().unwrap_or(0), 0, "{r}: {drops:?}");
+        }
+    }
+}
+
+#[test]
+fn lab_icmp_mtu_and_fragments_through_nodeplane() {
+    all_cases(Dataplane::Nodeplane, "im");
+}
+
+#[test]
+fn lab_icmp_mtu_and_fragments_through_the_kernel_path() {
+    all_cases(Dataplane::Kernel, "ik");
+}
