@@ -38,6 +38,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         PoolConfig {
             workers: settings.workers,
             flow_capacity: settings.flow_capacity,
+            frag: settings.frag,
             tables: state.tables.clone(),
         },
         IoOptions {

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use dataplane::frag::FragConfig;
 use dataplane::io::XdpMode;
 use shared::{net::parse_mac, Ipv4Cidr, Mac};
 
@@ -80,6 +81,16 @@ pub struct RunArgs {
     /// busy-poll, the default; use on shared machines and labs).
     #[arg(long, value_name = "US")]
     pub idle_sleep_us: Option<u64>,
+    /// Fragment-table arena per worker, in bytes: IPv4 fragments that wait
+    /// for their datagram's first fragment (default 1048576; 2 KiB a fragment).
+    #[arg(long, value_name = "BYTES")]
+    pub frag_memory: Option<usize>,
+    /// Datagrams the fragment table tracks at once per worker (default 1024).
+    #[arg(long, value_name = "N")]
+    pub frag_datagrams: Option<usize>,
+    /// Seconds a datagram's fragments are remembered (default 5).
+    #[arg(long, value_name = "SECS")]
+    pub frag_timeout: Option<u64>,
     /// How the XDP steering program is attached: auto (driver mode, else
     /// generic; the default), native (driver mode only) or generic. Generic
     /// mode runs after Receive Packet Steering, so RPS can move the receive
@@ -119,6 +130,9 @@ pub struct FileConfig {
     pub maglev_size: Option<u32>,
     pub cores: Option<String>,
     pub idle_sleep_us: Option<u64>,
+    pub frag_memory: Option<usize>,
+    pub frag_datagrams: Option<usize>,
+    pub frag_timeout: Option<u64>,
     pub xdp_mode: Option<String>,
 }
 
@@ -152,6 +166,8 @@ pub struct Settings {
     pub idle_sleep_us: u64,
     /// None: driver mode, falling back to generic.
     pub xdp_mode: Option<XdpMode>,
+    /// Fragment-table limits per worker.
+    pub frag: FragConfig,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -233,6 +249,7 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         Some(p) => read_file(p)?,
         None => FileConfig::default(),
     };
+    let frag = frag_config(args, &file)?;
     let node_name = args
         .node_name
         .clone()
@@ -395,6 +412,46 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         cores: cores_list,
         idle_sleep_us,
         xdp_mode,
+        frag,
+    })
+}
+
+/// `--frag-memory`, `--frag-datagrams`, `--frag-timeout` over the file's.
+fn frag_config(args: &RunArgs, file: &FileConfig) -> Result<FragConfig, ConfigError> {
+    let d = FragConfig::default();
+    let memory_bytes = args
+        .frag_memory
+        .or(file.frag_memory)
+        .unwrap_or(d.memory_bytes);
+    if !(64 << 10..=1 << 30).contains(&memory_bytes) {
+        return Err(invalid(
+            "fragment memory",
+            memory_bytes,
+            "want 65536..=1073741824 bytes",
+        ));
+    }
+    let datagrams = args
+        .frag_datagrams
+        .or(file.frag_datagrams)
+        .unwrap_or(d.datagrams);
+    if !(16..=1 << 20).contains(&datagrams) {
+        return Err(invalid(
+            "fragment datagrams",
+            datagrams,
+            "want 16..=1048576",
+        ));
+    }
+    let secs = args
+        .frag_timeout
+        .or(file.frag_timeout)
+        .unwrap_or(d.timeout_ns / 1_000_000_000);
+    if !(1..=60).contains(&secs) {
+        return Err(invalid("fragment timeout", secs, "want 1..=60 s"));
+    }
+    Ok(FragConfig {
+        memory_bytes,
+        timeout_ns: secs * 1_000_000_000,
+        datagrams,
     })
 }
 
@@ -453,6 +510,31 @@ mod tests {
         let mut a = args();
         a.xdp_mode = Some("offload".into());
         assert!(resolve(&a).unwrap_err().to_string().contains("XDP mode"));
+    }
+
+    #[test]
+    fn fragment_limits_default_and_are_bounded() {
+        assert_eq!(resolve(&args()).unwrap().frag, FragConfig::default());
+        let mut a = args();
+        a.frag_memory = Some(4 << 20);
+        a.frag_datagrams = Some(4096);
+        a.frag_timeout = Some(30);
+        let f = resolve(&a).unwrap().frag;
+        assert_eq!(
+            (f.memory_bytes, f.datagrams, f.timeout_ns),
+            (4 << 20, 4096, 30_000_000_000)
+        );
+        for (what, set) in [
+            ("fragment memory", (Some(1000), None, None)),
+            ("fragment datagrams", (None, Some(0), None)),
+            ("fragment timeout", (None, None, Some(0))),
+            ("fragment timeout", (None, None, Some(3600))),
+        ] {
+            let mut a = args();
+            (a.frag_memory, a.frag_datagrams, a.frag_timeout) = set;
+            let e = resolve(&a).unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
     }
 
     #[test]

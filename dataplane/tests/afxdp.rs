@@ -172,6 +172,7 @@ impl PodLab {
             PoolConfig {
                 workers,
                 flow_capacity: 4096,
+                frag: dataplane::frag::FragConfig::default(),
                 tables,
             },
             opts(),
@@ -640,6 +641,7 @@ fn overlay_to_and_from_a_kernel_vxlan_node() {
             PoolConfig {
                 workers: 1,
                 flow_capacity: 4096,
+                frag: dataplane::frag::FragConfig::default(),
                 tables,
             },
             opts(),

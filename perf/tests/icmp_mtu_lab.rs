@@ -11,7 +11,13 @@
 //! - a TCP bulk transfer through a ClusterIP to a backend behind a 1,300-byte
 //!   MTU hop completes, and a2's kernel learned the path MTU for the ClusterIP;
 //! - a traceroute-style probe (UDP, TTL 1 and 2) through a ClusterIP to a
-//!   backend on node-b gets time exceeded from node-a, then from node-b.
+//!   backend on node-b gets time exceeded at each hop (nodeplane: from node-a,
+//!   then node-b; kube-proxy: from the ClusterIP, which Linux's NAT writes).
+//!
+//! Through nodeplane only, what the XDP program must steer to the node's own IP
+//! by memory or by the quoted packet: 4,000-byte datagrams from the external
+//! client to a UDP NodePort, and a port unreachable from the external client
+//! about a pod's masqueraded flow.
 //!
 //! Each test has its own lab prefix and removes the lab on drop; every wait is
 //! bounded.
@@ -65,15 +71,34 @@ spec:
   clusterIP: 198.18.96.23
   clusterIPs: [198.18.96.23]
   ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: big-np, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 198.18.96.24
+  clusterIPs: [198.18.96.24]
+  ports: [{name: dns, protocol: UDP, port: 53, targetPort: 5353, nodePort: 30553}]
 "#;
 
 const BIG_B: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 20);
 const BIG_K: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 21);
 const CLOSED_B: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 22);
 const BULK_K: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 23);
+const BIG_NODEPORT: u16 = 30553;
 
-/// An EndpointSlice of `service` with the one endpoint `pod` on `node`.
-fn slice(service: &str, proto: &str, port: u16, pod: &str, ip: Ipv4Addr, node: &str) -> String {
+/// An EndpointSlice of `service` (port `port_name`) with the one endpoint
+/// `pod` on `node`.
+fn slice(
+    service: &str,
+    port_name: &str,
+    proto: &str,
+    port: u16,
+    pod: &str,
+    ip: Ipv4Addr,
+    node: &str,
+) -> String {
     format!(
         r#"
 apiVersion: discovery.k8s.io/v1
@@ -83,7 +108,7 @@ metadata:
   namespace: default
   labels: {{kubernetes.io/service-name: {service}}}
 addressType: IPv4
-ports: [{{protocol: {proto}, port: {port}}}]
+ports: [{{name: {port_name}, protocol: {proto}, port: {port}}}]
 endpoints:
   - addresses: ["{ip}"]
     conditions: {{ready: true, serving: true, terminating: false}}
@@ -103,10 +128,11 @@ fn write_manifests(lab: &Lab) -> PathBuf {
     }
     let (b1, k1) = (lab.ip("b1"), lab.ip("k1"));
     let slices = [
-        slice("big-b", "UDP", 5353, "b1", b1, "node-b"),
-        slice("big-k", "UDP", 5353, "k1", k1, "node-k"),
-        slice("closed-b", "UDP", 9999, "b1", b1, "node-b"),
-        slice("bulk-k", "TCP", 8080, "k1", k1, "node-k"),
+        slice("big-b", "dns", "UDP", 5353, "b1", b1, "node-b"),
+        slice("big-k", "dns", "UDP", 5353, "k1", k1, "node-k"),
+        slice("closed-b", "discard", "UDP", 9999, "b1", b1, "node-b"),
+        slice("bulk-k", "http", "TCP", 8080, "k1", k1, "node-k"),
+        slice("big-np", "dns", "UDP", 5353, "b1", b1, "node-b"),
     ];
     std::fs::write(dir.join("icmp-services.yaml"), SERVICES).unwrap();
     std::fs::write(dir.join("icmp-slices.yaml"), slices.join("---")).unwrap();
@@ -164,12 +190,54 @@ fn addresses(ns: &str) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
-/// A per-worker counter summed over node-a's workers (nodeplane only).
+/// A per-worker counter of `node`, summed over its workers (nodeplane only).
 fn counter(lab: &Lab, path: Dataplane, node: &str, name: &str) -> Option<u64> {
     (path == Dataplane::Nodeplane).then(|| lab.counter(node, name))
 }
 
+/// Waits (≤ 2 s: workers publish their counters every ~10 ms) until `node`'s
+/// counter `name` has grown by at least `by` since `before`; panics with
+/// `what` and the figures otherwise. Nodeplane only (`before` is `None` else).
+fn grew(lab: &Lab, node: &str, name: &str, before: Option<u64>, by: u64, what: &str) {
+    let Some(b) = before else { return };
+    let r = eventually(2, || {
+        let now = lab.counter(node, name);
+        if now >= b + by {
+            Ok(now)
+        } else {
+            Err(format!("{name} on node-{node}: {b} -> {now}, want +{by}"))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{what}: {e}");
+    }
+}
+
 // ---- the cases ----
+
+/// One 4,000-byte datagram from `ns` to `dst` and its echo: the answer, which
+/// must come from `dst`.
+fn big_roundtrip(ns: &str, dst: SocketAddr, seed: u8) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let payload: Vec<u8> = (0..4000u32)
+        .map(|j| b'a' + ((j + u32::from(seed)) % 26) as u8)
+        .collect();
+    let p = payload.clone();
+    let answer = in_netns(ns, move || -> Result<Vec<u8>, String> {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        s.send_to(&p, dst).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 9000];
+        let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        if from != dst {
+            return Err(format!("answer from {from}, not {dst}"));
+        }
+        buf.truncate(n);
+        Ok(buf)
+    })
+    .map_err(|e| e.to_string())??;
+    Ok((payload, answer))
+}
 
 /// 4,000-byte datagrams to backends on node-b and on the kernel node, and
 /// their 4,000-byte echoes, all fragmented on the way.
@@ -177,29 +245,9 @@ fn big_udp(lab: &Lab, path: Dataplane) {
     let before = counter(lab, path, "a", "fragments_translated");
     for (svc, pod) in [(BIG_B, "b1"), (BIG_K, "k1")] {
         for i in 0..5u8 {
-            let payload: Vec<u8> = (0..4000u32)
-                .map(|j| b'a' + ((j + u32::from(i)) % 26) as u8)
-                .collect();
             let dst = SocketAddr::from((svc, 53));
-            let p = payload.clone();
-            let answer = eventually(5, || {
-                let p = p.clone();
-                in_netns(&lab.ns("a2"), move || -> Result<Vec<u8>, String> {
-                    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-                    s.set_read_timeout(Some(Duration::from_secs(2)))
-                        .map_err(|e| e.to_string())?;
-                    s.send_to(&p, dst).map_err(|e| e.to_string())?;
-                    let mut buf = vec![0u8; 9000];
-                    let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
-                    if from != dst {
-                        return Err(format!("answer from {from}, not {dst}"));
-                    }
-                    buf.truncate(n);
-                    Ok(buf)
-                })
-                .map_err(|e| e.to_string())?
-            })
-            .unwrap_or_else(|e| panic!("{path:?}: 4,000-byte UDP to {svc} ({pod}): {e}"));
+            let (payload, answer) = eventually(5, || big_roundtrip(&lab.ns("a2"), dst, i))
+                .unwrap_or_else(|e| panic!("{path:?}: 4,000-byte UDP to {svc} ({pod}): {e}"));
             assert!(
                 answer.starts_with(format!("{pod} ").as_bytes()),
                 "{path:?}: answered by {pod}"
@@ -211,13 +259,71 @@ fn big_udp(lab: &Lab, path: Dataplane) {
             );
         }
     }
-    if let (Some(b), Some(a)) = (before, counter(lab, path, "a", "fragments_translated")) {
-        // 10 datagrams out and 10 back, each with 2 later fragments (1,450 MTU).
-        assert!(
-            a - b >= 40,
-            "node-a translated the later fragments: {b} -> {a}"
-        );
+    // 10 datagrams out and 10 back, each with 2 later fragments (1,450 MTU).
+    grew(
+        lab,
+        "a",
+        "fragments_translated",
+        before,
+        40,
+        "node-a translated the later fragments",
+    );
+}
+
+/// The XDP program's decision counter `name` on `node` (`redirect_*`).
+fn steered(lab: &Lab, node: &str, name: &str) -> u64 {
+    lab.status(node)["steering"][name].as_u64().unwrap_or(0)
+}
+
+/// Nodeplane only: what reaches the node's own IP and needs the XDP
+/// program's memory or a look into the quoted packet. 4,000-byte datagrams
+/// from the external client to a UDP NodePort (backend on node-b): the first
+/// fragment is steered for its port, the later ones because the first was
+/// (`redirect_fragment`). And an ICMP error to the node about a masqueraded
+/// flow: a2's connected UDP socket to a closed port of the external client
+/// gets ECONNREFUSED through the masquerade (`redirect_icmp_error`).
+fn to_the_node(lab: &Lab) {
+    let frag_before = steered(lab, "a", "redirect_fragment");
+    let dst = SocketAddr::from((lab.ip("a"), BIG_NODEPORT));
+    for i in 0..3u8 {
+        let (payload, answer) = eventually(5, || big_roundtrip(&lab.ns("x"), dst, i))
+            .unwrap_or_else(|e| panic!("4,000-byte UDP to NodePort {dst}: {e}"));
+        assert!(answer.starts_with(b"b1 "), "answered by b1");
+        assert!(answer.ends_with(&payload), "the whole datagram came back");
     }
+    let r = eventually(2, || {
+        let n = steered(lab, "a", "redirect_fragment");
+        (n >= frag_before + 6)
+            .then_some(n)
+            .ok_or(format!("{frag_before} -> {n}"))
+    });
+    r.unwrap_or_else(|e| panic!("later fragments to the NodePort steered: {e}"));
+
+    let err_before = steered(lab, "a", "redirect_icmp_error");
+    let closed = SocketAddr::from((lab.ip("x"), 9));
+    eventually(5, || {
+        in_netns(&lab.ns("a2"), move || -> Result<(), String> {
+            let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+            s.connect(closed).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .map_err(|e| e.to_string())?;
+            s.send(b"anyone?").map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .map_err(|e| e.to_string())?
+    })
+    .unwrap_or_else(|e| panic!("ECONNREFUSED through the masquerade from {closed}: {e}"));
+    let r = eventually(2, || {
+        let n = steered(lab, "a", "redirect_icmp_error");
+        (n > err_before)
+            .then_some(n)
+            .ok_or(format!("{err_before} -> {n}"))
+    });
+    r.unwrap_or_else(|e| panic!("the port unreachable to node-a steered: {e}"));
 }
 
 /// A connected UDP socket learns that the backend's port is closed.
@@ -240,9 +346,14 @@ fn refused(lab: &Lab, path: Dataplane) {
         .map_err(|e| e.to_string())?
     });
     got.unwrap_or_else(|e| panic!("{path:?}: ECONNREFUSED from {dst}: got {e}"));
-    if let (Some(b), Some(a)) = (before, counter(lab, path, "a", "icmp_errors_translated")) {
-        assert!(a > b, "node-a translated the port unreachable: {b} -> {a}");
-    }
+    grew(
+        lab,
+        "a",
+        "icmp_errors_translated",
+        before,
+        1,
+        "node-a translated the port unreachable",
+    );
 }
 
 /// The route node-k has to k1, with `mtu 1300` on it: the 1,300-byte hop.
@@ -306,9 +417,14 @@ fn pmtu_bulk(lab: &Lab, path: Dataplane) {
         cached.contains("mtu 1300"),
         "{path:?}: a2 learned the path MTU to the ClusterIP: {cached}"
     );
-    if let (Some(b), Some(a)) = (before, counter(lab, path, "a", "icmp_errors_translated")) {
-        assert!(a > b, "node-a translated fragmentation needed: {b} -> {a}");
-    }
+    grew(
+        lab,
+        "a",
+        "icmp_errors_translated",
+        before,
+        1,
+        "node-a translated fragmentation needed",
+    );
 }
 
 /// tests/lab/ttlprobe.py from a2: the JSON it prints.
@@ -326,8 +442,16 @@ fn ttl_probe(lab: &Lab, dst: Ipv4Addr, port: u16, ttl: u8) -> serde_json::Value 
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out}: {e}"))
 }
 
-/// Hop 1 is node-a, hop 2 node-b (across the overlay), as traceroute shows.
+/// TTL 1 and 2 through a ClusterIP to a backend on node-b: each hop answers
+/// with time exceeded, and the client's socket gets it. Who it comes from is
+/// where the paths differ, and both are checked: nodeplane answers from the
+/// node whose hop it is (node-a, then node-b across the overlay), so the probe
+/// shows the path; Linux's NAT (kube-proxy) rewrites the source of an error
+/// related to a DNAT flow to the Service address, so every hop shows the
+/// ClusterIP.
 fn traceroute(lab: &Lab, path: Dataplane) {
+    let before_a = counter(lab, path, "a", "icmp_errors_sent");
+    let before_b = counter(lab, path, "b", "icmp_errors_sent");
     for (ttl, node) in [(1u8, "a"), (2, "b")] {
         let hop = eventually(5, || {
             let v = ttl_probe(lab, BIG_B, 53, ttl);
@@ -339,15 +463,33 @@ fn traceroute(lab: &Lab, path: Dataplane) {
         })
         .unwrap_or_else(|e| panic!("{path:?}: TTL {ttl}: no time exceeded: {e}"));
         let from: Ipv4Addr = hop["offender"].as_str().unwrap().parse().unwrap();
-        let node_addrs = addresses(&lab.ns(node));
-        assert!(
-            node_addrs.contains(&from),
-            "{path:?}: TTL {ttl} expires at node-{node} ({node_addrs:?}), not {from}"
-        );
+        match path {
+            Dataplane::Nodeplane => {
+                let node_addrs = addresses(&lab.ns(node));
+                assert!(
+                    node_addrs.contains(&from),
+                    "TTL {ttl} expires at node-{node} ({node_addrs:?}), not {from}"
+                );
+            }
+            Dataplane::Kernel => assert_eq!(from, BIG_B, "TTL {ttl}: kube-proxy's NAT"),
+        }
     }
-    if let Some(sent) = counter(lab, path, "b", "icmp_errors_sent") {
-        assert!(sent > 0, "node-b sent the time exceeded");
-    }
+    grew(
+        lab,
+        "a",
+        "icmp_errors_sent",
+        before_a,
+        1,
+        "node-a sent time exceeded",
+    );
+    grew(
+        lab,
+        "b",
+        "icmp_errors_sent",
+        before_b,
+        1,
+        "node-b sent time exceeded",
+    );
 }
 
 fn all_cases(path: Dataplane, tag: &str) {
@@ -359,6 +501,7 @@ fn all_cases(path: Dataplane, tag: &str) {
     traceroute(&lab, path);
     pmtu_bulk(&lab, path);
     if path == Dataplane::Nodeplane {
+        to_the_node(&lab);
         let drops = lab.drops("a");
         for r in ["fragment_timeout", "fragment_overlap", "fragment_no_room"] {
             assert_eq!(drops.get(r).copied().unwrap_or(0), 0, "{r}: {drops:?}");

@@ -31,6 +31,7 @@ use super::netif;
 use super::steering::{InterfaceRole, Steering, SteeringParams, XdpMode, QUEUES_PER_INTERFACE};
 use super::IoError;
 use crate::flow::FlowTable;
+use crate::frag::FragConfig;
 use crate::frame::{Frame, Verdict};
 use crate::pipeline::{process_batch, BATCH};
 use crate::report::{new_slot, LatencySummary, ReportSlot, WorkerReport, XskDrops};
@@ -73,6 +74,9 @@ pub struct PoolConfig {
     pub workers: usize,
     /// Flow table capacity per worker.
     pub flow_capacity: usize,
+    /// Fragment table limits per worker (`--frag-memory`, `--frag-datagrams`,
+    /// `--frag-timeout`).
+    pub frag: FragConfig,
     /// The published tables.
     pub tables: Arc<ArcSwap<Snapshot>>,
 }
@@ -236,6 +240,7 @@ impl WorkerPool {
                 core,
                 opts: opts.clone(),
                 flow_capacity: cfg.flow_capacity,
+                frag: cfg.frag,
                 tables: cfg.tables.clone(),
                 steering: pool.steering.clone(),
                 cmds: cmd_rx,
@@ -476,6 +481,7 @@ struct WorkerCtx {
     core: Option<core_affinity::CoreId>,
     opts: IoOptions,
     flow_capacity: usize,
+    frag: FragConfig,
     tables: Arc<ArcSwap<Snapshot>>,
     steering: Arc<Steering>,
     cmds: Receiver<Cmd>,
@@ -664,7 +670,7 @@ fn worker_main(ctx: WorkerCtx, handoff: Handoff, ready: Sender<Result<(), IoErro
         active: Vec::new(),
         tx_of: HashMap::new(),
     };
-    let mut state = WorkerState::new(ctx.flow_capacity);
+    let mut state = WorkerState::with(FlowTable::new(ctx.flow_capacity), ctx.frag);
     state.flows.set_ownership(ctx.id as u16, ctx.workers as u16);
     let _ = ready.send(Ok(()));
     run(&ctx, &region, io, state, hist, pinned, handoff);
