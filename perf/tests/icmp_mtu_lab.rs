@@ -301,22 +301,8 @@ fn to_the_node(lab: &Lab) {
 
     let err_before = steered(lab, "a", "redirect_icmp_error");
     let closed = SocketAddr::from((lab.ip("x"), 9));
-    eventually(5, || {
-        in_netns(&lab.ns("a2"), move || -> Result<(), String> {
-            let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-            s.connect(closed).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(1)))
-                .map_err(|e| e.to_string())?;
-            s.send(b"anyone?").map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 64];
-            match s.recv(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .map_err(|e| e.to_string())?
-    })
-    .unwrap_or_else(|e| panic!("ECONNREFUSED through the masquerade from {closed}: {e}"));
+    eventually(5, || refused_by(&lab.ns("a2"), closed))
+        .unwrap_or_else(|e| panic!("ECONNREFUSED through the masquerade from {closed}: {e}"));
     let r = eventually(2, || {
         let n = steered(lab, "a", "redirect_icmp_error");
         (n > err_before)
@@ -326,25 +312,29 @@ fn to_the_node(lab: &Lab) {
     r.unwrap_or_else(|e| panic!("the port unreachable to node-a steered: {e}"));
 }
 
+/// A datagram from a connected UDP socket in `ns` to `dst`: Ok when the
+/// socket then reports ECONNREFUSED (an ICMP port unreachable reached it).
+fn refused_by(ns: &str, dst: SocketAddr) -> Result<(), String> {
+    in_netns(ns, move || -> Result<(), String> {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        s.connect(dst).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
+        s.send(b"anyone?").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        match s.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .map_err(|e| e.to_string())?
+}
+
 /// A connected UDP socket learns that the backend's port is closed.
 fn refused(lab: &Lab, path: Dataplane) {
     let before = counter(lab, path, "a", "icmp_errors_translated");
     let dst = SocketAddr::from((CLOSED_B, 9));
-    let got = eventually(5, || {
-        in_netns(&lab.ns("a2"), move || -> Result<(), String> {
-            let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-            s.connect(dst).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(1)))
-                .map_err(|e| e.to_string())?;
-            s.send(b"anyone?").map_err(|e| e.to_string())?;
-            let mut buf = [0u8; 64];
-            match s.recv(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .map_err(|e| e.to_string())?
-    });
+    let got = eventually(5, || refused_by(&lab.ns("a2"), dst));
     got.unwrap_or_else(|e| panic!("{path:?}: ECONNREFUSED from {dst}: got {e}"));
     grew(
         lab,
