@@ -143,8 +143,9 @@ pub(super) fn release(cx: &mut Ctx<'_>) {
             (len, ifindex, decapped)
         };
         let mut f = Frame::new(&mut buf, SLOT_HEADROOM, len, ifindex);
-        let verdict = match classify::l3(&mut f) {
-            Ok(mut p) => {
+        let mut p = Parsed::default();
+        let verdict = match classify::l3(&mut f, &mut p) {
+            Ok(()) => {
                 p.decapped = decapped;
                 match cx.state.frags.decision(&key(&p), cx.now) {
                     Some(FragDecision::Forward { rw, ip_delta }) => {
