@@ -243,158 +243,93 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
     Ok((lo, hi))
 }
 
-/// Merges flags over the file (if any) and validates.
+/// Merges flags over the file (if any) and validates: the file read, the flags
+/// merged over it, each setting validated (defaults filled in), `Settings` built.
 pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     let file = match &args.config {
         Some(p) => read_file(p)?,
         None => FileConfig::default(),
     };
-    let frag = frag_config(args, &file)?;
-    let node_name = args
-        .node_name
-        .clone()
-        .or(file.node_name)
-        .filter(|s| !s.is_empty())
-        .ok_or(ConfigError::Missing(
-            "--node-name (or NODE_NAME, or nodeName in the config file)",
-        ))?;
-    let uplink = args
-        .uplink
-        .clone()
-        .or(file.uplink)
-        .filter(|s| !s.is_empty())
-        .ok_or(ConfigError::Missing(
-            "--uplink (or uplink in the config file)",
-        ))?;
-    if uplink.len() > 15 || uplink.contains('/') {
-        return Err(invalid("uplink", &uplink, "not an interface name"));
+    validate(merge(args, file))
+}
+
+/// The flags over the file: each setting from its flag when given, else from
+/// the file; the service CIDRs from the flags when any is given. Nothing is
+/// checked or defaulted here.
+fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
+    let args = args.clone();
+    FileConfig {
+        node_name: args.node_name.or(file.node_name),
+        uplink: args.uplink.or(file.uplink),
+        manifests: args.manifests.or(file.manifests),
+        kubeconfig: args.kubeconfig.or(file.kubeconfig),
+        workers: args.workers.or(file.workers),
+        vxlan_port: args.vxlan_port.or(file.vxlan_port),
+        vni: args.vni.or(file.vni),
+        status_addr: args.status_addr.or(file.status_addr),
+        state_dir: args.state_dir.or(file.state_dir),
+        service_cidrs: if args.service_cidrs.is_empty() {
+            file.service_cidrs
+        } else {
+            args.service_cidrs
+        },
+        vtep_mac: args.vtep_mac.or(file.vtep_mac),
+        flow_capacity: args.flow_capacity.or(file.flow_capacity),
+        masquerade_ports: args.masquerade_ports.or(file.masquerade_ports),
+        maglev_size: args.maglev_size.or(file.maglev_size),
+        cores: args.cores.or(file.cores),
+        idle_sleep_us: args.idle_sleep_us.or(file.idle_sleep_us),
+        frag_memory: args.frag_memory.or(file.frag_memory),
+        frag_datagrams: args.frag_datagrams.or(file.frag_datagrams),
+        frag_timeout: args.frag_timeout.or(file.frag_timeout),
+        xdp_mode: args.xdp_mode.or(file.xdp_mode),
     }
-    let manifests = args.manifests.clone().or(file.manifests);
-    let kubeconfig = args
-        .kubeconfig
-        .clone()
-        .or(file.kubeconfig)
-        .filter(|s| !s.is_empty());
-    let source = match (manifests, kubeconfig) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "source",
-                "manifests + kubeconfig",
-                "choose one of --manifests and --kubeconfig",
-            ))
-        }
-        (Some(dir), None) => Source::Manifests(dir),
-        (None, Some(k)) if k == "in-cluster" => Source::ApiServer(None),
-        (None, Some(k)) => Source::ApiServer(Some(PathBuf::from(k))),
-        (None, None) => {
-            return Err(ConfigError::Missing(
-                "a source: --manifests DIR or --kubeconfig PATH|in-cluster",
-            ))
-        }
-    };
-    let workers = args.workers.or(file.workers).unwrap_or(1);
+}
+
+/// Validates the merged settings one by one (the first bad one is the
+/// error: the fragment limits, then in `Settings`'s order), fills in the
+/// defaults and builds `Settings`.
+fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
+    let frag = frag_config(&m)?;
+    let node_name = required(
+        m.node_name,
+        "--node-name (or NODE_NAME, or nodeName in the config file)",
+    )?;
+    let uplink = check_uplink(required(
+        m.uplink,
+        "--uplink (or uplink in the config file)",
+    )?)?;
+    let source = source_of(m.manifests, m.kubeconfig)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if workers == 0 || workers > cores.max(1) * 4 {
-        return Err(invalid(
-            "workers",
-            workers,
-            format!("want 1..={}", cores * 4),
-        ));
-    }
-    let vxlan_port = args.vxlan_port.or(file.vxlan_port).unwrap_or(8472);
-    if vxlan_port == 0 {
-        return Err(invalid("vxlan port", 0, "must be non-zero"));
-    }
-    let vni = args.vni.or(file.vni).unwrap_or(1);
-    if vni >= 1 << 24 {
-        return Err(invalid("vni", vni, "VNIs are 24 bits"));
-    }
-    let status_addr = args
+    let workers = check_workers(m.workers.unwrap_or(1), cores)?;
+    let vxlan_port = check_vxlan_port(m.vxlan_port.unwrap_or(8472))?;
+    let vni = check_vni(m.vni.unwrap_or(1))?;
+    let status_addr = m
         .status_addr
-        .or(file.status_addr)
         .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 10256)));
-    let state_dir = args
+    let state_dir = m
         .state_dir
-        .clone()
-        .or(file.state_dir)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-    let cidr_texts = if args.service_cidrs.is_empty() {
-        file.service_cidrs
-    } else {
-        args.service_cidrs.clone()
-    };
-    let mut service_cidrs = Vec::new();
-    for t in cidr_texts.iter().flat_map(|s| s.split(',')) {
-        let t = t.trim();
-        if t.is_empty() {
-            continue;
-        }
-        service_cidrs.push(
-            t.parse::<Ipv4Cidr>()
-                .map_err(|e| invalid("service CIDR", t, e))?,
-        );
-    }
-    let vtep_mac = match args.vtep_mac.clone().or(file.vtep_mac) {
-        Some(s) => {
-            parse_mac(&s).ok_or_else(|| invalid("VTEP MAC", &s, "want aa:bb:cc:dd:ee:ff"))?
-        }
+    let service_cidrs = parse_service_cidrs(&m.service_cidrs)?;
+    let vtep_mac = match m.vtep_mac {
+        Some(s) => parse_vtep_mac(&s)?,
         None => derived_vtep_mac(&node_name),
     };
-    let flow_capacity = args
-        .flow_capacity
-        .or(file.flow_capacity)
-        .unwrap_or(DEFAULT_FLOW_CAPACITY);
-    if !(1024..=64 << 20).contains(&flow_capacity) {
-        return Err(invalid(
-            "flow capacity",
-            flow_capacity,
-            "want 1024..=67108864",
-        ));
-    }
-    let masquerade_ports = match args.masquerade_ports.clone().or(file.masquerade_ports) {
+    let flow_capacity = check_flow_capacity(m.flow_capacity.unwrap_or(DEFAULT_FLOW_CAPACITY))?;
+    let masquerade_ports = match m.masquerade_ports {
         Some(s) => parse_port_range(&s)?,
         None => dataplane::pipeline::DEFAULT_MASQ_PORTS,
     };
-    let maglev_size = args
-        .maglev_size
-        .or(file.maglev_size)
-        .unwrap_or(shared::snapshot::DEFAULT_MAGLEV_SIZE);
-    if !(7..=1_000_003).contains(&maglev_size) {
-        return Err(invalid(
-            "maglev size",
-            maglev_size,
-            "want 7..=1000003 (a prime)",
-        ));
-    }
-    let mut cores_list = Vec::new();
-    if let Some(text) = args.cores.clone().or(file.cores) {
-        for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let c: usize = t
-                .parse()
-                .map_err(|e| invalid("cores", &text, format!("'{t}': {e}")))?;
-            if c >= cores {
-                return Err(invalid(
-                    "cores",
-                    &text,
-                    format!("core {c} does not exist (this machine has {cores})"),
-                ));
-            }
-            cores_list.push(c);
-        }
-        if cores_list.is_empty() {
-            return Err(invalid("cores", &text, "want a list such as 0,1"));
-        }
-    }
-    let idle_sleep_us = args.idle_sleep_us.or(file.idle_sleep_us).unwrap_or(0);
-    if idle_sleep_us > 100_000 {
-        return Err(invalid("idle sleep", idle_sleep_us, "want 0..=100000 µs"));
-    }
-    let xdp_mode = match args.xdp_mode.clone().or(file.xdp_mode).as_deref() {
-        None | Some("auto") => None,
-        Some("native") => Some(XdpMode::Native),
-        Some("generic") => Some(XdpMode::Generic),
-        Some(other) => return Err(invalid("XDP mode", other, "want auto, native or generic")),
+    let maglev_size = check_maglev_size(
+        m.maglev_size
+            .unwrap_or(shared::snapshot::DEFAULT_MAGLEV_SIZE),
+    )?;
+    let cores_list = match m.cores {
+        Some(text) => parse_cores(&text, cores)?,
+        None => Vec::new(),
     };
+    let idle_sleep_us = check_idle_sleep(m.idle_sleep_us.unwrap_or(0))?;
+    let xdp_mode = parse_xdp_mode(m.xdp_mode.as_deref())?;
     Ok(Settings {
         node_name,
         uplink,
@@ -416,13 +351,144 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     })
 }
 
-/// `--frag-memory`, `--frag-datagrams`, `--frag-timeout` over the file's.
-fn frag_config(args: &RunArgs, file: &FileConfig) -> Result<FragConfig, ConfigError> {
+/// A setting that must be given and not empty.
+fn required(value: Option<String>, what: &'static str) -> Result<String, ConfigError> {
+    value
+        .filter(|s| !s.is_empty())
+        .ok_or(ConfigError::Missing(what))
+}
+
+fn check_uplink(uplink: String) -> Result<String, ConfigError> {
+    if uplink.len() > 15 || uplink.contains('/') {
+        return Err(invalid("uplink", &uplink, "not an interface name"));
+    }
+    Ok(uplink)
+}
+
+/// Exactly one of a manifest directory and a kubeconfig (`in-cluster`: the
+/// pod's service account); an empty kubeconfig is none.
+fn source_of(
+    manifests: Option<PathBuf>,
+    kubeconfig: Option<String>,
+) -> Result<Source, ConfigError> {
+    match (manifests, kubeconfig.filter(|s| !s.is_empty())) {
+        (Some(_), Some(_)) => Err(invalid(
+            "source",
+            "manifests + kubeconfig",
+            "choose one of --manifests and --kubeconfig",
+        )),
+        (Some(dir), None) => Ok(Source::Manifests(dir)),
+        (None, Some(k)) if k == "in-cluster" => Ok(Source::ApiServer(None)),
+        (None, Some(k)) => Ok(Source::ApiServer(Some(PathBuf::from(k)))),
+        (None, None) => Err(ConfigError::Missing(
+            "a source: --manifests DIR or --kubeconfig PATH|in-cluster",
+        )),
+    }
+}
+
+/// 1 to four per core of this machine (`cores`).
+fn check_workers(workers: usize, cores: usize) -> Result<usize, ConfigError> {
+    if workers == 0 || workers > cores.max(1) * 4 {
+        return Err(invalid(
+            "workers",
+            workers,
+            format!("want 1..={}", cores * 4),
+        ));
+    }
+    Ok(workers)
+}
+
+fn check_vxlan_port(port: u16) -> Result<u16, ConfigError> {
+    if port == 0 {
+        return Err(invalid("vxlan port", 0, "must be non-zero"));
+    }
+    Ok(port)
+}
+
+fn check_vni(vni: u32) -> Result<u32, ConfigError> {
+    if vni >= 1 << 24 {
+        return Err(invalid("vni", vni, "VNIs are 24 bits"));
+    }
+    Ok(vni)
+}
+
+/// Every CIDR of the texts, each text a comma-separated list (empty items skipped).
+fn parse_service_cidrs(texts: &[String]) -> Result<Vec<Ipv4Cidr>, ConfigError> {
+    texts
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<Ipv4Cidr>()
+                .map_err(|e| invalid("service CIDR", t, e))
+        })
+        .collect()
+}
+
+fn parse_vtep_mac(text: &str) -> Result<Mac, ConfigError> {
+    parse_mac(text).ok_or_else(|| invalid("VTEP MAC", text, "want aa:bb:cc:dd:ee:ff"))
+}
+
+fn check_flow_capacity(capacity: usize) -> Result<usize, ConfigError> {
+    if !(1024..=64 << 20).contains(&capacity) {
+        return Err(invalid("flow capacity", capacity, "want 1024..=67108864"));
+    }
+    Ok(capacity)
+}
+
+fn check_maglev_size(size: u32) -> Result<u32, ConfigError> {
+    if !(7..=1_000_003).contains(&size) {
+        return Err(invalid("maglev size", size, "want 7..=1000003 (a prime)"));
+    }
+    Ok(size)
+}
+
+/// A comma-separated list of cores, each below `cores` (this machine's), at
+/// least one.
+fn parse_cores(text: &str, cores: usize) -> Result<Vec<usize>, ConfigError> {
+    let mut list = Vec::new();
+    for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let c: usize = t
+            .parse()
+            .map_err(|e| invalid("cores", text, format!("'{t}': {e}")))?;
+        if c >= cores {
+            return Err(invalid(
+                "cores",
+                text,
+                format!("core {c} does not exist (this machine has {cores})"),
+            ));
+        }
+        list.push(c);
+    }
+    if list.is_empty() {
+        return Err(invalid("cores", text, "want a list such as 0,1"));
+    }
+    Ok(list)
+}
+
+fn check_idle_sleep(us: u64) -> Result<u64, ConfigError> {
+    if us > 100_000 {
+        return Err(invalid("idle sleep", us, "want 0..=100000 µs"));
+    }
+    Ok(us)
+}
+
+/// None (auto): driver mode, falling back to generic.
+fn parse_xdp_mode(text: Option<&str>) -> Result<Option<XdpMode>, ConfigError> {
+    match text {
+        None | Some("auto") => Ok(None),
+        Some("native") => Ok(Some(XdpMode::Native)),
+        Some("generic") => Ok(Some(XdpMode::Generic)),
+        Some(other) => Err(invalid("XDP mode", other, "want auto, native or generic")),
+    }
+}
+
+/// The fragment-table limits (`--frag-memory`, `--frag-datagrams`,
+/// `--frag-timeout`), defaults filled in.
+fn frag_config(m: &FileConfig) -> Result<FragConfig, ConfigError> {
     let d = FragConfig::default();
-    let memory_bytes = args
-        .frag_memory
-        .or(file.frag_memory)
-        .unwrap_or(d.memory_bytes);
+    let memory_bytes = m.frag_memory.unwrap_or(d.memory_bytes);
     if !(64 << 10..=1 << 30).contains(&memory_bytes) {
         return Err(invalid(
             "fragment memory",
@@ -430,10 +496,7 @@ fn frag_config(args: &RunArgs, file: &FileConfig) -> Result<FragConfig, ConfigEr
             "want 65536..=1073741824 bytes",
         ));
     }
-    let datagrams = args
-        .frag_datagrams
-        .or(file.frag_datagrams)
-        .unwrap_or(d.datagrams);
+    let datagrams = m.frag_datagrams.unwrap_or(d.datagrams);
     if !(16..=1 << 20).contains(&datagrams) {
         return Err(invalid(
             "fragment datagrams",
@@ -441,10 +504,7 @@ fn frag_config(args: &RunArgs, file: &FileConfig) -> Result<FragConfig, ConfigEr
             "want 16..=1048576",
         ));
     }
-    let secs = args
-        .frag_timeout
-        .or(file.frag_timeout)
-        .unwrap_or(d.timeout_ns / 1_000_000_000);
+    let secs = m.frag_timeout.unwrap_or(d.timeout_ns / 1_000_000_000);
     if !(1..=60).contains(&secs) {
         return Err(invalid("fragment timeout", secs, "want 1..=60 s"));
     }

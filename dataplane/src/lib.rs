@@ -15,6 +15,8 @@
 //!
 //! Nothing here knows Kubernetes, HTTP or configuration files.
 
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod flow;
 pub mod frag;
 pub mod frame;

@@ -6,6 +6,8 @@
 //! counters (`counters`). It does no I/O and holds no
 //! threads; nothing here may allocate on a per-packet path.
 
+#![deny(clippy::cast_possible_truncation)]
+
 pub mod counters;
 pub mod maglev;
 pub mod mem;

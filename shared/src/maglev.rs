@@ -18,13 +18,23 @@ pub const fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// `x mod m` as an index (`m` non-zero).
+#[inline]
+// Cannot truncate: the remainder is below `m`, itself a `usize`.
+#[allow(clippy::cast_possible_truncation)]
+fn index_mod(x: u64, m: usize) -> usize {
+    (x % m as u64) as usize
+}
+
 impl Maglev {
     /// Builds the table for backends identified by `keys` (stable identities such
     /// as `ip<<16|port`). `size` should be prime and well above `keys.len()`;
     /// it is raised to the next prime ≥ max(size, 2·len+1) otherwise.
     /// At most 65535 backends are used; the rest are ignored.
     pub fn build(keys: &[u64], size: u32) -> Maglev {
-        let n = keys.len().min(usize::from(u16::MAX));
+        // At most u16::MAX backends: the rest are ignored.
+        let backends = u16::try_from(keys.len()).unwrap_or(u16::MAX);
+        let n = usize::from(backends);
         if n == 0 {
             return Maglev {
                 table: Box::new([]),
@@ -45,14 +55,15 @@ impl Maglev {
         let mut table = vec![u16::MAX; m_usize];
         let mut filled = 0usize;
         'fill: loop {
-            for i in 0..n {
+            for b in 0..backends {
+                let i = usize::from(b);
                 let (offset, skip) = perms[i];
-                let mut c = (offset + next[i] * skip) % m;
-                while table[c as usize] != u16::MAX {
+                let mut c = index_mod(offset + next[i] * skip, m_usize);
+                while table[c] != u16::MAX {
                     next[i] += 1;
-                    c = (offset + next[i] * skip) % m;
+                    c = index_mod(offset + next[i] * skip, m_usize);
                 }
-                table[c as usize] = i as u16;
+                table[c] = b;
                 next[i] += 1;
                 filled += 1;
                 if filled == m_usize {
@@ -62,7 +73,7 @@ impl Maglev {
         }
         Maglev {
             table: table.into_boxed_slice(),
-            backends: n as u16,
+            backends,
         }
     }
 
@@ -98,7 +109,7 @@ impl Maglev {
         if self.table.is_empty() {
             return None;
         }
-        let i = (hash % self.table.len() as u64) as usize;
+        let i = index_mod(hash, self.table.len());
         self.table.get(i).copied()
     }
 
@@ -176,7 +187,7 @@ impl MaglevTables {
         if r.size == 0 {
             return None;
         }
-        let i = r.start + (hash % r.size as u64) as usize;
+        let i = r.start + index_mod(hash, r.size);
         self.entries.get(i).copied()
     }
 
@@ -186,7 +197,7 @@ impl MaglevTables {
         if r.size == 0 {
             return;
         }
-        let i = r.start + (hash % r.size as u64) as usize;
+        let i = r.start + index_mod(hash, r.size);
         #[cfg(target_arch = "x86_64")]
         if let Some(e) = self.entries.get(i) {
             // SAFETY: prefetch is only a hint; the pointer is inside `entries`.
@@ -388,7 +399,7 @@ mod tests {
         #[test]
         fn removal_moves_about_one_nth(n in 2u64..120, victim_sel in 0u64..1000) {
             let all = keys(n);
-            let victim = (victim_sel % n) as usize;
+            let victim = usize::try_from(victim_sel % n).unwrap();
             let mut rest = all.clone();
             rest.remove(victim);
             let before = Maglev::build(&all, 16381);
@@ -408,11 +419,12 @@ mod tests {
 
         #[test]
         fn remap_points_into_map(n in 1u64..20) {
-            let map: Vec<u16> = (0..n as u16).map(|i| i * 2 + 1).collect();
-            let m = Maglev::build(&keys(n), 101).remap(&map);
+            let n = u16::try_from(n).unwrap();
+            let map: Vec<u16> = (0..n).map(|i| i * 2 + 1).collect();
+            let m = Maglev::build(&keys(u64::from(n)), 101).remap(&map);
             for h in 0..500u64 {
                 let e = m.lookup(mix64(h)).unwrap();
-                prop_assert!(e % 2 == 1 && e < 2 * n as u16);
+                prop_assert!(e % 2 == 1 && e < 2 * n);
             }
         }
     }

@@ -945,9 +945,9 @@ mod tests {
     fn pods_are_counted_once_per_ip_and_the_last_route_wins() {
         let pod = |ip: [u8; 4], ifindex: u32| PodRoute {
             ip: Ipv4Addr::from(ip),
-            mac: [2, 0, 0, 0, 0, ifindex as u8],
+            mac: [2, 0, 0, 0, 0, u8::try_from(ifindex).unwrap()],
             host_ifindex: ifindex,
-            host_mac: [2, 1, 0, 0, 0, ifindex as u8],
+            host_mac: [2, 1, 0, 0, 0, u8::try_from(ifindex).unwrap()],
             name: String::new(),
         };
         let mut t = spec(vec![]);

@@ -37,6 +37,8 @@ impl AffinityTable {
     }
 
     #[inline]
+    // Truncation intended: only the hash's low bits, under `set_mask`, are kept.
+    #[allow(clippy::cast_possible_truncation)]
     fn base(&self, client: u32, service: u64) -> usize {
         ((mix64(u64::from(client) ^ self.seed).wrapping_add(mix64(service)) as usize)
             & self.set_mask)

@@ -14,5 +14,5 @@ mod tcp;
 pub use affinity::AffinityTable;
 pub use key::{ChecksumDeltas, FlowKey, Rewrite};
 pub use owner::{client_owner, port_owner};
-pub use table::{FlowMeta, FlowStats, FlowTable, Hit, InsertError, NO_SLOT, WAYS};
+pub use table::{generation_low, FlowMeta, FlowStats, FlowTable, Hit, InsertError, NO_SLOT, WAYS};
 pub use tcp::{tcp_flags, FlowState, Timeouts};

@@ -7,6 +7,8 @@
 /// ownership, see `FlowTable::set_ownership`). The same on every worker and in
 /// every process: it must not depend on the per-table seed.
 #[inline]
+// Cannot truncate: the remainder is below `workers`, a `u16`.
+#[allow(clippy::cast_possible_truncation)]
 pub fn client_owner(ip: u32, workers: u16) -> u16 {
     if workers <= 1 {
         return 0;

@@ -34,6 +34,29 @@ const NONE: u32 = u32::MAX;
 pub const NO_SLOT: u32 = u32::MAX;
 /// A slot's tag: a few hash bits compared before any key (0 = empty slot).
 type Tag = u16;
+/// Most flows a table is sized for (larger capacities are lowered to it): the
+/// table then has at most 2^31 slots (4 per flow, rounded up to a power of
+/// two), so every slot index fits the `u32` that entries (`peer`) and hits store.
+pub const MAX_CAPACITY: usize = 1 << 29;
+
+/// A slot index as entries and hits store it.
+#[inline(always)]
+// Cannot truncate: slot indexes are below the table's at most 2^31 slots
+// (`MAX_CAPACITY`).
+#[allow(clippy::cast_possible_truncation)]
+fn slot_u32(slot: usize) -> u32 {
+    debug_assert!(slot < 1 << 31);
+    slot as u32
+}
+
+/// The low 32 bits of a snapshot generation, as a flow records the generation
+/// its backend was last checked against (`Hit::checked_gen`).
+#[inline(always)]
+// Truncation intended: a flow keeps the generation's low 32 bits.
+#[allow(clippy::cast_possible_truncation)]
+pub fn generation_low(generation: u64) -> u32 {
+    generation as u32
+}
 
 /// One set's tags: 32 bytes, aligned so that a set never straddles two
 /// cache lines (two sets share one).
@@ -157,13 +180,14 @@ pub struct FlowStats {
 }
 
 impl FlowTable {
-    /// A table for up to `capacity_flows` flows with default timeouts.
+    /// A table for up to `capacity_flows` flows (at most `MAX_CAPACITY`) with
+    /// default timeouts.
     pub fn new(capacity_flows: usize) -> Self {
         Self::with_timeouts(capacity_flows, Timeouts::default())
     }
 
     pub fn with_timeouts(capacity_flows: usize, timeouts: Timeouts) -> Self {
-        let capacity = capacity_flows.max(1);
+        let capacity = capacity_flows.clamp(1, MAX_CAPACITY);
         // Two entries per flow; size the table at ≤ 50% load when full.
         let slots = (capacity * 4).next_power_of_two().max(WAYS * 2);
         let sets = slots / WAYS;
@@ -232,6 +256,8 @@ impl FlowTable {
 
     /// The seeded hash of a key (compute once per packet, pass to `lookup_hashed`).
     #[inline]
+    // Truncation intended: `m as u64` is the product's low half.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn hash(&self, key: &FlowKey) -> u64 {
         let a = (u64::from(key.src) << 32) | u64::from(key.dst);
         let b = (u64::from(key.sport) << 32) | (u64::from(key.dport) << 16) | u64::from(key.proto);
@@ -247,6 +273,8 @@ impl FlowTable {
     }
 
     #[inline]
+    // Truncation intended: only the hash's low bits, under `set_mask`, are kept.
+    #[allow(clippy::cast_possible_truncation)]
     fn set_base(&self, h: u64) -> usize {
         ((h as usize) & self.set_mask) * WAYS
     }
@@ -319,7 +347,7 @@ impl FlowTable {
             // SAFETY: prefetch is only a hint; the pointer is inside `entries`.
             unsafe { core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0) };
         }
-        slot as u32
+        slot_u32(slot)
     }
 
     /// Hints the CPU to load the set of hash `h` (for batch prefetching).
@@ -403,12 +431,12 @@ impl FlowTable {
         };
         let m = self.entries.get(master)?;
         if m.expires_ns <= now_ns {
-            self.remove(slot as u32);
+            self.remove(slot_u32(slot));
             return None;
         }
         Some(Hit {
-            slot: slot as u32,
-            master: master as u32,
+            slot: slot_u32(slot),
+            master: slot_u32(master),
             rewrite,
             is_reply,
             deltas,
@@ -430,7 +458,7 @@ impl FlowTable {
     /// Records that the flow's backend was checked against generation `g`.
     #[inline]
     pub fn set_checked(&mut self, hit: &Hit, g: u64) {
-        self.entries[hit.master as usize].checked_gen = g as u32;
+        self.entries[hit.master as usize].checked_gen = generation_low(g);
     }
 
     /// Advances the flow's state for a packet (TCP flags for TCP, 0 for UDP) and
@@ -526,10 +554,10 @@ impl FlowTable {
         // Replace stale entries with the same keys (e.g. a port reused).
         // (`remove` of a slot already freed with its peer does nothing.)
         if let Some(s) = self.find_hashed(&key, h1) {
-            self.remove(s as u32);
+            self.remove(slot_u32(s));
         }
         if let Some(s) = reply_slot {
-            self.remove(s as u32);
+            self.remove(slot_u32(s));
         }
         let b1 = self.set_base(h1);
         let s1 = self.free_way(b1, now_ns, None).ok_or(InsertError::Full)?;
@@ -559,12 +587,12 @@ impl FlowTable {
         self.entries[s1] = Entry {
             key,
             rewrite: rw,
-            peer: s2 as u32,
+            peer: slot_u32(s2),
             master: true,
             state,
             fins,
             expires_ns,
-            checked_gen: generation as u32,
+            checked_gen: generation_low(generation),
             ip_delta: fwd.ip,
             l4_delta: fwd.l4,
             dnat: meta.backend.is_some(),
@@ -575,14 +603,14 @@ impl FlowTable {
         self.entries[s2] = Entry {
             key: reply_key,
             rewrite: reply_rw,
-            peer: s1 as u32,
+            peer: slot_u32(s1),
             master: false,
             ip_delta: rev.ip,
             l4_delta: rev.l4,
             ..Entry::default()
         };
         self.flows += 1;
-        Ok(s1 as u32)
+        Ok(slot_u32(s1))
     }
 
     /// A free way in the set at `base`: empty, expired (reclaimed), or made free
@@ -647,7 +675,7 @@ impl FlowTable {
                 if exp > now_ns {
                     self.evictions += 1;
                 }
-                self.remove(w as u32);
+                self.remove(slot_u32(w));
                 true
             }
             None => false,
@@ -852,7 +880,7 @@ mod tests {
         let mut t = FlowTable::new(cap);
         // Fill with established flows until the table refuses more.
         let mut established = Vec::new();
-        for i in 0..(4 * cap) as u32 {
+        for i in 0..u32::try_from(4 * cap).unwrap() {
             let key = k(i + 100, 1000);
             if t.insert(key, key.identity(), FlowMeta::default(), Some(SYN), 0, 0)
                 .is_ok()

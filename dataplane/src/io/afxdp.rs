@@ -22,6 +22,21 @@ pub const FRAME_SIZE: usize = 2048;
 pub const RX_OFFSET: usize = 256;
 /// Largest frame a chunk can receive.
 pub const MAX_RX_FRAME: usize = FRAME_SIZE - RX_OFFSET;
+/// `FRAME_SIZE` as the kernel's UMEM chunk size.
+// Cannot truncate: FRAME_SIZE is 2048.
+#[allow(clippy::cast_possible_truncation)]
+const CHUNK_SIZE: u32 = FRAME_SIZE as u32;
+/// `AF_XDP` as a socket address family.
+// Cannot truncate: AF_XDP is 44.
+#[allow(clippy::cast_possible_truncation)]
+const AF_XDP_FAMILY: libc::sa_family_t = libc::AF_XDP as libc::sa_family_t;
+
+/// The size of a kernel option or address struct, as the socket calls take it.
+// Cannot truncate: these structs are a few dozen bytes.
+#[allow(clippy::cast_possible_truncation)]
+const fn socklen_of<T>() -> libc::socklen_t {
+    std::mem::size_of::<T>() as libc::socklen_t
+}
 
 /// Frame ownership for accounting: who holds chunk `i`.
 const OWNER_FREE: u16 = u16::MAX;
@@ -104,7 +119,10 @@ impl UmemRegion {
     #[inline]
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn chunk(&self, base: u64) -> &mut [u8] {
-        let base = (base as usize).min(self.len - FRAME_SIZE) & !(FRAME_SIZE - 1);
+        let base = usize::try_from(base)
+            .unwrap_or(usize::MAX)
+            .min(self.len - FRAME_SIZE)
+            & !(FRAME_SIZE - 1);
         // SAFETY: `base + FRAME_SIZE <= len` by the clamp above; exclusivity is
         // the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(base), FRAME_SIZE) }
@@ -114,7 +132,7 @@ impl UmemRegion {
         libc::xdp_umem_reg {
             addr: self.ptr as u64,
             len: self.len as u64,
-            chunk_size: FRAME_SIZE as u32,
+            chunk_size: CHUNK_SIZE,
             headroom: 0,
             flags: 0,
             tx_metadata_len: 0,
@@ -181,7 +199,8 @@ impl FramePool {
 
     #[inline]
     fn idx(base: u64) -> usize {
-        (base / FRAME_SIZE as u64) as usize
+        // Past the end (`owner.get_mut` finds nothing) if it does not fit.
+        usize::try_from(base / FRAME_SIZE as u64).unwrap_or(usize::MAX)
     }
 
     #[inline]
@@ -272,13 +291,14 @@ impl FramePool {
             && tx == c_tx;
         if consistent {
             for &(id, f, t) in sockets {
-                let of = self.owner.iter().filter(|o| **o == id).count() as u32;
-                let ot = self.owner.iter().filter(|o| **o == id | OWNER_TX).count() as u32;
-                consistent &= of == f && ot == t;
+                let of = self.owner.iter().filter(|o| **o == id).count();
+                let ot = self.owner.iter().filter(|o| **o == id | OWNER_TX).count();
+                consistent &= of == f as usize && ot == t as usize;
             }
         }
         FrameAccount {
-            total: self.owner.len() as u32,
+            // One entry per chunk of a `u32` count (`new`): it fits.
+            total: u32::try_from(self.owner.len()).unwrap_or(u32::MAX),
             free,
             in_hand: hand,
             fill_rx: fill,
@@ -312,7 +332,19 @@ impl Ring {
         pgoff: u64,
         producer_side: bool,
     ) -> Result<Ring, XskError> {
-        let map_len = off.desc as usize + size as usize * entry;
+        let offset = |o: u64| {
+            usize::try_from(o).map_err(|_| XskError::Os {
+                what: "ring offsets",
+                source: io::ErrorKind::InvalidData.into(),
+            })
+        };
+        let (producer_off, consumer_off, flags_off, desc_off) = (
+            offset(off.producer)?,
+            offset(off.consumer)?,
+            offset(off.flags)?,
+            offset(off.desc)?,
+        );
+        let map_len = desc_off + size as usize * entry;
         // SAFETY: maps a ring the kernel created on `fd`; the result is checked.
         let map = unsafe {
             libc::mmap(
@@ -331,10 +363,10 @@ impl Ring {
         // SAFETY: the offsets come from XDP_MMAP_OFFSETS and lie inside the mapping.
         let (producer, consumer, flags, desc) = unsafe {
             (
-                base.add(off.producer as usize).cast::<AtomicU32>() as *const AtomicU32,
-                base.add(off.consumer as usize).cast::<AtomicU32>() as *const AtomicU32,
-                base.add(off.flags as usize).cast::<AtomicU32>() as *const AtomicU32,
-                base.add(off.desc as usize),
+                base.add(producer_off).cast::<AtomicU32>() as *const AtomicU32,
+                base.add(consumer_off).cast::<AtomicU32>() as *const AtomicU32,
+                base.add(flags_off).cast::<AtomicU32>() as *const AtomicU32,
+                base.add(desc_off),
             )
         };
         let mut r = Ring {
@@ -503,7 +535,7 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, val: &T, what: &'static str) -> Re
             libc::SOL_XDP,
             opt,
             (val as *const T).cast::<c_void>(),
-            std::mem::size_of::<T>() as libc::socklen_t,
+            socklen_of::<T>(),
         )
     };
     if r != 0 {
@@ -557,7 +589,7 @@ impl XskSocket {
         setsockopt(f, libc::XDP_TX_RING, &sizes.tx, "tx ring")?;
         // SAFETY: zero is a valid bit pattern for this plain C struct.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let mut optlen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        let mut optlen = socklen_of::<libc::xdp_mmap_offsets>();
         // SAFETY: `off` has `optlen` writable bytes.
         let r = unsafe {
             libc::getsockopt(
@@ -609,7 +641,7 @@ impl XskSocket {
             None => (libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP, 0),
         };
         let sxdp = libc::sockaddr_xdp {
-            sxdp_family: libc::AF_XDP as u16,
+            sxdp_family: AF_XDP_FAMILY,
             sxdp_flags: flags,
             sxdp_ifindex: ifindex,
             sxdp_queue_id: queue,
@@ -620,7 +652,7 @@ impl XskSocket {
             libc::bind(
                 f,
                 (&sxdp as *const libc::sockaddr_xdp).cast::<libc::sockaddr>(),
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                socklen_of::<libc::sockaddr_xdp>(),
             )
         };
         if r != 0 {
@@ -733,6 +765,8 @@ impl XskSocket {
             let d = unsafe { *self.rx.desc_at(idx.wrapping_add(k)) };
             let base = chunk_base(d.addr);
             pool.take(base);
+            // Cannot truncate: an offset inside its chunk, below FRAME_SIZE.
+            #[allow(clippy::cast_possible_truncation)]
             let off = (d.addr - base) as usize;
             f(base, off, d.len as usize);
         }
@@ -756,7 +790,9 @@ impl XskSocket {
         unsafe {
             *self.tx.desc_at(i) = libc::xdp_desc {
                 addr: base + off as u64,
-                len: len as u32,
+                // Saturated, the kernel refuses the descriptor (counted in
+                // `tx_invalid_descs`) rather than send a truncated length.
+                len: u32::try_from(len).unwrap_or(u32::MAX),
                 options: 0,
             };
         }
@@ -810,7 +846,7 @@ impl XskSocket {
     pub fn stats(&self) -> XskStats {
         // SAFETY: zero is a valid bit pattern for this plain C struct.
         let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        let mut len = socklen_of::<libc::xdp_statistics>();
         // SAFETY: `s` has `len` writable bytes.
         let r = unsafe {
             libc::getsockopt(

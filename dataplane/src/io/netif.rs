@@ -174,6 +174,8 @@ pub fn ipv4_addrs(name: &str) -> Vec<(Ipv4Addr, u8)> {
         // SAFETY: the family is AF_INET, so it is a sockaddr_in.
         let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
         let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        // Cannot truncate: a netmask has at most 32 bits set.
+        #[allow(clippy::cast_possible_truncation)]
         let prefix = if ifa.ifa_netmask.is_null() {
             32
         } else {
@@ -336,6 +338,9 @@ pub fn resolve_neighbor(dev: &str, ip: Ipv4Addr) -> bool {
         return false;
     };
     let Ok(c) = check_name(dev) else { return false };
+    let Ok(len) = libc::socklen_t::try_from(c.as_bytes_with_nul().len()) else {
+        return false;
+    };
     // SAFETY: SO_BINDTODEVICE with a NUL-terminated name and its length.
     let r = unsafe {
         libc::setsockopt(
@@ -343,7 +348,7 @@ pub fn resolve_neighbor(dev: &str, ip: Ipv4Addr) -> bool {
             libc::SOL_SOCKET,
             libc::SO_BINDTODEVICE,
             c.as_ptr().cast::<libc::c_void>(),
-            c.as_bytes_with_nul().len() as libc::socklen_t,
+            len,
         )
     };
     if r != 0 {

@@ -69,6 +69,8 @@ pub enum SteeringError {
         count: usize,
         max: usize,
     },
+    #[error("a {0}-byte packet is too long to test-run")]
+    PacketTooLong(usize),
 }
 
 /// What an interface is to the steering program.
@@ -427,7 +429,8 @@ impl Steering {
             .iter()
             .position(|u| !u)
             .ok_or(SteeringError::TooManyInterfaces)?;
-        let slot_base = slot as u32 * QUEUES_PER_INTERFACE;
+        let slot_base = u32::try_from(slot).map_err(|_| SteeringError::TooManyInterfaces)?
+            * QUEUES_PER_INTERFACE;
         let value = IfaceValue::new(role, slot_base);
         map_update(
             &self.maps.ifaces,
@@ -596,6 +599,8 @@ impl Steering {
         if self.attachment(LOOPBACK).is_some() {
             return Err(SteeringError::AlreadyAttached(LOOPBACK));
         }
+        let len =
+            u32::try_from(packet.len()).map_err(|_| SteeringError::PacketTooLong(packet.len()))?;
         // Past every interface slot: nothing is ever inserted there.
         let value = IfaceValue::new(role, XSK_SLOTS - QUEUES_PER_INTERFACE);
         map_update(
@@ -605,7 +610,7 @@ impl Steering {
             "ifaces",
         )?;
         let before = self.stats();
-        let mut ctx = xdp_md(packet.len() as u32, LOOPBACK);
+        let mut ctx = xdp_md(len, LOOPBACK);
         let mut out = vec![0u8; packet.len() + 512];
         let input = ProgramInput {
             data_in: Some(packet),
@@ -642,8 +647,8 @@ impl Steering {
     /// The program's decision counters, summed over CPUs.
     pub fn stats(&self) -> SteeringStats {
         let mut out = SteeringStats::default();
-        for (i, c) in out.counts.iter_mut().enumerate() {
-            let key = (i as u32).to_ne_bytes();
+        for (i, c) in (0u32..).zip(out.counts.iter_mut()) {
+            let key = i.to_ne_bytes();
             if let Ok(Some(per_cpu)) = self.maps.stats.lookup_percpu(&key, MapFlags::ANY) {
                 *c = per_cpu
                     .iter()

@@ -39,6 +39,10 @@ use crate::state::WorkerState;
 
 /// Most frames taken from one rx ring per batch.
 pub const RX_BATCH: usize = BATCH;
+/// `RX_BATCH` as the ring calls take it.
+// Cannot truncate: RX_BATCH is a batch, 64 frames.
+#[allow(clippy::cast_possible_truncation)]
+const RX_BATCH_U32: u32 = RX_BATCH as u32;
 /// Largest `--workers`.
 pub const MAX_WORKERS: usize = QUEUES_PER_INTERFACE as usize;
 /// With `IoOptions::idle_sleep`, a worker sleeps after this long without traffic.
@@ -48,6 +52,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const BUSY_RETRY: Duration = Duration::from_secs(3);
 /// Ethernet header + one VLAN tag on top of the MTU.
 const L2_OVERHEAD: u32 = 18;
+/// The largest MTU a UMEM chunk can receive.
+// Cannot truncate: MAX_RX_FRAME is 1792.
+#[allow(clippy::cast_possible_truncation)]
+const MAX_MTU: u32 = MAX_RX_FRAME as u32 - L2_OVERHEAD;
 
 const UPLINK_RINGS: RingSizes = RingSizes {
     rx: 2048,
@@ -312,7 +320,7 @@ impl WorkerPool {
         }
         let ifindex = actual;
         let mtu = netif::mtu(name)?;
-        let max = MAX_RX_FRAME as u32 - L2_OVERHEAD;
+        let max = MAX_MTU;
         if mtu > max {
             return Err(IoError::MtuTooLarge {
                 name: name.to_string(),
@@ -328,7 +336,8 @@ impl WorkerPool {
                 max: QUEUES_PER_INTERFACE,
             });
         }
-        let n = self.workers.len() as u32;
+        // At most MAX_WORKERS (`start_with`); saturated, it fails the check below.
+        let n = u32::try_from(self.workers.len()).unwrap_or(u32::MAX);
         if n > 1 && queues < n {
             return Err(IoError::TooFewQueues {
                 name: name.to_string(),
@@ -671,7 +680,15 @@ fn worker_main(ctx: WorkerCtx, handoff: Handoff, ready: Sender<Result<(), IoErro
         tx_of: HashMap::new(),
     };
     let mut state = WorkerState::with(FlowTable::new(ctx.flow_capacity), ctx.frag);
-    state.flows.set_ownership(ctx.id as u16, ctx.workers as u16);
+    // Both at most MAX_WORKERS (`WorkerPool::start_with`).
+    let (Ok(me), Ok(workers)) = (u16::try_from(ctx.id), u16::try_from(ctx.workers)) else {
+        let _ = ready.send(Err(IoError::BadWorkerCount {
+            workers: ctx.workers,
+            max: MAX_WORKERS,
+        }));
+        return;
+    };
+    state.flows.set_ownership(me, workers);
     let _ = ready.send(Ok(()));
     run(&ctx, &region, io, state, hist, pinned, handoff);
 }
@@ -817,7 +834,7 @@ fn poll_sockets<'r>(
         adapt_fill(s, pool.free_count(), reserve);
         s.xsk.refill(pool);
         let ifindex = s.xsk.ifindex;
-        s.xsk.receive(pool, RX_BATCH as u32, |base, off, len| {
+        s.xsk.receive(pool, RX_BATCH_U32, |base, off, len| {
             // SAFETY: the chunk was just received: it is in our hands only
             // (not in any ring), and each rx descriptor names a distinct chunk.
             let buf = unsafe { region.chunk(base) };
@@ -827,7 +844,9 @@ fn poll_sockets<'r>(
         if nb == 0 {
             continue;
         }
-        s.rx_window = s.rx_window.saturating_add(nb as u32);
+        s.rx_window = s
+            .rx_window
+            .saturating_add(u32::try_from(nb).unwrap_or(u32::MAX));
         received += nb;
         batch.run(w, region, snap, now);
     }
@@ -898,7 +917,7 @@ fn run(
     };
     let mut batch = Batch::new();
     let mut generation = ctx.tables.load().generation;
-    let report_every = ctx.opts.report_interval.as_nanos() as u64;
+    let report_every = u64::try_from(ctx.opts.report_interval.as_nanos()).unwrap_or(u64::MAX);
     let mut last_report = 0u64;
     let mut last_xsk = 0u64;
     // Frames the adaptive fill targets leave free for bursts elsewhere.

@@ -11,7 +11,7 @@ use shared::snapshot::Snapshot;
 
 use super::nat::is_off_cluster;
 use super::{rewrite_and_route_via, service, Ctx, Parsed};
-use crate::flow::{client_owner, port_owner, NO_SLOT};
+use crate::flow::{client_owner, generation_low, port_owner, NO_SLOT};
 use crate::frame::{Frame, Verdict};
 
 /// The prefetch passes over the live frames of a batch: every frame's seeded
@@ -42,7 +42,7 @@ pub(super) fn lookup(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Option<
     let key = p.key;
     if let Some(hit) = cx.flows.lookup_probed(&key, p.hash, p.probe, cx.now) {
         let mut live = true;
-        if hit.checked_gen != cx.snap.generation as u32 {
+        if hit.checked_gen != generation_low(cx.snap.generation) {
             match hit.meta.backend {
                 Some((ip, port)) if !cx.snap.backend_alive(ip, port, key.proto) => {
                     // The backend left the Service: flush the flow so the next

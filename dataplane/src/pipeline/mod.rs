@@ -295,7 +295,7 @@ impl Decided {
     #[inline]
     fn bit(h: u64) -> (usize, u64) {
         // The flow table's set index uses the low bits; take others.
-        let b = usize::from((h >> 40) as u16 & 1023);
+        let b = ((h >> 40) & 1023) as usize;
         (b >> 6, 1 << (b & 63))
     }
 

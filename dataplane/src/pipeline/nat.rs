@@ -119,6 +119,8 @@ pub(super) fn pick_port(
     };
     let (lo, hi) = (lo.min(hi), lo.max(hi));
     let span = u32::from(hi - lo) + 1;
+    // Cannot truncate: the remainder is below `span`, a `u32`.
+    #[allow(clippy::cast_possible_truncation)]
     let start = (flow_hash(key) % u64::from(span)) as u32;
     (0..span.min(128 * u32::from(n)))
         .filter_map(|i| u16::try_from((start + i) % span).ok())

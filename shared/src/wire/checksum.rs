@@ -19,10 +19,20 @@ pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
 /// Folds a 32-bit sum to 16 bits (end-around carry). Two steps always suffice:
 /// the first leaves at most 0x1fffe, the second at most 0xffff.
 #[inline]
+// Cannot truncate: the two folds leave at most 0xffff.
+#[allow(clippy::cast_possible_truncation)]
 pub fn fold(acc: u32) -> u16 {
     let a = (acc & 0xffff) + (acc >> 16);
     let a = (a & 0xffff) + (a >> 16);
     a as u16
+}
+
+/// A 32-bit field's two 16-bit words, high then low, as the checksum sums them.
+#[inline]
+// Truncation intended: `x as u16` keeps the low word; `x >> 16` fits in 16 bits.
+#[allow(clippy::cast_possible_truncation)]
+fn words(x: u32) -> (u16, u16) {
+    ((x >> 16) as u16, x as u16)
 }
 
 /// The checksum field value for `data` (complement of the folded sum).
@@ -40,11 +50,13 @@ pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
 /// A checksum after a 32-bit field (an IPv4 address) changed.
 #[inline]
 pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
+    let (old_hi, old_lo) = words(old);
+    let (new_hi, new_lo) = words(new);
     let acc = u32::from(!csum)
-        + u32::from(!(old >> 16) as u16)
-        + u32::from(!(old as u16))
-        + u32::from((new >> 16) as u16)
-        + u32::from(new as u16);
+        + u32::from(!old_hi)
+        + u32::from(!old_lo)
+        + u32::from(new_hi)
+        + u32::from(new_lo);
     !fold(acc)
 }
 
@@ -68,8 +80,9 @@ impl Incremental {
     /// A 32-bit field (an IPv4 address) changed.
     #[inline]
     pub fn dword(self, old: u32, new: u32) -> Self {
-        self.word((old >> 16) as u16, (new >> 16) as u16)
-            .word(old as u16, new as u16)
+        let (old_hi, old_lo) = words(old);
+        let (new_hi, new_lo) = words(new);
+        self.word(old_hi, new_hi).word(old_lo, new_lo)
     }
 
     /// The IPv4 TTL, high byte of the (TTL, protocol) word, went down by one:
@@ -169,8 +182,7 @@ mod tests {
             // 0x0000 and 0xffff are the same value in one's complement.
             prop_assert!(inc == c1 || (inc == 0xffff && c1 == 0) || (inc == 0 && c1 == 0xffff));
             let old32 = u32::from(words[i]) << 16 | u32::from(words[i + 1]);
-            words[i] = (new32 >> 16) as u16;
-            words[i + 1] = new32 as u16;
+            (words[i], words[i + 1]) = super::words(new32);
             let c2 = checksum(&bytes(&words));
             let inc2 = update32(c1, old32, new32);
             prop_assert!(inc2 == c2 || (inc2 == 0xffff && c2 == 0) || (inc2 == 0 && c2 == 0xffff));
@@ -191,10 +203,8 @@ mod tests {
             let old_a = u32::from(words[2]) << 16 | u32::from(words[3]);
             let old_b = u32::from(words[4]) << 16 | u32::from(words[5]);
             inc = inc.dword(old_a, a).dword(old_b, b).word(words[6], p).word(words[7], q);
-            words[2] = (a >> 16) as u16;
-            words[3] = a as u16;
-            words[4] = (b >> 16) as u16;
-            words[5] = b as u16;
+            (words[2], words[3]) = super::words(a);
+            (words[4], words[5]) = super::words(b);
             words[6] = p;
             words[7] = q;
             let want = checksum(&bytes(&words));
@@ -221,7 +231,7 @@ mod tests {
             while acc > 0xffff {
                 acc = (acc & 0xffff) + (acc >> 16);
             }
-            prop_assert_eq!(fold(x), acc as u16);
+            prop_assert_eq!(fold(x), u16::try_from(acc).unwrap());
         }
     }
 }

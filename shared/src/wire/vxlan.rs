@@ -100,9 +100,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanPacket<T> {
     pub fn set_vni(&mut self, vni: u32) {
         let b = self.buffer.as_mut();
         b[field::RESERVED1].fill(0);
-        b[field::VNI][0] = (vni >> 16) as u8;
-        b[field::VNI][1] = (vni >> 8) as u8;
-        b[field::VNI][2] = vni as u8;
+        let [_, hi, mid, lo] = vni.to_be_bytes();
+        b[field::VNI].copy_from_slice(&[hi, mid, lo]);
         b[field::RESERVED2] = 0;
     }
 
