@@ -205,8 +205,16 @@ fuzz_target!(|data: &[u8]| {
         let step = inp.byte();
         now += if step & 0x80 != 0 { u64::from(step & 0x7f) * 100_000_000 } else { u64::from(step) * 1_000_000 };
     }
+    // Each frame has one fate: forwarded, handed off, passed, dropped, or held;
+    // a held fragment's fate comes later: released, dropped (timeout, eviction,
+    // another worker, refused) or still waiting in the arena.
     assert_eq!(
         counters.rx_packets,
-        counters.forwarded + counters.handed_off + counters.total_drops() + counters.passed + counters.fragments_held
+        counters.forwarded
+            + counters.handed_off
+            + counters.passed
+            + counters.total_drops()
+            + counters.fragments_released
+            + state.frags.slots_in_use() as u64
     );
 });

@@ -185,18 +185,12 @@ pub fn process_batch(
 fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
     let mut parsed = [Parsed::default(); BATCH];
     let mut live = [false; BATCH];
-    // Whether the batch holds a fragment: only then does the verdict loop
-    // look for first fragments that were refused.
-    let mut fragments = false;
     // Stage 2: classify + decap.
     for i in 0..frames.len() {
         cx.c.rx_packets += 1;
         cx.c.rx_bytes += frames[i].len() as u64;
         match classify::frame(&mut frames[i], cx.snap, cx.c, &mut parsed[i]) {
-            Ok(()) => {
-                live[i] = true;
-                fragments |= parsed[i].frag != 0;
-            }
+            Ok(()) => live[i] = true,
             Err(r) => verdicts[i] = Verdict::Drop(r),
         }
     }
@@ -250,10 +244,7 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
             Verdict::Tx { .. } => cx.c.forwarded += 1,
             Verdict::Held => {}
         }
-        if fragments
-            && parsed[i].frag == FRAG_FIRST
-            && matches!(v, Verdict::Drop(_) | Verdict::Pass)
-        {
+        if parsed[i].frag == FRAG_FIRST && matches!(v, Verdict::Drop(_) | Verdict::Pass) {
             fragment::refused(cx, &parsed[i]);
         }
     }
@@ -479,36 +470,14 @@ fn rewrite_and_route_via(
     deltas: ChecksumDeltas,
     fallback_mac: Option<[u8; 6]>,
 ) -> Verdict {
-    // One test for both rare cases (an ICMP error, a first fragment).
-    if p.err | p.frag != 0 {
-        if p.err != 0 {
-            return icmp::translate(cx, f, p, rw, fallback_mac);
-        }
-        if p.frag == FRAG_FIRST {
-            return rewrite_and_route_first_fragment(cx, f, p, rw, deltas, fallback_mac);
-        }
+    if p.err != 0 {
+        return icmp::translate(cx, f, p, rw, fallback_mac);
     }
-    match rewrite::apply(f, p, rw, deltas) {
-        Ok(out) => route::route(cx, f, p, &out, fallback_mac),
-        Err(DropReason::TtlExceeded) => icmp::time_exceeded(cx, f, p),
-        Err(r) => Verdict::Drop(r),
-    }
-}
-
-/// `rewrite_and_route_via` for a datagram's first fragment: its translation is
-/// recorded for the fragments after it.
-#[cold]
-fn rewrite_and_route_first_fragment(
-    cx: &mut Ctx<'_>,
-    f: &mut Frame<'_>,
-    p: &Parsed,
-    rw: &Rewrite,
-    deltas: ChecksumDeltas,
-    fallback_mac: Option<[u8; 6]>,
-) -> Verdict {
     match rewrite::apply(f, p, rw, deltas) {
         Ok(out) => {
-            fragment::decided(cx, p, rw, deltas.ip);
+            if p.frag == FRAG_FIRST {
+                fragment::decided(cx, p, rw, deltas.ip);
+            }
             route::route(cx, f, p, &out, fallback_mac)
         }
         Err(DropReason::TtlExceeded) => icmp::time_exceeded(cx, f, p),
