@@ -298,7 +298,8 @@ int nodeplane_steer(struct xdp_md *ctx)
 	}
 
 	int to_node = bpf_map_lookup_elem(&node_ips, &daddr) != 0;
-	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	/* Only frames to a node IP need the config (VXLAN port, masquerade range). */
+	struct config *cfg = to_node ? bpf_map_lookup_elem(&config, &zero) : 0;
 	if (to_node) {
 		/* What every role steers to a node IP: later fragments of a datagram
 		 * whose first was steered, ICMP errors about nodeplane's flows. */

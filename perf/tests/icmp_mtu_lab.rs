@@ -34,88 +34,129 @@ use std::time::{Duration, Instant};
 
 use lab_support::{eventually, in_netns, repo, Lab};
 
-/// Services of these tests, next to configs/demo's: one backend each.
-const SERVICES: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: big-b, namespace: default}
-spec:
-  type: ClusterIP
-  clusterIP: 198.18.96.20
-  clusterIPs: [198.18.96.20]
-  ports: [{name: dns, protocol: UDP, port: 53, targetPort: 5353}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: big-k, namespace: default}
-spec:
-  type: ClusterIP
-  clusterIP: 198.18.96.21
-  clusterIPs: [198.18.96.21]
-  ports: [{name: dns, protocol: UDP, port: 53, targetPort: 5353}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: closed-b, namespace: default}
-spec:
-  type: ClusterIP
-  clusterIP: 198.18.96.22
-  clusterIPs: [198.18.96.22]
-  ports: [{name: discard, protocol: UDP, port: 9, targetPort: 9999}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: bulk-k, namespace: default}
-spec:
-  type: ClusterIP
-  clusterIP: 198.18.96.23
-  clusterIPs: [198.18.96.23]
-  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: big-np, namespace: default}
-spec:
-  type: NodePort
-  clusterIP: 198.18.96.24
-  clusterIPs: [198.18.96.24]
-  ports: [{name: dns, protocol: UDP, port: 53, targetPort: 5353, nodePort: 30553}]
-"#;
-
 const BIG_B: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 20);
 const BIG_K: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 21);
 const CLOSED_B: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 22);
 const BULK_K: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 23);
+const BIG_NP: Ipv4Addr = Ipv4Addr::new(198, 18, 96, 24);
 const BIG_NODEPORT: u16 = 30553;
 
-/// An EndpointSlice of `service` (port `port_name`) with the one endpoint
-/// `pod` on `node`.
-fn slice(
-    service: &str,
-    port_name: &str,
-    proto: &str,
-    port: u16,
-    pod: &str,
+/// One Service of these tests, next to configs/demo's, with its one backend.
+struct TestService {
+    name: &'static str,
     ip: Ipv4Addr,
-    node: &str,
-) -> String {
-    format!(
-        r#"
+    port_name: &'static str,
+    proto: &'static str,
+    port: u16,
+    target: u16,
+    node_port: Option<u16>,
+    pod: &'static str,
+    node: &'static str,
+}
+
+const SERVICES: [TestService; 5] = [
+    TestService {
+        name: "big-b",
+        ip: BIG_B,
+        port_name: "dns",
+        proto: "UDP",
+        port: 53,
+        target: 5353,
+        node_port: None,
+        pod: "b1",
+        node: "node-b",
+    },
+    TestService {
+        name: "big-k",
+        ip: BIG_K,
+        port_name: "dns",
+        proto: "UDP",
+        port: 53,
+        target: 5353,
+        node_port: None,
+        pod: "k1",
+        node: "node-k",
+    },
+    TestService {
+        name: "closed-b",
+        ip: CLOSED_B,
+        port_name: "discard",
+        proto: "UDP",
+        port: 9,
+        target: 9999,
+        node_port: None,
+        pod: "b1",
+        node: "node-b",
+    },
+    TestService {
+        name: "bulk-k",
+        ip: BULK_K,
+        port_name: "http",
+        proto: "TCP",
+        port: 80,
+        target: 8080,
+        node_port: None,
+        pod: "k1",
+        node: "node-k",
+    },
+    TestService {
+        name: "big-np",
+        ip: BIG_NP,
+        port_name: "dns",
+        proto: "UDP",
+        port: 53,
+        target: 5353,
+        node_port: Some(BIG_NODEPORT),
+        pod: "b1",
+        node: "node-b",
+    },
+];
+
+impl TestService {
+    /// The Service and its EndpointSlice (`ip`: the backend pod's address).
+    fn manifests(&self, ip: Ipv4Addr) -> String {
+        let TestService {
+            name,
+            ip: cluster_ip,
+            port_name,
+            proto,
+            port,
+            target,
+            node_port,
+            pod,
+            node,
+        } = self;
+        let (kind, np) = match node_port {
+            Some(n) => ("NodePort", format!(", nodePort: {n}")),
+            None => ("ClusterIP", String::new()),
+        };
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  type: {kind}
+  clusterIP: {cluster_ip}
+  clusterIPs: [{cluster_ip}]
+  ports: [{{name: {port_name}, protocol: {proto}, port: {port}, targetPort: {target}{np}}}]
+---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: {service}-1
+  name: {name}-1
   namespace: default
-  labels: {{kubernetes.io/service-name: {service}}}
+  labels: {{kubernetes.io/service-name: {name}}}
 addressType: IPv4
-ports: [{{name: {port_name}, protocol: {proto}, port: {port}}}]
+ports: [{{name: {port_name}, protocol: {proto}, port: {target}}}]
 endpoints:
   - addresses: ["{ip}"]
     conditions: {{ready: true, serving: true, terminating: false}}
     nodeName: {node}
     targetRef: {{kind: Pod, namespace: default, name: {pod}}}
 "#
-    )
+        )
+    }
 }
 
 /// configs/demo plus this test's Services, in the lab's directory.
@@ -126,16 +167,11 @@ fn write_manifests(lab: &Lab) -> PathBuf {
         let p = e.unwrap().path();
         std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
     }
-    let (b1, k1) = (lab.ip("b1"), lab.ip("k1"));
-    let slices = [
-        slice("big-b", "dns", "UDP", 5353, "b1", b1, "node-b"),
-        slice("big-k", "dns", "UDP", 5353, "k1", k1, "node-k"),
-        slice("closed-b", "discard", "UDP", 9999, "b1", b1, "node-b"),
-        slice("bulk-k", "http", "TCP", 8080, "k1", k1, "node-k"),
-        slice("big-np", "dns", "UDP", 5353, "b1", b1, "node-b"),
-    ];
-    std::fs::write(dir.join("icmp-services.yaml"), SERVICES).unwrap();
-    std::fs::write(dir.join("icmp-slices.yaml"), slices.join("---")).unwrap();
+    let docs: Vec<String> = SERVICES
+        .iter()
+        .map(|svc| svc.manifests(lab.ip(svc.pod)))
+        .collect();
+    std::fs::write(dir.join("icmp-services.yaml"), docs.join("---")).unwrap();
     dir
 }
 
