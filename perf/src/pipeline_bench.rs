@@ -81,6 +81,11 @@ pub struct PipelineArgs {
     /// binary and input give the same count on any machine.
     #[arg(long)]
     pub instructions: bool,
+    /// The flow table's hash seed (the agent's is random). Runs with one seed
+    /// place every flow in the same set; `--instructions` uses this one for
+    /// both of its runs (default 1), so its count repeats exactly.
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Also measure the 1,000-flow, 10-Service established path (everything in
     /// cache) in the same run and report this run's ns/packet against it.
     #[arg(long)]
@@ -419,7 +424,12 @@ pub fn run(args: &PipelineArgs) -> anyhow::Result<PipelineResult> {
         (None, PathKind::Established) => (2 * args.flows).max(1024),
         (None, PathKind::New) => (args.packets.min(4_000_000) as usize + 1024).max(args.flows),
     };
-    let mut flows = WorkerState::from(FlowTable::new(capacity));
+    let table = FlowTable::new(capacity);
+    let table = match args.seed {
+        Some(seed) => table.with_seed((seed, seed.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15)),
+        None => table,
+    };
+    let mut flows = WorkerState::from(table);
     let mut counters = Counters::default();
     anyhow::ensure!(
         (64..=MAX_FRAME_BYTES).contains(&args.frame_bytes),
@@ -698,6 +708,7 @@ fn instructions_per_packet(args: &PipelineArgs) -> anyhow::Result<f64> {
             .args(["--seconds", "600"])
             .args(["--core", &args.core.to_string()])
             .args(["--frame-bytes", &args.frame_bytes.to_string()])
+            .args(["--seed", &args.seed.unwrap_or(1).to_string()])
             .args([
                 "--path",
                 match args.path {
@@ -810,6 +821,7 @@ mod tests {
             frame_bytes: 64,
             fixed_start: false,
             instructions: false,
+            seed: None,
             baseline: false,
             json: true,
         }

@@ -47,3 +47,45 @@ fn instruction_count_and_baseline_are_reported() {
     let ns = v["ns_per_packet"].as_f64().unwrap();
     assert!((ns / base - ratio).abs() < 1e-9);
 }
+
+/// With the same seed, the same binary and input, the count repeats: the set
+/// layout is the same, and so is every probe.
+#[test]
+fn instruction_count_repeats_for_one_seed() {
+    let count = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane-perf"))
+            .args([
+                "pipeline",
+                "--flows",
+                "200",
+                "--services",
+                "3",
+                "--packets",
+                "2000",
+                "--core",
+                "0",
+                "--seed",
+                "7",
+                "--instructions",
+                "--json",
+            ])
+            .env("NODEPLANE_CALLGRIND_PACKETS", "4096")
+            .output()
+            .expect("run nodeplane-perf");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        v["instructions_per_packet"]
+            .as_f64()
+            .expect("instructions_per_packet")
+    };
+    let (a, b) = (count(), count());
+    assert!(a > 100.0, "{a} instructions/packet");
+    assert!(
+        (a - b).abs() <= a * 0.001,
+        "{a} then {b} instructions/packet"
+    );
+}
