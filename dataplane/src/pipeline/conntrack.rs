@@ -10,7 +10,7 @@ use shared::counters::DropReason;
 use shared::snapshot::Snapshot;
 
 use super::nat::is_off_cluster;
-use super::{rewrite_and_route_via, service, Ctx, Parsed};
+use super::{rewrite_and_route_as, service, Ctx, Parsed};
 use crate::flow::{client_owner, generation_low, port_owner, NO_SLOT};
 use crate::frame::{Frame, Verdict};
 
@@ -36,9 +36,14 @@ pub(super) fn prefetch(cx: &Ctx<'_>, parsed: &mut [Parsed], live: &[bool]) {
 
 /// The conntrack fast path: a verdict for a flow-table hit (or a frame another
 /// worker owns), `None` when the frame starts a new flow here. Inlined into the
-/// batch loop: this is the path nearly every packet takes.
+/// batch loop: this is the path nearly every packet takes. `RARE` false: the
+/// frame is neither a fragment nor an ICMP error (`rewrite_and_route_as`).
 #[inline(always)]
-pub(super) fn lookup(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Option<Verdict> {
+pub(super) fn lookup<const RARE: bool>(
+    cx: &mut Ctx<'_>,
+    f: &mut Frame<'_>,
+    p: &Parsed,
+) -> Option<Verdict> {
     let key = p.key;
     if let Some(hit) = cx.flows.lookup_probed(&key, p.hash, p.probe, cx.now) {
         let mut live = true;
@@ -57,7 +62,7 @@ pub(super) fn lookup(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Option<
         }
         if live {
             // An ICMP error is related to the flow; it does not advance it.
-            if p.err == 0 {
+            if !RARE || p.err == 0 {
                 cx.flows.on_packet(&hit, p.tcp(), cx.now);
             }
             cx.c.flow_hits += 1;
@@ -66,7 +71,7 @@ pub(super) fn lookup(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Option<
             } else {
                 None
             };
-            return Some(rewrite_and_route_via(
+            return Some(rewrite_and_route_as::<RARE>(
                 cx,
                 f,
                 p,
@@ -80,7 +85,7 @@ pub(super) fn lookup(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Option<
             return Some(Verdict::Drop(DropReason::NoRoute));
         }
     } else if let Some(worker) = foreign_owner(cx, f, p) {
-        if p.is_first_fragment() {
+        if RARE && p.is_first_fragment() {
             super::fragment::handed(cx, p, worker);
         }
         return Some(Verdict::Handoff { worker });

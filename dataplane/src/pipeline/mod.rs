@@ -112,6 +112,13 @@ impl Parsed {
         self.key.proto == PROTO_TCP || self.key.proto == PROTO_UDP
     }
 
+    /// A fragment or a matched ICMP error: the cases the ordered path
+    /// (`forward`) handles.
+    #[inline]
+    fn is_rare(&self) -> bool {
+        self.err | self.frag != 0
+    }
+
     #[inline]
     fn is_first_fragment(&self) -> bool {
         self.frag == FRAG_FIRST
@@ -201,6 +208,8 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
     let mut later: ArrayVec<(usize, Step), BATCH> = ArrayVec::new();
     let mut decided = Decided::default();
     let mut barrier = false;
+    // A fragment or ICMP error was seen (`Parsed::is_rare`).
+    let mut rare = false;
     for i in 0..frames.len() {
         if live[i] {
             let st = first_pass(
@@ -209,6 +218,7 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
                 &parsed[i],
                 &decided,
                 &mut barrier,
+                &mut rare,
                 &mut verdicts[i],
             );
             if let Step::Commit { reply_hash, .. } = st {
@@ -236,7 +246,7 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
             }
         }
     }
-    for (i, v) in verdicts[..frames.len()].iter().enumerate() {
+    for v in &verdicts[..frames.len()] {
         match *v {
             Verdict::Drop(r) => cx.c.drop(r),
             Verdict::Pass => cx.c.passed += 1,
@@ -244,8 +254,12 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
             Verdict::Tx { .. } => cx.c.forwarded += 1,
             Verdict::Held => {}
         }
-        if parsed[i].frag == FRAG_FIRST && matches!(v, Verdict::Drop(_) | Verdict::Pass) {
-            fragment::refused(cx, &parsed[i]);
+    }
+    if rare {
+        for (p, v) in parsed.iter().zip(&verdicts[..frames.len()]) {
+            if p.frag == FRAG_FIRST && matches!(v, Verdict::Drop(_) | Verdict::Pass) {
+                fragment::refused(cx, p);
+            }
         }
     }
     if !cx.state.frags.released_is_empty() {
@@ -329,12 +343,23 @@ fn first_pass(
     p: &Parsed,
     decided: &Decided,
     barrier: &mut bool,
+    rare: &mut bool,
     verdict: &mut Verdict,
 ) -> Step {
     // After a barrier, and for a frame of a flow decided earlier in the batch
     // (another packet of it, or its reply; even a hit, since that flow's
     // insert replaces entries with its keys), everything runs in batch order.
-    if *barrier || decided.touches(p.hash) || p.frag == FRAG_LATER {
+    if *barrier || decided.touches(p.hash) {
+        return Step::Later;
+    }
+    // Fragments and ICMP errors take the ordered path (`forward`), so the
+    // path nearly every packet takes here tests for them once. A first
+    // fragment may start a flow: the frames after it follow in order.
+    if p.is_rare() {
+        *rare = true;
+        if p.frag == FRAG_FIRST {
+            *barrier = true;
+        }
         return Step::Later;
     }
     // A TCP SYN, FIN or RST of a known flow may open or close it, and whether
@@ -348,18 +373,8 @@ fn first_pass(
         *barrier = true;
         return Step::Later;
     }
-    if p.frag == FRAG_FIRST {
-        if let Some(v) = fragment::first(cx, f, p) {
-            *verdict = v;
-            return Step::Done;
-        }
-    }
-    if let Some(v) = conntrack::lookup(cx, f, p) {
+    if let Some(v) = conntrack::lookup::<false>(cx, f, p) {
         *verdict = v;
-        return Step::Done;
-    }
-    if p.err != 0 {
-        *verdict = icmp::untracked(cx, f, p);
         return Step::Done;
     }
     let key = p.key;
@@ -415,7 +430,7 @@ fn forward(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
             return v;
         }
     }
-    if let Some(v) = conntrack::lookup(cx, f, p) {
+    if let Some(v) = conntrack::lookup::<true>(cx, f, p) {
         return v;
     }
     if p.err != 0 {
@@ -470,12 +485,29 @@ fn rewrite_and_route_via(
     deltas: ChecksumDeltas,
     fallback_mac: Option<[u8; 6]>,
 ) -> Verdict {
-    if p.err != 0 {
+    rewrite_and_route_as::<true>(cx, f, p, rw, deltas, fallback_mac)
+}
+
+/// `rewrite_and_route_via`; with `RARE` false for a frame the caller has
+/// found to be neither a fragment nor an ICMP error (`Parsed::is_rare`),
+/// whose tests for those are then compiled out (the established path's
+/// first pass: they cost it ~5% of its instructions, docs/performance.md).
+#[inline(always)]
+fn rewrite_and_route_as<const RARE: bool>(
+    cx: &mut Ctx<'_>,
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    rw: &Rewrite,
+    deltas: ChecksumDeltas,
+    fallback_mac: Option<[u8; 6]>,
+) -> Verdict {
+    debug_assert!(RARE || !p.is_rare());
+    if RARE && p.err != 0 {
         return icmp::translate(cx, f, p, rw, fallback_mac);
     }
-    match rewrite::apply(f, p, rw, deltas) {
+    match rewrite::apply::<RARE>(f, p, rw, deltas) {
         Ok(out) => {
-            if p.frag == FRAG_FIRST {
+            if RARE && p.frag == FRAG_FIRST {
                 fragment::decided(cx, p, rw, deltas.ip);
             }
             route::route(cx, f, p, &out, fallback_mac)

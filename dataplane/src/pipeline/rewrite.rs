@@ -15,9 +15,10 @@ use crate::flow::{ChecksumDeltas, FlowKey, Rewrite};
 use crate::frame::Frame;
 
 /// Rewrites the frame classify described in `p` to `rw` (whose checksum
-/// changes are `deltas`) and returns the tuple it now carries.
+/// changes are `deltas`) and returns the tuple it now carries. `RARE` false:
+/// `p` is not a fragment (`super::rewrite_and_route_as`).
 #[inline(always)]
-pub(super) fn apply(
+pub(super) fn apply<const RARE: bool>(
     f: &mut Frame<'_>,
     p: &Parsed,
     rw: &Rewrite,
@@ -46,7 +47,7 @@ pub(super) fn apply(
     }
     let ports_changed = rw.sport != key.sport || rw.dport != key.dport;
     // A later fragment has no L4 header: its addresses are all there is.
-    if (addr_changed || ports_changed) && !p.is_later_fragment() {
+    if (addr_changed || ports_changed) && !(RARE && p.is_later_fragment()) {
         let seg = rest.get_mut(usize::from(p.ihl)..).unwrap_or_default();
         match key.proto {
             PROTO_TCP => {

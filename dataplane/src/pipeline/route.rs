@@ -107,13 +107,7 @@ fn encap(
     };
     let mtu = own.uplink_mtu as usize;
     if mtu != 0 && f.len() + VXLAN_OVERHEAD - ETH_HLEN > mtu {
-        let inner_mtu = mtu.saturating_sub(VXLAN_OVERHEAD);
-        let df = Ipv4Header::new_checked(f.data().get(ETH_HLEN..).unwrap_or_default())
-            .is_ok_and(|ip| ip.dont_frag());
-        if df {
-            return icmp::frag_needed(cx, f, p, out, u16::try_from(inner_mtu).unwrap_or(u16::MAX));
-        }
-        if let Some(v) = fragment::cut(cx, f, out, &remote, inner_mtu) {
+        if let Some(v) = too_big(cx, f, p, out, &remote, mtu) {
             return v;
         }
     }
@@ -141,6 +135,36 @@ fn encap(
     Verdict::Tx {
         ifindex: own.uplink_ifindex,
     }
+}
+
+/// A frame the uplink's MTU (`mtu`) cannot carry once encapsulated: ICMP
+/// fragmentation needed back to the sender (DF set), or cut into fragments
+/// that wait in the fragment table (`fragment::cut`). `None`: it is sent
+/// whole after all (`cut` declined it). Out of line, so `route`, which every
+/// packet takes, does not pay this path's registers.
+#[cold]
+#[inline(never)]
+fn too_big(
+    cx: &mut Ctx<'_>,
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    out: &FlowKey,
+    remote: &RemoteHop<'_>,
+    mtu: usize,
+) -> Option<Verdict> {
+    let inner_mtu = mtu.saturating_sub(VXLAN_OVERHEAD);
+    let df = Ipv4Header::new_checked(f.data().get(ETH_HLEN..).unwrap_or_default())
+        .is_ok_and(|ip| ip.dont_frag());
+    if df {
+        return Some(icmp::frag_needed(
+            cx,
+            f,
+            p,
+            out,
+            u16::try_from(inner_mtu).unwrap_or(u16::MAX),
+        ));
+    }
+    fragment::cut(cx, f, out, remote, inner_mtu)
 }
 
 /// Writes the 50 outer bytes of a VXLAN frame carrying an `inner_len`-byte
