@@ -93,6 +93,7 @@ fn run_with_pool(
         masquerade_ports: settings.masquerade_ports,
         maglev_size: settings.maglev_size,
         proxy_name: "nodeplane".into(),
+        masquerade: settings.masquerade.clone(),
     };
     let source = match &settings.source {
         Source::Manifests(dir) => SourceConfig::Manifests(dir.clone()),
@@ -288,10 +289,14 @@ fn facts_provider(
         drop(p);
         let neighbors = netif::neighbors(&uplink_name);
         let gateway = netif::default_gateway(uplink_index);
+        let mut pod_interfaces: Vec<(u32, String)> =
+            attached.iter().map(|(i, n)| (*i, n.clone())).collect();
+        pod_interfaces.sort();
         LocalFacts {
             pods,
             neighbors,
             gateway,
+            pod_interfaces,
         }
     })
 }

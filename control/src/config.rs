@@ -97,6 +97,32 @@ pub struct RunArgs {
     /// work of a veth off the sending CPU (labs of network namespaces).
     #[arg(long, value_name = "MODE")]
     pub xdp_mode: Option<String>,
+    /// kube-proxy's masqueradeAll: masquerade every flow to a ClusterIP.
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// kube-proxy's detectLocalMode, which sources are the cluster's:
+    /// ClusterCIDR (the default: --cluster-cidr, else every Node's podCIDRs),
+    /// NodeCIDR (this node's podCIDRs), BridgeInterface
+    /// (--pod-bridge-interface) or InterfaceNamePrefix
+    /// (--pod-interface-name-prefix).
+    #[arg(long, value_name = "MODE")]
+    pub detect_local_mode: Option<String>,
+    /// The cluster's pod CIDR(s), for detectLocalMode ClusterCIDR.
+    #[arg(long = "cluster-cidr", value_name = "CIDR")]
+    pub cluster_cidrs: Vec<String>,
+    /// For detectLocalMode BridgeInterface: the bridge the pods hang off.
+    #[arg(long, value_name = "IF")]
+    pub pod_bridge_interface: Option<String>,
+    /// For detectLocalMode InterfaceNamePrefix: the prefix of the pods'
+    /// host interfaces.
+    #[arg(long, value_name = "PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
+    /// Which external Service traffic is masqueraded: kube-proxy (the
+    /// default: kube-proxy's decisions) or remote-only (eTP=Cluster traffic
+    /// to a NodePort, externalIP or LoadBalancer IP keeps its client address
+    /// toward a backend on this node).
+    #[arg(long, value_name = "MODE")]
+    pub masquerade_mode: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -134,6 +160,50 @@ pub struct FileConfig {
     pub frag_datagrams: Option<usize>,
     pub frag_timeout: Option<u64>,
     pub xdp_mode: Option<String>,
+    pub masquerade_all: Option<bool>,
+    pub detect_local_mode: Option<String>,
+    /// kube-proxy's spelling (`clusterCIDR`); a comma-separated list.
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: Option<String>,
+    /// kube-proxy's `detectLocal: {bridgeInterface, interfaceNamePrefix}`.
+    pub detect_local: Option<DetectLocalFile>,
+    pub masquerade_mode: Option<String>,
+}
+
+/// The `detectLocal` block of the config file, as kube-proxy's.
+#[derive(serde::Deserialize, Debug, Default, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DetectLocalFile {
+    pub bridge_interface: Option<String>,
+    pub interface_name_prefix: Option<String>,
+}
+
+/// kube-proxy's `detectLocalMode` with its parameter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DetectLocal {
+    /// Sources in these CIDRs; none given: every Node's podCIDRs.
+    ClusterCidr(Vec<Ipv4Cidr>),
+    NodeCidr,
+    BridgeInterface(String),
+    InterfaceNamePrefix(String),
+}
+
+/// Which flows to Services are masqueraded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasqueradeConfig {
+    pub mode: shared::snapshot::MasqueradeMode,
+    pub all: bool,
+    pub detect_local: DetectLocal,
+}
+
+impl Default for MasqueradeConfig {
+    fn default() -> Self {
+        MasqueradeConfig {
+            mode: shared::snapshot::MasqueradeMode::KubeProxy,
+            all: false,
+            detect_local: DetectLocal::ClusterCidr(Vec::new()),
+        }
+    }
 }
 
 /// Where Kubernetes objects come from.
@@ -168,6 +238,7 @@ pub struct Settings {
     pub xdp_mode: Option<XdpMode>,
     /// Fragment-table limits per worker.
     pub frag: FragConfig,
+    pub masquerade: MasqueradeConfig,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -283,14 +354,35 @@ fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
         frag_datagrams: args.frag_datagrams.or(file.frag_datagrams),
         frag_timeout: args.frag_timeout.or(file.frag_timeout),
         xdp_mode: args.xdp_mode.or(file.xdp_mode),
+        masquerade_all: if args.masquerade_all {
+            Some(true)
+        } else {
+            file.masquerade_all
+        },
+        detect_local_mode: args.detect_local_mode.or(file.detect_local_mode),
+        cluster_cidr: if args.cluster_cidrs.is_empty() {
+            file.cluster_cidr
+        } else {
+            Some(args.cluster_cidrs.join(","))
+        },
+        detect_local: {
+            let f = file.detect_local.unwrap_or_default();
+            Some(DetectLocalFile {
+                bridge_interface: args.pod_bridge_interface.or(f.bridge_interface),
+                interface_name_prefix: args.pod_interface_name_prefix.or(f.interface_name_prefix),
+            })
+        },
+        masquerade_mode: args.masquerade_mode.or(file.masquerade_mode),
     }
 }
 
 /// Validates the merged settings one by one (the first bad one is the
-/// error: the fragment limits, then in `Settings`'s order), fills in the
+/// error: the fragment limits, the masquerade settings, then in
+/// `Settings`'s order), fills in the
 /// defaults and builds `Settings`.
 fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
     let frag = frag_config(&m)?;
+    let masquerade = masquerade_config(&m)?;
     let node_name = required(
         m.node_name,
         "--node-name (or NODE_NAME, or nodeName in the config file)",
@@ -348,6 +440,7 @@ fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
         idle_sleep_us,
         xdp_mode,
         frag,
+        masquerade,
     })
 }
 
@@ -359,10 +452,15 @@ fn required(value: Option<String>, what: &'static str) -> Result<String, ConfigE
 }
 
 fn check_uplink(uplink: String) -> Result<String, ConfigError> {
-    if uplink.len() > 15 || uplink.contains('/') {
-        return Err(invalid("uplink", &uplink, "not an interface name"));
+    check_ifname("uplink", uplink)
+}
+
+/// At most 15 bytes (IFNAMSIZ − 1), no '/'.
+fn check_ifname(what: &'static str, name: String) -> Result<String, ConfigError> {
+    if name.len() > 15 || name.contains('/') {
+        return Err(invalid(what, &name, "not an interface name"));
     }
-    Ok(uplink)
+    Ok(name)
 }
 
 /// Exactly one of a manifest directory and a kubeconfig (`in-cluster`: the
@@ -482,6 +580,91 @@ fn parse_xdp_mode(text: Option<&str>) -> Result<Option<XdpMode>, ConfigError> {
         Some("generic") => Ok(Some(XdpMode::Generic)),
         Some(other) => Err(invalid("XDP mode", other, "want auto, native or generic")),
     }
+}
+
+/// The masquerade settings: `--masquerade-mode`, `--masquerade-all`, and
+/// kube-proxy's `--detect-local-mode` with the parameter its mode needs (a
+/// parameter for another mode is an error, as it would be ignored).
+fn masquerade_config(m: &FileConfig) -> Result<MasqueradeConfig, ConfigError> {
+    use shared::snapshot::MasqueradeMode;
+    let mode = match m.masquerade_mode.as_deref() {
+        None | Some("kube-proxy") => MasqueradeMode::KubeProxy,
+        Some("remote-only") => MasqueradeMode::RemoteOnly,
+        Some(other) => {
+            return Err(invalid(
+                "masquerade mode",
+                other,
+                "want kube-proxy or remote-only",
+            ))
+        }
+    };
+    let cidrs = parse_cidr_list("cluster CIDR", m.cluster_cidr.as_deref().unwrap_or(""))?;
+    let dl = m.detect_local.clone().unwrap_or_default();
+    let bridge = dl.bridge_interface.filter(|s| !s.is_empty());
+    let prefix = dl.interface_name_prefix.filter(|s| !s.is_empty());
+    let mode_name = m.detect_local_mode.as_deref().unwrap_or("ClusterCIDR");
+    let unused = |what: &'static str, given: bool| {
+        if given {
+            Err(invalid(
+                "detect-local mode",
+                mode_name,
+                format!("{what} is only used with another detect-local mode"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let detect_local = match mode_name {
+        "ClusterCIDR" | "" => {
+            unused("--pod-bridge-interface", bridge.is_some())?;
+            unused("--pod-interface-name-prefix", prefix.is_some())?;
+            DetectLocal::ClusterCidr(cidrs)
+        }
+        "NodeCIDR" => {
+            unused("--cluster-cidr", !cidrs.is_empty())?;
+            unused("--pod-bridge-interface", bridge.is_some())?;
+            unused("--pod-interface-name-prefix", prefix.is_some())?;
+            DetectLocal::NodeCidr
+        }
+        "BridgeInterface" => {
+            unused("--cluster-cidr", !cidrs.is_empty())?;
+            unused("--pod-interface-name-prefix", prefix.is_some())?;
+            DetectLocal::BridgeInterface(check_ifname(
+                "pod bridge interface",
+                bridge.ok_or(ConfigError::Missing(
+                    "--pod-bridge-interface (or detectLocal.bridgeInterface) for BridgeInterface",
+                ))?,
+            )?)
+        }
+        "InterfaceNamePrefix" => {
+            unused("--cluster-cidr", !cidrs.is_empty())?;
+            unused("--pod-bridge-interface", bridge.is_some())?;
+            DetectLocal::InterfaceNamePrefix(prefix.ok_or(ConfigError::Missing(
+                "--pod-interface-name-prefix (or detectLocal.interfaceNamePrefix) for InterfaceNamePrefix",
+            ))?)
+        }
+        other => {
+            return Err(invalid(
+                "detect-local mode",
+                other,
+                "want ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix",
+            ))
+        }
+    };
+    Ok(MasqueradeConfig {
+        mode,
+        all: m.masquerade_all.unwrap_or(false),
+        detect_local,
+    })
+}
+
+/// A comma-separated list of CIDRs (empty items skipped).
+fn parse_cidr_list(what: &'static str, text: &str) -> Result<Vec<Ipv4Cidr>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse::<Ipv4Cidr>().map_err(|e| invalid(what, t, e)))
+        .collect()
 }
 
 /// The fragment-table limits (`--frag-memory`, `--frag-datagrams`,
@@ -609,6 +792,91 @@ mod tests {
             a.xdp_mode = Some(text.into());
             assert_eq!(resolve(&a).unwrap().xdp_mode, want, "{text}");
         }
+    }
+
+    #[test]
+    fn masquerade_settings_as_kube_proxys() {
+        use shared::snapshot::MasqueradeMode;
+        let m = resolve(&args()).unwrap().masquerade;
+        assert_eq!(m, MasqueradeConfig::default());
+        assert_eq!(m.detect_local, DetectLocal::ClusterCidr(Vec::new()));
+        let with = |f: &dyn Fn(&mut RunArgs)| {
+            let mut a = args();
+            f(&mut a);
+            resolve(&a).map(|s| s.masquerade)
+        };
+        let m = with(&|a| {
+            a.masquerade_all = true;
+            a.cluster_cidrs = vec!["198.19.0.0/16".into()];
+            a.masquerade_mode = Some("remote-only".into());
+        })
+        .unwrap();
+        assert!(m.all);
+        assert_eq!(m.mode, MasqueradeMode::RemoteOnly);
+        assert_eq!(
+            m.detect_local,
+            DetectLocal::ClusterCidr(vec!["198.19.0.0/16".parse().unwrap()])
+        );
+        let m = with(&|a| {
+            a.detect_local_mode = Some("InterfaceNamePrefix".into());
+            a.pod_interface_name_prefix = Some("np".into());
+        })
+        .unwrap();
+        assert_eq!(
+            m.detect_local,
+            DetectLocal::InterfaceNamePrefix("np".into())
+        );
+        let m = with(&|a| a.detect_local_mode = Some("NodeCIDR".into())).unwrap();
+        assert_eq!(m.detect_local, DetectLocal::NodeCidr);
+        // Errors name the setting and what is wanted.
+        let err = |f: &dyn Fn(&mut RunArgs)| with(f).unwrap_err().to_string();
+        let e = err(&|a| a.detect_local_mode = Some("Magic".into()));
+        assert!(
+            e.contains("Magic") && e.contains("ClusterCIDR, NodeCIDR"),
+            "{e}"
+        );
+        let e = err(&|a| a.detect_local_mode = Some("BridgeInterface".into()));
+        assert!(e.contains("--pod-bridge-interface"), "{e}");
+        let e = err(&|a| {
+            a.detect_local_mode = Some("NodeCIDR".into());
+            a.cluster_cidrs = vec!["198.19.0.0/16".into()];
+        });
+        assert!(e.contains("--cluster-cidr"), "{e}");
+        let e = err(&|a| a.cluster_cidrs = vec!["198.19.0.0/33".into()]);
+        assert!(e.contains("cluster CIDR"), "{e}");
+        let e = err(&|a| a.masquerade_mode = Some("never".into()));
+        assert!(e.contains("kube-proxy or remote-only"), "{e}");
+    }
+
+    #[test]
+    fn masquerade_settings_from_the_file_in_kube_proxys_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "nodeName: n\nuplink: eth0\nmanifests: d\nmasqueradeAll: true\ndetectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: cni0}\n",
+        )
+        .unwrap();
+        let a = RunArgs {
+            config: Some(p.clone()),
+            ..RunArgs::default()
+        };
+        let m = resolve(&a).unwrap().masquerade;
+        assert!(m.all);
+        assert_eq!(m.detect_local, DetectLocal::BridgeInterface("cni0".into()));
+        std::fs::write(
+            &p,
+            "nodeName: n\nuplink: eth0\nmanifests: d\nclusterCIDR: 198.19.0.0/16,198.20.0.0/16\n",
+        )
+        .unwrap();
+        let m = resolve(&a).unwrap().masquerade;
+        assert_eq!(
+            m.detect_local,
+            DetectLocal::ClusterCidr(vec![
+                "198.19.0.0/16".parse().unwrap(),
+                "198.20.0.0/16".parse().unwrap()
+            ])
+        );
     }
 
     #[test]

@@ -12,11 +12,12 @@ use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use shared::net::{parse_mac, Ipv4Cidr, L4Proto, Mac};
 use shared::snapshot::{
-    EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec,
-    TableSpec, DEFAULT_AFFINITY_TIMEOUT_SECS,
+    EndpointSpec, LocalTraffic, MasqueradeRules, NodeInfo, OverlayConfig, PodRoute, RemoteNode,
+    ServicePortSpec, ServiceSpec, TableSpec, DEFAULT_AFFINITY_TIMEOUT_SECS,
 };
 use tracing::{debug, warn};
 
+use crate::config::{DetectLocal, MasqueradeConfig};
 use crate::state::lock;
 use crate::store::{Kind, ObjectStore};
 
@@ -53,6 +54,8 @@ pub struct LocalConfig {
     pub maglev_size: u32,
     /// Services labelled with another service-proxy-name are skipped ("nodeplane").
     pub proxy_name: String,
+    /// Masquerade settings (`masqueradeAll`, `detectLocalMode`, the mode).
+    pub masquerade: MasqueradeConfig,
 }
 
 impl Default for LocalConfig {
@@ -69,6 +72,7 @@ impl Default for LocalConfig {
             masquerade_ports: (0, 0),
             maglev_size: 0,
             proxy_name: PROXY_NAME.to_string(),
+            masquerade: MasqueradeConfig::default(),
         }
     }
 }
@@ -81,6 +85,9 @@ pub struct LocalFacts {
     /// Underlay neighbours of the uplink.
     pub neighbors: Vec<(Ipv4Addr, Mac)>,
     pub gateway: Option<Ipv4Addr>,
+    /// The attached pod interfaces (index, name), for the interface-based
+    /// local-traffic detectors.
+    pub pod_interfaces: Vec<(u32, String)>,
 }
 
 /// Have the first full lists of Services and EndpointSlices arrived? Until
@@ -109,6 +116,7 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
     neighbors.sort();
     neighbors.dedup_by_key(|n| n.0);
     notes.flush();
+    let local = local_traffic(&cfg.masquerade.detect_local, &node, &remote_nodes, facts);
     TableSpec {
         node,
         overlay: cfg.overlay,
@@ -119,7 +127,59 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
         neighbors,
         gateway: facts.gateway,
         masquerade_ports: cfg.masquerade_ports,
+        masquerade: MasqueradeRules {
+            mode: cfg.masquerade.mode,
+            all: cfg.masquerade.all,
+            local,
+        },
         maglev_size: cfg.maglev_size,
+    }
+}
+
+/// kube-proxy's local-traffic detector for this node's tables. ClusterCIDR
+/// without a configured CIDR uses every Node's podCIDRs (which a cluster CIDR
+/// covers; kube-proxy would have no detector there, and no masquerade for
+/// off-cluster clients of ClusterIPs). The interface modes name the attached
+/// pod interfaces that match: nodeplane's CNI attaches no bridge, so
+/// BridgeInterface matches only a pod interface of that name.
+fn local_traffic(
+    detect: &DetectLocal,
+    node: &NodeInfo,
+    remote: &[RemoteNode],
+    facts: &LocalFacts,
+) -> LocalTraffic {
+    let ifs = |matches: &dyn Fn(&str) -> bool| {
+        let mut v: Vec<u32> = facts
+            .pod_interfaces
+            .iter()
+            .filter(|(_, n)| matches(n))
+            .map(|(i, _)| *i)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        LocalTraffic::Interfaces(v)
+    };
+    match detect {
+        DetectLocal::ClusterCidr(c) if !c.is_empty() => LocalTraffic::Cidrs(c.clone()),
+        DetectLocal::ClusterCidr(_) => {
+            let mut c: Vec<Ipv4Cidr> = node
+                .pod_cidrs
+                .iter()
+                .chain(remote.iter().flat_map(|r| &r.pod_cidrs))
+                .copied()
+                .collect();
+            c.sort_by_key(|c| (u32::from(c.network()), c.prefix_len()));
+            c.dedup();
+            if c.is_empty() {
+                LocalTraffic::None
+            } else {
+                LocalTraffic::Cidrs(c)
+            }
+        }
+        DetectLocal::NodeCidr if node.pod_cidrs.is_empty() => LocalTraffic::None,
+        DetectLocal::NodeCidr => LocalTraffic::Cidrs(node.pod_cidrs.clone()),
+        DetectLocal::BridgeInterface(b) => ifs(&|n| n == b),
+        DetectLocal::InterfaceNamePrefix(p) => ifs(&|n| n.starts_with(p.as_str())),
     }
 }
 

@@ -812,6 +812,7 @@ fn output_is_independent_of_input_order() {
         ],
         neighbors: vec![(ip("198.18.0.26"), [1; 6]), (ip("198.18.0.12"), [2; 6])],
         gateway: Some(ip("198.18.0.254")),
+        pod_interfaces: Vec::new(),
     };
     let mut reference: Option<TableSpec> = None;
     // Forward, reversed and every rotation.
@@ -1033,4 +1034,78 @@ fn programming_latency_waits_for_every_worker() {
         .programming_latency_us
         .is_some());
     assert!(state.pending_since.lock().unwrap().is_none());
+}
+
+/// kube-proxy's local-traffic detector as the tables get it: ClusterCIDR
+/// without a CIDR from every Node's podCIDRs (none known: no detector), with
+/// one as given; NodeCIDR this node's; the interface modes the attached pod
+/// interfaces that match.
+#[test]
+fn local_traffic_detector_follows_detect_local_mode() {
+    use control::config::{DetectLocal, MasqueradeConfig};
+    use shared::snapshot::LocalTraffic;
+    let nodes = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDR: 198.19.1.0/24}
+status: {addresses: [{type: InternalIP, address: 198.18.0.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-b
+  annotations:
+    flannel.alpha.coreos.com/backend-data: '{"VNI":1,"VtepMAC":"02:00:00:00:01:0b"}'
+spec: {podCIDR: 198.19.2.0/24}
+status: {addresses: [{type: InternalIP, address: 198.18.0.12}]}
+"#;
+    let mut store = ObjectStore::new();
+    store.replace_all("test", objects(nodes));
+    let facts = LocalFacts {
+        pod_interfaces: vec![
+            (21, "npa1".into()),
+            (22, "npa2".into()),
+            (23, "veth9".into()),
+        ],
+        ..LocalFacts::default()
+    };
+    let with = |d: DetectLocal| {
+        let c = LocalConfig {
+            masquerade: MasqueradeConfig {
+                detect_local: d,
+                ..MasqueradeConfig::default()
+            },
+            ..cfg()
+        };
+        reduce(&store, &c, &facts).masquerade.local
+    };
+    let cidr = |s: &str| s.parse().unwrap();
+    assert_eq!(
+        with(DetectLocal::ClusterCidr(Vec::new())),
+        LocalTraffic::Cidrs(vec![cidr("198.19.1.0/24"), cidr("198.19.2.0/24")])
+    );
+    assert_eq!(
+        with(DetectLocal::ClusterCidr(vec![cidr("198.19.0.0/16")])),
+        LocalTraffic::Cidrs(vec![cidr("198.19.0.0/16")])
+    );
+    assert_eq!(
+        with(DetectLocal::NodeCidr),
+        LocalTraffic::Cidrs(vec![cidr("198.19.1.0/24")])
+    );
+    assert_eq!(
+        with(DetectLocal::InterfaceNamePrefix("npa".into())),
+        LocalTraffic::Interfaces(vec![21, 22])
+    );
+    assert_eq!(
+        with(DetectLocal::BridgeInterface("cni0".into())),
+        LocalTraffic::Interfaces(Vec::new())
+    );
+    // No Node known: no pod CIDR, so no detector (kube-proxy without one).
+    let empty = ObjectStore::new();
+    let c = cfg();
+    assert_eq!(
+        reduce(&empty, &c, &LocalFacts::default()).masquerade.local,
+        LocalTraffic::None
+    );
 }

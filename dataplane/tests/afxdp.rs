@@ -162,6 +162,7 @@ impl PodLab {
                 },
             ],
             masquerade_ports: (61000, 65535),
+            masquerade: Default::default(),
             ..TableSpec::default()
         }
     }
@@ -634,6 +635,7 @@ fn overlay_to_and_from_a_kernel_vxlan_node() {
             }],
             neighbors: vec![(REMOTE_NODE_IP, u4_mac)],
             masquerade_ports: (61000, 65535),
+            masquerade: Default::default(),
             ..TableSpec::default()
         };
         let tables = Arc::new(ArcSwap::from_pointee(Snapshot::build(spec, 7)));

@@ -166,15 +166,6 @@ fn frontends_clusterip_externalip_lb_nodeport() {
             30080,
             None,
         ),
-        (
-            "pod → ClusterIP, wrong port",
-            A2_IF,
-            A2,
-            A2_MAC,
-            ip(WEB),
-            81,
-            None,
-        ),
     ];
     for (name, ingress, src, smac, dst, dport, want) in rows {
         let mut w = Worker::default();
@@ -206,6 +197,45 @@ fn frontends_clusterip_externalip_lb_nodeport() {
             }
         }
     }
+}
+
+/// A ClusterIP on a port or protocol none of its Service's ports has is
+/// rejected, as kube-proxy's `cluster-ips` set does (kube-proxy's REJECT;
+/// nodeplane answers TCP with a RST, the rest with ICMP port unreachable, as
+/// for a Service without endpoints); no flow is created.
+#[test]
+fn clusterip_on_a_wrong_port_or_protocol_is_rejected() {
+    let s = snap(world(base()), 1);
+    let mut w = Worker::default();
+    let out = w.run(
+        &s,
+        A2_IF,
+        &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(40000, 81), 64),
+    );
+    assert_eq!(out.verdict, tx(A2_IF), "TCP to a port the Service lacks");
+    let r = seen(&out.bytes);
+    assert_eq!((r.src, r.sport, r.dst, r.dport), (ip(WEB), 81, A2, 40000));
+    assert_eq!(r.tcp_flags, RST | ACK);
+    // The Service's port 80 is TCP: UDP to it gets port unreachable.
+    let out = w.run(
+        &s,
+        A2_IF,
+        &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), udp(40001, 80), 64),
+    );
+    assert_eq!(out.verdict, tx(A2_IF), "UDP to a TCP-only port");
+    let r = seen(&out.bytes);
+    assert_eq!((r.src, r.dst, r.icmp), (ip(WEB), A2, Some((3, 3))));
+    assert_eq!(&r.payload[20..24], &[0x9c, 0x41, 0, 80], "quoted UDP ports");
+    assert_eq!(w.counters.rejected, 2);
+    assert_eq!(w.counters.flows_created, 0);
+    // The Service's own port still works.
+    let out = w.run(
+        &s,
+        A2_IF,
+        &frame(A2_MAC, A2_HOST_MAC, A2, ip(WEB), syn(40002, 80), 64),
+    );
+    assert!(matches!(out.verdict, Verdict::Tx { .. }));
+    assert_eq!(backend(&out).1, 8080);
 }
 
 // ---------------------------------------------------------------- §4 item 3
@@ -377,8 +407,10 @@ fn maglev_spreads_and_established_flows_keep_their_backend() {
 
 // ---------------------------------------------------------------- §4 item 5
 
+/// `--masquerade-mode remote-only` (nodeplane's earlier rule): external
+/// traffic is masqueraded toward a backend on another node only.
 #[test]
-fn masquerade_nodeport_to_remote_and_hairpin_but_not_to_local() {
+fn remote_only_masquerades_nodeport_to_remote_and_hairpin_but_not_to_local() {
     let remote_only = with_nodeport(
         svc(
             "r",
@@ -399,7 +431,9 @@ fn masquerade_nodeport_to_remote_and_hairpin_but_not_to_local() {
         ),
         30091,
     );
-    let s = snap(world(vec![remote_only, local_only]), 1);
+    let mut spec = world(vec![remote_only, local_only]);
+    spec.masquerade.mode = MasqueradeMode::RemoteOnly;
+    let s = snap(spec, 1);
     let mut w = Worker::default();
 
     // client → NodePort → remote backend: SNAT to node-a's overlay IP, encapsulated to node-b.
@@ -488,6 +522,270 @@ fn masquerade_nodeport_to_remote_and_hairpin_but_not_to_local() {
     );
 }
 
+/// Masquerade as kube-proxy decides it (the default): NodePort traffic of an
+/// eTP=Cluster Service is masqueraded toward every backend, local ones too,
+/// whoever the client; a ClusterIP reached from outside the cluster (per the
+/// local-traffic detector) is masqueraded, from a pod it is not, unless
+/// masqueradeAll; an eTP=Local Service masquerades nothing (pods take the
+/// cluster-wide set, outsiders the local one). Every masqueraded flow's reply
+/// is restored.
+#[test]
+fn masquerade_decisions_are_kube_proxys() {
+    let mut cluster = svc(
+        "c",
+        "198.18.96.20",
+        L4Proto::Tcp,
+        80,
+        vec![ep(A1, 8080, "node-a")],
+    );
+    cluster.ports[0].node_port = Some(30090);
+    let mut local = svc(
+        "l",
+        "198.18.96.21",
+        L4Proto::Tcp,
+        80,
+        vec![ep(A1, 8080, "node-a"), ep(B1, 8080, "node-b")],
+    );
+    local.ports[0].node_port = Some(30091);
+    local.external_local = true;
+    let remote = svc(
+        "r",
+        "198.18.96.22",
+        L4Proto::Tcp,
+        80,
+        vec![ep(B1, 8080, "node-b")],
+    );
+    let services = vec![cluster, local, remote];
+    // (name, masqueradeAll, ingress, src, src MAC, dst, dport, masqueraded)
+    type Row = (&'static str, bool, u32, Ipv4Addr, Mac, Ipv4Addr, u16, bool);
+    let rows: [Row; 9] = [
+        (
+            "client → NodePort (eTP=Cluster) → local backend",
+            false,
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            NODE_A,
+            30090,
+            true,
+        ),
+        (
+            "pod → NodePort (eTP=Cluster) → local backend",
+            false,
+            A2_IF,
+            A2,
+            A2_MAC,
+            NODE_A,
+            30090,
+            true,
+        ),
+        (
+            "client → ClusterIP from outside the cluster",
+            false,
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            ip("198.18.96.20"),
+            80,
+            true,
+        ),
+        (
+            "pod → ClusterIP",
+            false,
+            A2_IF,
+            A2,
+            A2_MAC,
+            ip("198.18.96.20"),
+            80,
+            false,
+        ),
+        (
+            "pod → ClusterIP with masqueradeAll",
+            true,
+            A2_IF,
+            A2,
+            A2_MAC,
+            ip("198.18.96.20"),
+            80,
+            true,
+        ),
+        (
+            "pod → ClusterIP → remote backend",
+            false,
+            A2_IF,
+            A2,
+            A2_MAC,
+            ip("198.18.96.22"),
+            80,
+            false,
+        ),
+        (
+            "pod → ClusterIP → remote backend, masqueradeAll",
+            true,
+            A2_IF,
+            A2,
+            A2_MAC,
+            ip("198.18.96.22"),
+            80,
+            true,
+        ),
+        (
+            "client → NodePort (eTP=Local) → local backend",
+            false,
+            UPLINK,
+            EXT,
+            MAC_EXT,
+            NODE_A,
+            30091,
+            false,
+        ),
+        (
+            "pod → NodePort (eTP=Local): cluster-wide set",
+            false,
+            A2_IF,
+            A2,
+            A2_MAC,
+            NODE_A,
+            30091,
+            false,
+        ),
+    ];
+    for (name, all, ingress, src, smac, dst, dport, masq) in rows {
+        let mut spec = world(services.clone());
+        spec.masquerade.all = all;
+        let s = snap(spec, 1);
+        let mut w = Worker::default();
+        let dmac = if ingress == UPLINK {
+            UPLINK_MAC
+        } else {
+            A2_HOST_MAC
+        };
+        let out = w.run(
+            &s,
+            ingress,
+            &frame(smac, dmac, src, dst, syn(40000, dport), 64),
+        );
+        assert!(
+            matches!(out.verdict, Verdict::Tx { .. }),
+            "{name}: {:?}",
+            out.verdict
+        );
+        let (_, d) = delivered(&out);
+        assert_eq!(d.dport, 8080, "{name}: DNATed");
+        let want_src = if masq { OVERLAY_A } else { src };
+        assert_eq!(d.src, want_src, "{name}: source the backend sees");
+        assert_eq!(w.counters.masqueraded, u64::from(masq), "{name}");
+        // The backend's reply, from wherever it is, is restored.
+        let reply = if d.dst == B1 {
+            let inner = frame(VTEP_B, VTEP_A, B1, d.src, tcp(8080, d.sport, SYN | ACK), 64);
+            vxlan(NODE_B, MAC_B, 1, 0x08, &inner)
+        } else {
+            frame(
+                A1_MAC,
+                A1_HOST_MAC,
+                A1,
+                d.src,
+                tcp(8080, d.sport, SYN | ACK),
+                64,
+            )
+        };
+        let rin = if d.dst == B1 { UPLINK } else { A1_IF };
+        let out = w.run(&s, rin, &reply);
+        assert!(
+            matches!(out.verdict, Verdict::Tx { .. }),
+            "{name}: reply {:?}",
+            out.verdict
+        );
+        let (_, r) = delivered(&out);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (dst, dport, src, 40000),
+            "{name}: reply"
+        );
+    }
+    // pod → eTP=Local NodePort goes to the cluster-wide set: both backends
+    // serve it over enough client ports (the local policy would give only a1).
+    let s = snap(world(services.clone()), 1);
+    let mut seen_backends = BTreeSet::new();
+    for port in 41000..41040 {
+        let mut w = Worker::default();
+        let out = w.run(
+            &s,
+            A2_IF,
+            &frame(A2_MAC, A2_HOST_MAC, A2, NODE_A, syn(port, 30091), 64),
+        );
+        seen_backends.insert(backend(&out).0);
+    }
+    assert_eq!(seen_backends, BTreeSet::from([A1, B1]));
+    // Without a detector (no pod CIDRs known, as kube-proxy without
+    // --cluster-cidr) an outside client of a ClusterIP keeps its address.
+    let mut spec = world(services);
+    spec.masquerade.local = LocalTraffic::None;
+    let s = snap(spec, 1);
+    let mut w = Worker::default();
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(
+            MAC_EXT,
+            UPLINK_MAC,
+            EXT,
+            ip("198.18.96.20"),
+            syn(40000, 80),
+            64,
+        ),
+    );
+    assert_eq!(backend(&out), (A1, 8080));
+    assert_eq!(delivered(&out).1.src, EXT);
+    assert_eq!(w.counters.masqueraded, 0);
+}
+
+/// detectLocalMode by interface (InterfaceNamePrefix, BridgeInterface): the
+/// frame's ingress interface decides whether it is the cluster's.
+#[test]
+fn local_traffic_by_interface() {
+    let mut c = svc(
+        "c",
+        "198.18.96.20",
+        L4Proto::Tcp,
+        80,
+        vec![ep(B1, 8080, "node-b")],
+    );
+    c.ports[0].node_port = None;
+    let mut spec = world(vec![c]);
+    // Only a1's interface matches the prefix.
+    spec.masquerade.local = LocalTraffic::Interfaces(vec![A1_IF]);
+    let s = snap(spec, 1);
+    let mut w = Worker::default();
+    let out = w.run(
+        &s,
+        A1_IF,
+        &frame(
+            A1_MAC,
+            A1_HOST_MAC,
+            A1,
+            ip("198.18.96.20"),
+            syn(40000, 80),
+            64,
+        ),
+    );
+    assert_eq!(delivered(&out).1.src, A1, "a1's interface is local");
+    let out = w.run(
+        &s,
+        A2_IF,
+        &frame(
+            A2_MAC,
+            A2_HOST_MAC,
+            A2,
+            ip("198.18.96.20"),
+            syn(40000, 80),
+            64,
+        ),
+    );
+    assert_eq!(delivered(&out).1.src, OVERLAY_A, "a2's is not: masqueraded");
+    assert_eq!(w.counters.masqueraded, 1);
+}
+
 /// An on-link client the node has never resolved (no neighbour entry yet):
 /// replies to its NodePort connection go back to the MAC it came from, for both
 /// a local and a remote backend, instead of being dropped for want of ARP.
@@ -517,45 +815,58 @@ fn nodeport_replies_reach_an_unresolved_on_link_client() {
             30091,
         ),
     ];
+    // Local backend, masqueraded (kube-proxy's rule) or not (remote-only): the
+    // SYN-ACK from a1 goes straight back to the client's MAC.
+    for (mode, masq) in [
+        (MasqueradeMode::KubeProxy, true),
+        (MasqueradeMode::RemoteOnly, false),
+    ] {
+        let mut spec = world(services.clone());
+        spec.masquerade.mode = mode;
+        let s = snap(spec, 1);
+        assert!(s.neighbor(u32::from(stranger)).is_none());
+        let mut w = Worker::default();
+        let out = w.run(
+            &s,
+            UPLINK,
+            &frame(
+                stranger_mac,
+                UPLINK_MAC,
+                stranger,
+                NODE_A,
+                syn(41000, 30091),
+                64,
+            ),
+        );
+        assert_eq!(out.verdict, tx(A1_IF));
+        let d = seen(&out.bytes);
+        assert_eq!(
+            d.src == stranger,
+            !masq,
+            "{mode:?}: client IP kept or masqueraded"
+        );
+        let out = w.run(
+            &s,
+            A1_IF,
+            &frame(
+                A1_MAC,
+                A1_HOST_MAC,
+                A1,
+                d.src,
+                tcp(8080, d.sport, SYN | ACK),
+                64,
+            ),
+        );
+        assert_eq!(out.verdict, tx(UPLINK), "{mode:?}");
+        let r = seen(&out.bytes);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (NODE_A, 30091, stranger, 41000)
+        );
+        assert_eq!((r.smac, r.dmac), (UPLINK_MAC, stranger_mac));
+    }
     let s = snap(world(services), 1);
-    assert!(s.neighbor(u32::from(stranger)).is_none());
     let mut w = Worker::default();
-
-    // Local backend: the SYN-ACK from a1 goes straight back to the client's MAC.
-    let out = w.run(
-        &s,
-        UPLINK,
-        &frame(
-            stranger_mac,
-            UPLINK_MAC,
-            stranger,
-            NODE_A,
-            syn(41000, 30091),
-            64,
-        ),
-    );
-    assert_eq!(out.verdict, tx(A1_IF));
-    let d = seen(&out.bytes);
-    let out = w.run(
-        &s,
-        A1_IF,
-        &frame(
-            A1_MAC,
-            A1_HOST_MAC,
-            A1,
-            stranger,
-            tcp(8080, 41000, SYN | ACK),
-            64,
-        ),
-    );
-    assert_eq!(out.verdict, tx(UPLINK));
-    let r = seen(&out.bytes);
-    assert_eq!(
-        (r.src, r.sport, r.dst, r.dport),
-        (NODE_A, 30091, stranger, 41000)
-    );
-    assert_eq!((r.smac, r.dmac), (UPLINK_MAC, stranger_mac));
-    assert_eq!(d.src, stranger, "client IP kept for a local backend");
 
     // Remote backend: masqueraded over the overlay, reply back to the client's MAC.
     let out = w.run(
@@ -704,6 +1015,68 @@ fn traffic_policy_local() {
         &frame(A1_MAC, A1_HOST_MAC, A1, NODE_A, syn(44000, 30082), 64),
     );
     assert_eq!(backend(&out), (B2, 8080));
+}
+
+/// eTP=Local whose only local endpoint is serving and terminating, while
+/// another node has a ready one: kube-proxy's local set falls back to the
+/// terminating local endpoint (its `CategorizeEndpoints`), so external
+/// traffic keeps being served on this node; the cluster-wide set (a pod's
+/// ClusterIP traffic) uses only the ready remote endpoint.
+#[test]
+fn etp_local_falls_back_to_a_terminating_local_endpoint() {
+    let mut terminating = ep(A1, 8080, "node-a");
+    terminating.ready = false;
+    terminating.serving = true;
+    terminating.terminating = true;
+    let mut s = svc(
+        "t",
+        "198.18.96.30",
+        L4Proto::Tcp,
+        80,
+        vec![terminating.clone(), ep(B1, 8080, "node-b")],
+    );
+    s.ports[0].node_port = Some(30095);
+    s.external_local = true;
+    let tables = snap(world(vec![s.clone()]), 1);
+    for port in 42000..42020 {
+        let mut w = Worker::default();
+        let out = w.run(
+            &tables,
+            UPLINK,
+            &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(port, 30095), 64),
+        );
+        assert_eq!(backend(&out), (A1, 8080), "external → eTP=Local NodePort");
+        assert_eq!(delivered(&out).1.src, EXT, "eTP=Local keeps the client IP");
+        let out = w.run(
+            &tables,
+            A2_IF,
+            &frame(
+                A2_MAC,
+                A2_HOST_MAC,
+                A2,
+                ip("198.18.96.30"),
+                syn(port, 80),
+                64,
+            ),
+        );
+        assert_eq!(
+            backend(&out),
+            (B1, 8080),
+            "pod → ClusterIP: ready endpoints only"
+        );
+    }
+    // Not serving any more: nothing local is left, external traffic is dropped.
+    let mut gone = terminating;
+    gone.serving = false;
+    s.ports[0].endpoints = vec![gone, ep(B1, 8080, "node-b")];
+    let tables = snap(world(vec![s]), 2);
+    let mut w = Worker::default();
+    let out = w.run(
+        &tables,
+        UPLINK,
+        &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(42100, 30095), 64),
+    );
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::NoLocalEndpoint));
 }
 
 // ---------------------------------------------------------------- §4 item 7

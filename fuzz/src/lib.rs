@@ -55,6 +55,7 @@ pub fn snapshot() -> &'static Snapshot {
             neighbors: vec![(Ipv4Addr::new(198, 18, 0, 3), [2, 0, 0, 0, 0, 3]), (Ipv4Addr::new(198, 18, 200, 10), [2, 0, 0, 0, 0, 0xc8])],
             gateway: None,
             masquerade_ports: (61000, 65535),
+            masquerade: Default::default(),
             maglev_size: 251,
         };
         Snapshot::build(spec, 1)

@@ -193,6 +193,7 @@ pub fn build_snapshot(services: usize) -> Snapshot {
         neighbors: vec![(Ipv4Addr::new(198, 18, 0, 3), [2, 0, 0, 0, 0, 3])],
         gateway: None,
         masquerade_ports: (61000, 65535),
+        masquerade: Default::default(),
         maglev_size: 0,
     };
     Snapshot::build(spec, 1)

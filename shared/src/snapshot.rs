@@ -160,8 +160,71 @@ pub struct TableSpec {
     pub gateway: Option<Ipv4Addr>,
     /// Masquerade source-port range (inclusive), outside the kernel's ephemeral range.
     pub masquerade_ports: (u16, u16),
+    /// Which new Service flows are masqueraded (kube-proxy's settings).
+    pub masquerade: MasqueradeRules,
     /// Maglev table size (prime); 0 means the default.
     pub maglev_size: u32,
+}
+
+/// Which new Service flows get the node's address as their source, as
+/// kube-proxy decides it (its `masqueradeAll` and `detectLocalMode`), or with
+/// nodeplane's `RemoteOnly` variant. Hairpin flows (a backend reaching its own
+/// Service) are always masqueraded.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MasqueradeRules {
+    pub mode: MasqueradeMode,
+    /// kube-proxy's `masqueradeAll`: every flow to a ClusterIP.
+    pub all: bool,
+    /// kube-proxy's local-traffic detector: which sources are the cluster's.
+    pub local: LocalTraffic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MasqueradeMode {
+    /// kube-proxy's decisions: traffic to a NodePort, externalIP or
+    /// LoadBalancer IP of an externalTrafficPolicy=Cluster Service is always
+    /// masqueraded; traffic to a ClusterIP from outside the cluster (per the
+    /// detector) is.
+    #[default]
+    KubeProxy,
+    /// nodeplane's earlier rule: external traffic of an eTP=Cluster Service
+    /// is masqueraded only toward a backend on another node (a local backend
+    /// sees the client's address, as with eTP=Local, and still replies
+    /// through this node); the rest as `KubeProxy`.
+    RemoteOnly,
+}
+
+/// kube-proxy's `detectLocalMode`, resolved by the control plane: which
+/// traffic counts as coming from the cluster's pods.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum LocalTraffic {
+    /// No detector (kube-proxy's ClusterCIDR mode without a cluster CIDR):
+    /// ClusterIP traffic is never masqueraded for its source, and pods reach
+    /// eTP=Local external addresses with the local policy.
+    #[default]
+    None,
+    /// Sources inside these CIDRs (ClusterCIDR: the cluster's; NodeCIDR: this
+    /// node's pod CIDRs).
+    Cidrs(Vec<Ipv4Cidr>),
+    /// Frames received on these interfaces (BridgeInterface,
+    /// InterfaceNamePrefix: the pods' host interfaces that match).
+    Interfaces(Vec<u32>),
+}
+
+impl LocalTraffic {
+    /// kube-proxy's `IsImplemented`.
+    pub fn is_implemented(&self) -> bool {
+        !matches!(self, LocalTraffic::None)
+    }
+
+    /// Does a frame from `src`, received on `ifindex`, come from the cluster?
+    pub fn is_local(&self, src: u32, ifindex: u32) -> bool {
+        match self {
+            LocalTraffic::None => false,
+            LocalTraffic::Cidrs(cidrs) => cidrs.iter().any(|c| c.contains_u32(src)),
+            LocalTraffic::Interfaces(ifs) => ifs.contains(&ifindex),
+        }
+    }
 }
 
 /// Which kind of address a frontend is.
@@ -226,13 +289,19 @@ pub struct ServicePort {
     pub proto: L4Proto,
     pub port: u16,
     pub node_port: Option<u16>,
-    /// Usable backends after §4 item 3 (ready, else serving+terminating; topology hints).
+    /// Usable backends: first the cluster-wide set after §4 item 3 (ready,
+    /// else serving+terminating; topology hints), `cluster_backends` of them;
+    /// then, for a Local traffic policy, this node's endpoints that only the
+    /// local set uses (serving+terminating ones when no local endpoint is
+    /// ready but remote ones are: kube-proxy's `CategorizeEndpoints`).
     pub backends: Vec<Backend>,
-    /// Maglev over all of `backends` (entries index `backends`), in `Snapshot::maglev`.
+    pub cluster_backends: u32,
+    /// Maglev over the cluster-wide set (entries index `backends`), in `Snapshot::maglev`.
     pub maglev: MaglevRef,
     /// Maglev over the local ones only (entries index `backends`), built when a
     /// traffic policy is Local.
     pub maglev_local: Option<MaglevRef>,
+    /// Endpoints in the local set (`maglev_local`).
     pub local_backends: u32,
     pub affinity_timeout_secs: Option<u32>,
     pub external_local: bool,
@@ -241,6 +310,15 @@ pub struct ServicePort {
     pub health_check_node_port: Option<u16>,
     /// How many endpoints the EndpointSlices listed before filtering.
     pub total_endpoints: u32,
+}
+
+impl ServicePort {
+    /// The cluster-wide set of `backends` (the Cluster traffic policy's).
+    pub fn cluster_set(&self) -> &[Backend] {
+        self.backends
+            .get(..self.cluster_backends as usize)
+            .unwrap_or(&self.backends)
+    }
 }
 
 /// Key of the frontend map: destination IP, protocol number, destination port.
@@ -354,6 +432,9 @@ pub struct Snapshot {
     /// Every endpoint of every Service port (ip, port, protocol), whatever
     /// its conditions.
     endpoints: HashSet<(u32, u16, u8)>,
+    /// Every Service's ClusterIPs (traffic to one on a port no Service
+    /// port has is rejected, as kube-proxy's `cluster-ips` set does).
+    cluster_ips: HashSet<u32>,
 }
 
 impl Snapshot {
@@ -403,6 +484,12 @@ impl Snapshot {
                     .map(|e| (u32::from(e.ip), e.port, p.proto.number()))
             })
             .collect();
+        let cluster_ips = spec
+            .services
+            .iter()
+            .flat_map(|s| &s.cluster_ips)
+            .map(|ip| u32::from(*ip))
+            .collect();
         Snapshot {
             generation,
             spec,
@@ -420,6 +507,7 @@ impl Snapshot {
             live_backends: services.live_backends,
             backend_ips,
             endpoints,
+            cluster_ips,
         }
     }
 
@@ -456,6 +544,12 @@ impl Snapshot {
     #[inline]
     pub fn is_node_ip(&self, ip: u32) -> bool {
         self.node_ips.contains(&ip)
+    }
+
+    /// A Service's ClusterIP (allocated), whatever the port.
+    #[inline]
+    pub fn is_cluster_ip(&self, ip: u32) -> bool {
+        self.cluster_ips.contains(&ip)
     }
 
     /// Inside a Service CIDR (used to drop traffic to unallocated ClusterIPs).
@@ -559,6 +653,7 @@ pub fn backend_key(ip: Ipv4Addr, port: u16) -> u64 {
 /// the one array of tables is allocated at its final size.
 struct PortPlan<'a> {
     backends: Vec<Backend>,
+    cluster_len: usize,
     local_idx: Vec<u16>,
     wants_local: bool,
     stable_id: u64,
@@ -590,14 +685,23 @@ impl<'a> PortPlan<'a> {
         for svc in &spec.services {
             let wants_local = svc.external_local || svc.internal_local;
             for p in &svc.ports {
-                let backends = usable_backends(&p.endpoints, node_name, node_zone);
-                let local_idx: Vec<u16> = backends
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| b.local)
-                    .map(|(i, _)| u16::try_from(i).unwrap_or(u16::MAX))
-                    .collect();
-                let size = Maglev::size_for(backends.len(), maglev_size);
+                let mut backends = usable_backends(&p.endpoints, node_name, node_zone);
+                let cluster_len = backends.len();
+                let mut local_idx = Vec::new();
+                if wants_local {
+                    for b in local_backends(&p.endpoints, node_name) {
+                        let i = match backends.iter().position(|c| c == &b) {
+                            Some(i) => i,
+                            None => {
+                                backends.push(b);
+                                backends.len() - 1
+                            }
+                        };
+                        local_idx.push(u16::try_from(i).unwrap_or(u16::MAX));
+                    }
+                    local_idx.sort_unstable();
+                }
+                let size = Maglev::size_for(cluster_len, maglev_size);
                 let local_size = if wants_local {
                     Maglev::size_for(local_idx.len(), maglev_size)
                 } else {
@@ -606,11 +710,13 @@ impl<'a> PortPlan<'a> {
                 let stable_id = stable_id(&svc.namespace, &svc.name, &p.name, p.proto);
                 let reuse = reusable.get(&stable_id).copied().filter(|old| {
                     old.backends == backends
+                        && old.cluster_backends as usize == cluster_len
                         && old.maglev.size() == size
                         && old.maglev_local.map(|m| m.size()) == wants_local.then_some(local_size)
                 });
                 plans.push(PortPlan {
                     backends,
+                    cluster_len,
                     local_idx,
                     wants_local,
                     stable_id,
@@ -654,6 +760,7 @@ impl ServiceTables {
             for p in &svc.ports {
                 let Some(PortPlan {
                     backends,
+                    cluster_len,
                     local_idx,
                     wants_local,
                     stable_id,
@@ -674,8 +781,10 @@ impl ServiceTables {
                     ),
                     _ => {
                         built += 1 + usize::from(wants_local);
-                        let keys: Vec<u64> =
-                            backends.iter().map(|b| backend_key(b.ip, b.port)).collect();
+                        let keys: Vec<u64> = backends[..cluster_len]
+                            .iter()
+                            .map(|b| backend_key(b.ip, b.port))
+                            .collect();
                         let maglev = tables.push(&Maglev::build(&keys, maglev_size));
                         let maglev_local = wants_local.then(|| {
                             let lkeys: Vec<u64> = local_idx
@@ -722,6 +831,7 @@ impl ServiceTables {
                     port: p.port,
                     node_port: p.node_port,
                     local_backends: u32::try_from(local_idx.len()).unwrap_or(u32::MAX),
+                    cluster_backends: u32::try_from(cluster_len).unwrap_or(u32::MAX),
                     backends,
                     maglev,
                     maglev_local,
@@ -789,6 +899,38 @@ fn remote_routes(nodes: &[RemoteNode]) -> Vec<(u32, HashMap<u32, usize>)> {
     routes
 }
 
+/// The local set of a Service port with a Local traffic policy, as
+/// kube-proxy's `CategorizeEndpoints` builds it apart from the cluster-wide
+/// one: this node's ready endpoints; if none, its serving+terminating ones
+/// (even while other nodes have ready endpoints, so an eTP=Local Service keeps
+/// serving from a terminating local pod). Topology hints do not apply.
+pub fn local_backends(endpoints: &[EndpointSpec], node_name: &str) -> Vec<Backend> {
+    if node_name.is_empty() {
+        return Vec::new();
+    }
+    let local = |e: &&EndpointSpec| e.node_name.as_deref() == Some(node_name);
+    let mut chosen: Vec<&EndpointSpec> =
+        endpoints.iter().filter(local).filter(|e| e.ready).collect();
+    if chosen.is_empty() {
+        chosen = endpoints
+            .iter()
+            .filter(local)
+            .filter(|e| e.serving && e.terminating)
+            .collect();
+    }
+    let mut out: Vec<Backend> = chosen
+        .into_iter()
+        .map(|e| Backend {
+            ip: e.ip,
+            port: e.port,
+            local: true,
+        })
+        .collect();
+    out.sort_by_key(|b| (u32::from(b.ip), b.port));
+    out.dedup_by_key(|b| (b.ip, b.port));
+    out
+}
+
 /// kube-proxy's endpoint filtering (docs/design.md §4 item 3): ready endpoints (unset =
 /// ready); if none, serving+terminating ones. Topology hints narrow the set only
 /// when every chosen endpoint has hints and at least one names this node's zone.
@@ -837,6 +979,31 @@ mod tests {
 
     fn ep(ip: [u8; 4], node: &str) -> EndpointSpec {
         EndpointSpec::ready(Ipv4Addr::from(ip), 8080, Some(node))
+    }
+
+    #[test]
+    fn the_local_set_falls_back_to_terminating_local_endpoints_on_its_own() {
+        let mut term = ep([198, 19, 1, 10], "node-a");
+        (term.ready, term.serving, term.terminating) = (false, true, true);
+        let remote = ep([198, 19, 3, 10], "node-b");
+        let eps = [term.clone(), remote.clone()];
+        // The cluster-wide set: the ready remote one only.
+        let cluster = usable_backends(&eps, "node-a", None);
+        assert_eq!(
+            cluster.iter().map(|b| b.ip).collect::<Vec<_>>(),
+            [remote.ip]
+        );
+        // The local set: the terminating local one.
+        let local = local_backends(&eps, "node-a");
+        assert_eq!(local.len(), 1);
+        assert_eq!((local[0].ip, local[0].local), (term.ip, true));
+        // A ready local endpoint wins over a terminating one.
+        let ready = ep([198, 19, 1, 11], "node-a");
+        let local = local_backends(&[term.clone(), ready.clone(), remote], "node-a");
+        assert_eq!(local.iter().map(|b| b.ip).collect::<Vec<_>>(), [ready.ip]);
+        // Not serving: not usable anywhere.
+        term.serving = false;
+        assert!(local_backends(&[term], "node-a").is_empty());
     }
 
     fn svc(name: &str, ip: [u8; 4], eps: Vec<EndpointSpec>, local: bool) -> ServiceSpec {

@@ -391,7 +391,7 @@ fn first_pass(
             // table: with flows decided but not inserted yet it would not see
             // theirs. It waits for them, and everything after it follows in
             // order.
-            if pending && (fe.kind.is_external() || cx.snap.is_backend_ip(key.src)) {
+            if pending && service::may_masquerade(cx.snap, f, p, fe) {
                 *barrier = true;
                 return Step::Later;
             }
@@ -448,11 +448,16 @@ fn forward(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
     new_flow_off_frontend(cx, f, p)
 }
 
-/// A new flow to an address that is not a frontend: an unallocated ClusterIP
-/// (dropped), pod traffic leaving the cluster (masqueraded), a local pod's
+/// A new flow to an address that is not a frontend: an allocated ClusterIP
+/// on another port (rejected), an unallocated one (dropped), pod traffic leaving the cluster (masqueraded), a local pod's
 /// direct flow to a Service endpoint (tracked), or plain routing.
 fn new_flow_off_frontend(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
     let key = p.key;
+    if cx.snap.is_cluster_ip(key.dst) {
+        // A ClusterIP on a port or protocol none of its Service's ports has:
+        // rejected, as kube-proxy does (its `cluster-ips` set).
+        return service::reject(cx, f, p);
+    }
     if cx.snap.in_service_cidr(key.dst) {
         return Verdict::Drop(DropReason::UnallocatedServiceIp);
     }

@@ -8,7 +8,7 @@
 //! decides is inserted by stage 5; it may not write the flow table.
 
 use shared::counters::DropReason;
-use shared::snapshot::{Frontend, FrontendKind, Snapshot};
+use shared::snapshot::{Frontend, FrontendKind, MasqueradeMode, Snapshot};
 use shared::wire::ipv4::PROTO_TCP;
 use shared::wire::l4::ICMP_DST_UNREACHABLE;
 use shared::wire::{
@@ -72,11 +72,13 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     if sp.backends.is_empty() {
         return Decision::Done(reject(cx, f, p));
     }
-    let from_local_pod = !p.decapped && snap.local_pod_hop(key.src).is_some();
-    // eTP=Local applies to traffic from outside; pods on this node reaching an
-    // external frontend use the cluster-wide set, as kube-proxy does.
+    let rules = &snap.spec.masquerade;
+    let from_cluster = rules.local.is_local(key.src, f.ifindex);
+    // eTP=Local applies to traffic from outside; the cluster's pods (as the
+    // local-traffic detector tells them) reaching an external frontend use the
+    // cluster-wide set, unmasqueraded, as kube-proxy does.
     let local_only = if kind.is_external() {
-        sp.external_local && !from_local_pod
+        sp.external_local && !from_cluster
     } else {
         sp.internal_local
     };
@@ -91,8 +93,12 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     let mut chosen = None;
     if sp.affinity_timeout_secs.is_some() {
         if let Some((ip, port)) = cx.flows.affinity.get(key.src, sp.stable_id, cx.now) {
-            chosen = sp
-                .backends
+            let set = if local_only {
+                &sp.backends[..]
+            } else {
+                sp.cluster_set()
+            };
+            chosen = set
                 .iter()
                 .find(|b| u32::from(b.ip) == ip && b.port == port && (b.local || !local_only))
                 .copied();
@@ -122,7 +128,14 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
         dport: backend.port,
     };
     let hairpin = bip == key.src;
-    let masq = hairpin || (kind.is_external() && !local_only && !backend.local);
+    let masq = hairpin
+        || if kind.is_external() {
+            // eTP=Cluster: always (kube-proxy), or toward another node only.
+            !sp.external_local && (rules.mode == MasqueradeMode::KubeProxy || !backend.local)
+        } else {
+            // masqueradeAll, or a ClusterIP reached from outside the cluster.
+            rules.all || (rules.local.is_implemented() && !from_cluster)
+        };
     if masq {
         let node = snap.node();
         let Some(ip) = node.overlay_ip().or(node.underlay_ip) else {
@@ -149,10 +162,23 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     Decision::Flow(NewFlow { rw, meta })
 }
 
-/// A Service with no usable endpoint rejects, as kube-proxy does: a TCP RST
-/// for TCP, ICMP port unreachable for UDP, answered from the frontend address
-/// to the sender (back over the overlay when the client is on another node).
-fn reject(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
+/// Whether a new flow to `fe` may be masqueraded (`decide`'s rule before the
+/// backend is known), for the batch driver: such a flow picks its port against
+/// the table, so it waits for the flows decided before it.
+pub(super) fn may_masquerade(snap: &Snapshot, f: &Frame<'_>, p: &Parsed, fe: Frontend) -> bool {
+    let key = p.key;
+    let rules = &snap.spec.masquerade;
+    fe.kind.is_external()
+        || snap.is_backend_ip(key.src)
+        || rules.all
+        || (rules.local.is_implemented() && !rules.local.is_local(key.src, f.ifindex))
+}
+
+/// A Service with no usable endpoint rejects, as kube-proxy does, and so does
+/// a ClusterIP on a port none of its Service's ports has: a TCP RST for TCP,
+/// ICMP port unreachable otherwise, answered from the frontend address to the
+/// sender (back over the overlay when the client is on another node).
+pub(super) fn reject(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
     let key = p.key;
     let l4 = f.data().get(p.l4()..).unwrap_or_default();
     let v = if key.proto == PROTO_TCP {

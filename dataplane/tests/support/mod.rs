@@ -12,6 +12,9 @@ use shared::snapshot::{
     EndpointSpec, NodeInfo, OverlayConfig, PodRoute, RemoteNode, ServicePortSpec, ServiceSpec,
     Snapshot, TableSpec,
 };
+// Not every test crate that includes this module names them.
+#[allow(unused_imports)]
+pub use shared::snapshot::{LocalTraffic, MasqueradeMode, MasqueradeRules};
 use shared::{Counters, L4Proto, Mac};
 
 pub const HEADROOM: usize = 256;
@@ -127,6 +130,16 @@ pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
         neighbors: vec![(NODE_B, MAC_B), (NODE_K, MAC_K), (EXT, MAC_EXT)],
         gateway: None,
         masquerade_ports: (61000, 65535),
+        // As the agent derives it by default (detectLocalMode ClusterCIDR,
+        // no --cluster-cidr): every Node's podCIDRs.
+        masquerade: MasqueradeRules {
+            local: LocalTraffic::Cidrs(vec![
+                "198.19.1.0/24".parse().unwrap(),
+                "198.19.2.0/24".parse().unwrap(),
+                "198.19.3.0/24".parse().unwrap(),
+            ]),
+            ..Default::default()
+        },
         maglev_size: 251,
     }
 }
