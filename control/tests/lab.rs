@@ -163,6 +163,27 @@ fn lab_service_without_endpoints_rejects() {
         std::io::ErrorKind::ConnectionRefused,
         "ICMP port unreachable: {e}"
     );
+    // A ClusterIP on a port its Service lacks, and UDP to its TCP-only port:
+    // rejected too (kube-proxy's cluster-ips rule), not dropped.
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    let wrong_port = in_netns(&ns, move || {
+        std::net::TcpStream::connect_timeout(&sa(web, 81), std::time::Duration::from_secs(3))
+            .map(|_| ())
+    })
+    .unwrap();
+    let e = wrong_port.expect_err("port 81 is not the Service's");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    let wrong_proto = in_netns(&ns, move || -> std::io::Result<()> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(sa(web, 80))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        s.send(b"q")?;
+        let mut b = [0u8; 64];
+        s.recv(&mut b).map(|_| ())
+    })
+    .unwrap();
+    let e = wrong_proto.expect_err("port 80 is TCP only");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
 }
 
 /// A TCP server on node-a's own IP must answer the external client before,
