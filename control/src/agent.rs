@@ -78,6 +78,12 @@ fn run_with_pool(
         xdp_mode: mode,
         queues,
     });
+    if let crate::config::DetectLocal::BridgeInterface(b) = &settings.masquerade.detect_local {
+        warn!(
+            bridge = %b,
+            "detect-local-mode BridgeInterface: nodeplane-cni attaches pods without a bridge, so only a pod interface named like the bridge counts as the cluster's; every other pod's ClusterIP traffic is masqueraded"
+        );
+    }
     let cfg = LocalConfig {
         node_name: settings.node_name.clone(),
         uplink_ifindex: uplink.ifindex,

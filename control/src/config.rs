@@ -598,7 +598,14 @@ fn masquerade_config(m: &FileConfig) -> Result<MasqueradeConfig, ConfigError> {
             ))
         }
     };
-    let cidrs = parse_cidr_list("cluster CIDR", m.cluster_cidr.as_deref().unwrap_or(""))?;
+    // kube-proxy's clusterCIDR may list both families; IPv6 is not served
+    // yet (its entries are skipped, with a warning).
+    let text = m.cluster_cidr.as_deref().unwrap_or("");
+    let (v6, v4): (Vec<&str>, Vec<&str>) = text.split(',').partition(|t| t.contains(':'));
+    for t in v6.iter().map(|t| t.trim()) {
+        tracing::warn!(cidr = %t, "IPv6 cluster CIDR ignored: nodeplane serves IPv4 only");
+    }
+    let cidrs = parse_cidr_list("cluster CIDR", &v4.join(","))?;
     let dl = m.detect_local.clone().unwrap_or_default();
     let bridge = dl.bridge_interface.filter(|s| !s.is_empty());
     let prefix = dl.interface_name_prefix.filter(|s| !s.is_empty());
@@ -842,6 +849,12 @@ mod tests {
             a.cluster_cidrs = vec!["198.19.0.0/16".into()];
         });
         assert!(e.contains("--cluster-cidr"), "{e}");
+        // Dual-stack, as kube-proxy's config often has it: the IPv6 part is skipped.
+        let m = with(&|a| a.cluster_cidrs = vec!["198.19.0.0/16,2001:db8:42::/56".into()]).unwrap();
+        assert_eq!(
+            m.detect_local,
+            DetectLocal::ClusterCidr(vec!["198.19.0.0/16".parse().unwrap()])
+        );
         let e = err(&|a| a.cluster_cidrs = vec!["198.19.0.0/33".into()]);
         assert!(e.contains("cluster CIDR"), "{e}");
         let e = err(&|a| a.masquerade_mode = Some("never".into()));

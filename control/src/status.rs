@@ -697,7 +697,7 @@ async fn hc_answer(state: AgentState, port: u16) -> Response {
         Some(sp) => (
             sp.name.namespace.clone(),
             sp.name.service.clone(),
-            sp.local_backends,
+            sp.local_ready,
         ),
         None => (String::new(), String::new(), 0),
     };

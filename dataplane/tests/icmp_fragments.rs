@@ -551,6 +551,70 @@ fn fragments_in_order_and_out_of_order_all_reach_the_first_ones_backend() {
     }
 }
 
+/// In one batch, later fragments ahead of their first fragment do not wait:
+/// they run after the batch's first fragments, so all three go out at once.
+#[test]
+fn out_of_order_fragments_in_one_batch_go_out_in_that_batch() {
+    let s = snap(world(services()), 1);
+    let mut w = Worker::default();
+    let frags = fragmented_udp(A2, 41001, ip(DNS_REMOTE), 4000, 0x2345);
+    let batch: Vec<(u32, Vec<u8>)> = [2usize, 1, 0]
+        .iter()
+        .map(|&i| (A2_IF, frags[i].clone()))
+        .collect();
+    let outs = w.run_batch(&s, &batch);
+    for (k, o) in outs.iter().enumerate() {
+        assert_eq!(o.verdict, tx(UPLINK), "frame {k} of the batch");
+    }
+    assert_eq!(w.counters.fragments_held, 0);
+    assert_eq!(w.counters.fragments_translated, 2);
+    let inner: Vec<Vec<u8>> = outs.iter().map(delivered).collect();
+    let (src, dst, _) = reassemble(&inner);
+    assert_eq!((src, dst), (A2, B1));
+}
+
+/// A first fragment too short for its UDP header (RFC 1858) is dropped by
+/// classify, and its datagram is refused: a later fragment in the same batch
+/// and one in the next are dropped, none waits in the table.
+#[test]
+fn a_tiny_first_fragment_refuses_its_datagram_in_its_own_batch() {
+    let s = snap(world(services()), 1);
+    let mut w = Worker::default();
+    let frags = fragmented_udp(A2, 41002, ip(DNS_REMOTE), 4000, 0x3456);
+    // The first fragment cut to 4 bytes of UDP header.
+    let mut tiny = frags[0][..14 + 20 + 4].to_vec();
+    let total = u16::try_from(tiny.len() - 14).unwrap();
+    tiny[16..18].copy_from_slice(&total.to_be_bytes());
+    refill_ipv4_checksum(&mut tiny);
+    let outs = w.run_batch(&s, &[(A2_IF, tiny), (A2_IF, frags[1].clone())]);
+    assert!(
+        matches!(outs[0].verdict, Verdict::Drop(_)),
+        "{:?}",
+        outs[0].verdict
+    );
+    // The later fragment waited, then left with its datagram's refusal (the
+    // arena counts fragments dropped while waiting as fragment_timeout).
+    assert_eq!(outs[1].verdict, Verdict::Held);
+    assert_eq!(w.state.frags.slots_in_use(), 0, "nothing waits");
+    assert_eq!(w.counters.dropped(DropReason::FragmentTimeout), 1);
+    let out = w.run(&s, A2_IF, &frags[2]);
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::FragmentRefused));
+    // A later fragment waiting from an earlier batch, then the tiny first
+    // fragment alone in its batch (no other fragment there): the waiting one
+    // is let go all the same.
+    let mut w = Worker::default();
+    assert_eq!(w.run(&s, A2_IF, &frags[1]).verdict, Verdict::Held);
+    assert_eq!(w.state.frags.slots_in_use(), 1);
+    let mut tiny = frags[0][..14 + 20 + 4].to_vec();
+    tiny[16..18].copy_from_slice(&total.to_be_bytes());
+    refill_ipv4_checksum(&mut tiny);
+    let out = w.run(&s, A2_IF, &tiny);
+    assert!(matches!(out.verdict, Verdict::Drop(_)));
+    assert_eq!(w.state.frags.slots_in_use(), 0, "nothing waits");
+    let out = w.run(&s, A2_IF, &frags[2]);
+    assert_eq!(out.verdict, Verdict::Drop(DropReason::FragmentRefused));
+}
+
 #[test]
 fn every_datagram_keeps_its_backend_across_backends() {
     // Three backends; many datagrams: each one's fragments meet one backend.

@@ -303,6 +303,10 @@ pub struct ServicePort {
     pub maglev_local: Option<MaglevRef>,
     /// Endpoints in the local set (`maglev_local`).
     pub local_backends: u32,
+    /// This node's ready endpoints (the health check node port's count, as
+    /// kube-proxy's: terminating ones serve the local set but do not keep
+    /// load balancers sending new traffic here).
+    pub local_ready: u32,
     pub affinity_timeout_secs: Option<u32>,
     pub external_local: bool,
     pub internal_local: bool,
@@ -832,6 +836,18 @@ impl ServiceTables {
                     node_port: p.node_port,
                     local_backends: u32::try_from(local_idx.len()).unwrap_or(u32::MAX),
                     cluster_backends: u32::try_from(cluster_len).unwrap_or(u32::MAX),
+                    local_ready: u32::try_from(
+                        local_backends(
+                            &p.endpoints
+                                .iter()
+                                .filter(|e| e.ready)
+                                .cloned()
+                                .collect::<Vec<_>>(),
+                            &spec.node.name,
+                        )
+                        .len(),
+                    )
+                    .unwrap_or(u32::MAX),
                     backends,
                     maglev,
                     maglev_local,

@@ -46,7 +46,8 @@ use arrayvec::ArrayVec;
 use shared::counters::{Counters, DropReason};
 use shared::maglev::mix64;
 use shared::snapshot::{Frontend, Snapshot};
-use shared::wire::ipv4::{PROTO_TCP, PROTO_UDP};
+use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use shared::wire::l4::ICMP_ECHO_REQUEST;
 
 use crate::flow::{tcp_flags, ChecksumDeltas, FlowKey, Rewrite, NO_SLOT};
 use crate::frame::{Frame, Verdict};
@@ -192,13 +193,20 @@ pub fn process_batch(
 fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict]) {
     let mut parsed = [Parsed::default(); BATCH];
     let mut live = [false; BATCH];
+    // A fragment or ICMP error was seen (`Parsed::is_rare`).
+    let mut rare = false;
     // Stage 2: classify + decap.
     for i in 0..frames.len() {
         cx.c.rx_packets += 1;
         cx.c.rx_bytes += frames[i].len() as u64;
         match classify::frame(&mut frames[i], cx.snap, cx.c, &mut parsed[i]) {
             Ok(()) => live[i] = true,
-            Err(r) => verdicts[i] = Verdict::Drop(r),
+            Err(r) => {
+                verdicts[i] = Verdict::Drop(r);
+                // A first fragment dropped here (too short for its L4
+                // header): the rest of its datagram is refused below.
+                rare |= parsed[i].frag == FRAG_FIRST;
+            }
         }
     }
     // Stage 3, first: the flow-table sets of the batch, then (their tags having
@@ -208,8 +216,6 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
     let mut later: ArrayVec<(usize, Step), BATCH> = ArrayVec::new();
     let mut decided = Decided::default();
     let mut barrier = false;
-    // A fragment or ICMP error was seen (`Parsed::is_rare`).
-    let mut rare = false;
     for i in 0..frames.len() {
         if live[i] {
             let st = first_pass(
@@ -236,14 +242,23 @@ fn run_chunk(cx: &mut Ctx<'_>, frames: &mut [Frame<'_>], verdicts: &mut [Verdict
         for &(_, reply_hash) in decided.flows() {
             cx.flows.prefetch_for_insert(reply_hash);
         }
+        // A datagram's later fragments run after every first fragment of the
+        // batch, so one that arrived before its first fragment does not wait
+        // in the fragment table for a decision taken in the same batch.
+        let mut after: ArrayVec<usize, BATCH> = ArrayVec::new();
         for &(i, st) in &later {
             match st {
                 Step::Done => {}
                 Step::Commit { flow, reply_hash } => {
                     verdicts[i] = nat::commit(cx, &mut frames[i], &parsed[i], &flow, reply_hash);
                 }
+                Step::Later
+                    if rare && parsed[i].frag == FRAG_LATER && after.try_push(i).is_ok() => {}
                 Step::Later => verdicts[i] = forward(cx, &mut frames[i], &parsed[i]),
             }
+        }
+        for &i in &after {
+            verdicts[i] = forward(cx, &mut frames[i], &parsed[i]);
         }
     }
     for v in &verdicts[..frames.len()] {
@@ -349,9 +364,6 @@ fn first_pass(
     // After a barrier, and for a frame of a flow decided earlier in the batch
     // (another packet of it, or its reply; even a hit, since that flow's
     // insert replaces entries with its keys), everything runs in batch order.
-    if *barrier || decided.touches(p.hash) {
-        return Step::Later;
-    }
     // Fragments and ICMP errors take the ordered path (`forward`), so the
     // path nearly every packet takes here tests for them once. A first
     // fragment may start a flow: the frames after it follow in order.
@@ -360,6 +372,9 @@ fn first_pass(
         if p.frag == FRAG_FIRST {
             *barrier = true;
         }
+        return Step::Later;
+    }
+    if *barrier || decided.touches(p.hash) {
         return Step::Later;
     }
     // A TCP SYN, FIN or RST of a known flow may open or close it, and whether
@@ -453,9 +468,13 @@ fn forward(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
 /// direct flow to a Service endpoint (tracked), or plain routing.
 fn new_flow_off_frontend(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
     let key = p.key;
-    if cx.snap.is_cluster_ip(key.dst) {
+    if cx.snap.is_cluster_ip(key.dst)
+        && (p.is_tcp_or_udp() || (key.proto == PROTO_ICMP && p.icmp_type == ICMP_ECHO_REQUEST))
+    {
         // A ClusterIP on a port or protocol none of its Service's ports has:
-        // rejected, as kube-proxy does (its `cluster-ips` set).
+        // rejected, as kube-proxy does (its `cluster-ips` set). Never an ICMP
+        // error about an ICMP error or another protocol's frame: those are
+        // dropped as before.
         return service::reject(cx, f, p);
     }
     if cx.snap.in_service_cidr(key.dst) {

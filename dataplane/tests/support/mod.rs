@@ -330,6 +330,39 @@ impl Worker {
 }
 
 impl Worker {
+    /// Runs `frames` (ingress, bytes) as one batch; an `Out` per frame.
+    pub fn run_batch(&mut self, snap: &Snapshot, frames: &[(u32, Vec<u8>)]) -> Vec<Out> {
+        let mut bufs: Vec<Vec<u8>> = frames.iter().map(|_| vec![0u8; BUF]).collect();
+        let mut batch: Vec<Frame<'_>> = bufs
+            .iter_mut()
+            .zip(frames)
+            .map(|(buf, (ingress, bytes))| {
+                buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
+                Frame::new(buf, HEADROOM, bytes.len(), *ingress)
+            })
+            .collect();
+        let mut verdicts = vec![Verdict::Pass; batch.len()];
+        process_batch(
+            &mut batch,
+            &mut verdicts,
+            snap,
+            &mut self.state,
+            &mut self.counters,
+            self.now,
+        );
+        batch
+            .iter()
+            .zip(verdicts)
+            .map(|(f, verdict)| {
+                let bytes = f.data().to_vec();
+                if let Verdict::Tx { .. } = verdict {
+                    verify_checksums(&bytes);
+                }
+                Out { verdict, bytes }
+            })
+            .collect()
+    }
+
     /// The frames the pipeline emitted beyond its batch (fragments released or
     /// cut), with the interface each goes out of; each is checked like `run`'s.
     pub fn drain_extra(&mut self) -> Vec<(u32, Vec<u8>)> {
