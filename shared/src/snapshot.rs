@@ -1051,6 +1051,49 @@ mod tests {
         }
     }
 
+    /// With a Local policy, the local set may hold a terminating endpoint
+    /// (after the cluster-wide set in `backends`), but the health check's
+    /// count (`local_ready`) holds only ready ones, as kube-proxy's does.
+    #[test]
+    fn local_ready_counts_ready_local_endpoints_only() {
+        let mut term = ep([198, 19, 1, 2], "node-a");
+        (term.ready, term.serving, term.terminating) = (false, true, true);
+        let remote = ep([198, 19, 3, 2], "node-b");
+        let s = Snapshot::build(
+            spec(vec![svc(
+                "t",
+                [198, 18, 96, 10],
+                vec![term, remote.clone()],
+                true,
+            )]),
+            1,
+        );
+        let sp = &s.service_ports[0];
+        assert_eq!(
+            (sp.cluster_backends, sp.local_backends, sp.local_ready),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            sp.cluster_set().iter().map(|b| b.ip).collect::<Vec<_>>(),
+            [remote.ip]
+        );
+        assert_eq!(
+            sp.backends.len(),
+            2,
+            "the terminating local one after the cluster-wide set"
+        );
+        let ready = ep([198, 19, 1, 3], "node-a");
+        let s = Snapshot::build(
+            spec(vec![svc("t", [198, 18, 96, 10], vec![ready, remote], true)]),
+            2,
+        );
+        let sp = &s.service_ports[0];
+        assert_eq!(
+            (sp.cluster_backends, sp.local_backends, sp.local_ready),
+            (2, 1, 1)
+        );
+    }
+
     /// Every port's tables, as (size, entries) per table.
     fn tables(s: &Snapshot) -> Vec<Vec<u16>> {
         s.service_ports
