@@ -100,6 +100,7 @@ fn run_with_pool(
         maglev_size: settings.maglev_size,
         proxy_name: "nodeplane".into(),
         masquerade: settings.masquerade.clone(),
+        nodeport_addresses: settings.nodeport_addresses.clone(),
     };
     let source = match &settings.source {
         Source::Manifests(dir) => SourceConfig::Manifests(dir.clone()),
@@ -371,6 +372,13 @@ pub fn steering_params(
     node_ips.extend(uplink_ip);
     node_ips.sort();
     node_ips.dedup();
+    // Without nodePortAddresses NodePorts answer on every address steered to
+    // the node (the underlay's too); with it, on the node IPs it names.
+    let nodeport_ips = if snap.node().nodeport_cidrs.is_empty() {
+        node_ips.clone()
+    } else {
+        snap.nodeport_ips().collect()
+    };
     let mut frontend_ips = Vec::new();
     let mut nodeports = Vec::new();
     for svc in &snap.spec.services {
@@ -395,6 +403,7 @@ pub fn steering_params(
     let _ = FrontendKind::ClusterIp;
     SteeringParams {
         node_ips,
+        nodeport_ips,
         vxlan_port: settings.vxlan_port,
         service_cidrs: snap.spec.service_cidrs.clone(),
         frontend_ips,

@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// toward a backend on this node).
     #[arg(long, value_name = "MODE")]
     pub masquerade_mode: Option<String>,
+    /// kube-proxy's nodePortAddresses: NodePorts answer only on the node IPs
+    /// inside these CIDRs, or on its primary IP with `primary` (a
+    /// comma-separated list; default: every node IP).
+    #[arg(long = "nodeport-addresses", value_name = "LIST")]
+    pub nodeport_addresses: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -168,6 +173,8 @@ pub struct FileConfig {
     /// kube-proxy's `detectLocal: {bridgeInterface, interfaceNamePrefix}`.
     pub detect_local: Option<DetectLocalFile>,
     pub masquerade_mode: Option<String>,
+    #[serde(default)]
+    pub node_port_addresses: Vec<String>,
 }
 
 /// The `detectLocal` block of the config file, as kube-proxy's.
@@ -186,6 +193,14 @@ pub enum DetectLocal {
     NodeCidr,
     BridgeInterface(String),
     InterfaceNamePrefix(String),
+}
+
+/// One entry of kube-proxy's `nodePortAddresses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    /// The node's primary IP (its first InternalIP, else the uplink's).
+    Primary,
+    Cidr(Ipv4Cidr),
 }
 
 /// Which flows to Services are masqueraded.
@@ -239,6 +254,8 @@ pub struct Settings {
     /// Fragment-table limits per worker.
     pub frag: FragConfig,
     pub masquerade: MasqueradeConfig,
+    /// Empty: NodePorts on every node IP.
+    pub nodeport_addresses: Vec<NodePortAddress>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -373,6 +390,11 @@ fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
             })
         },
         masquerade_mode: args.masquerade_mode.or(file.masquerade_mode),
+        node_port_addresses: if args.nodeport_addresses.is_empty() {
+            file.node_port_addresses
+        } else {
+            args.nodeport_addresses
+        },
     }
 }
 
@@ -383,6 +405,7 @@ fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
 fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
     let frag = frag_config(&m)?;
     let masquerade = masquerade_config(&m)?;
+    let nodeport_addresses = parse_nodeport_addresses(&m.node_port_addresses)?;
     let node_name = required(
         m.node_name,
         "--node-name (or NODE_NAME, or nodeName in the config file)",
@@ -441,7 +464,36 @@ fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
         xdp_mode,
         frag,
         masquerade,
+        nodeport_addresses,
     })
+}
+
+/// `--nodeport-addresses` / `nodePortAddresses`: CIDRs and `primary`, each
+/// text a comma-separated list; IPv6 entries are skipped with a warning
+/// (nodeplane serves IPv4 only).
+fn parse_nodeport_addresses(texts: &[String]) -> Result<Vec<NodePortAddress>, ConfigError> {
+    let mut out = Vec::new();
+    for t in texts.iter().flat_map(|s| s.split(',')).map(str::trim) {
+        if t.is_empty() {
+            continue;
+        }
+        if t == "primary" {
+            out.push(NodePortAddress::Primary);
+        } else if t.contains(':') {
+            tracing::warn!(cidr = %t, "IPv6 nodePortAddresses entry ignored: nodeplane serves IPv4 only");
+        } else {
+            let c = t.parse::<Ipv4Cidr>().map_err(|e| {
+                invalid(
+                    "NodePort address",
+                    t,
+                    format!("{e} (want a CIDR or primary)"),
+                )
+            })?;
+            out.push(NodePortAddress::Cidr(c));
+        }
+    }
+    out.dedup();
+    Ok(out)
 }
 
 /// A setting that must be given and not empty.
@@ -859,6 +911,41 @@ mod tests {
         assert!(e.contains("cluster CIDR"), "{e}");
         let e = err(&|a| a.masquerade_mode = Some("never".into()));
         assert!(e.contains("kube-proxy or remote-only"), "{e}");
+    }
+
+    #[test]
+    fn nodeport_addresses_as_kube_proxys() {
+        assert!(resolve(&args()).unwrap().nodeport_addresses.is_empty());
+        let mut a = args();
+        a.nodeport_addresses = vec!["primary,198.18.0.0/24".into(), "2001:db8::/64".into()];
+        assert_eq!(
+            resolve(&a).unwrap().nodeport_addresses,
+            vec![
+                NodePortAddress::Primary,
+                NodePortAddress::Cidr("198.18.0.0/24".parse().unwrap())
+            ]
+        );
+        a.nodeport_addresses = vec!["198.18.0.300/24".into()];
+        let e = resolve(&a).unwrap_err().to_string();
+        assert!(
+            e.contains("NodePort address") && e.contains("primary"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "nodeName: n\nuplink: eth0\nmanifests: d\nnodePortAddresses: [primary]\n",
+        )
+        .unwrap();
+        let f = RunArgs {
+            config: Some(p),
+            ..RunArgs::default()
+        };
+        assert_eq!(
+            resolve(&f).unwrap().nodeport_addresses,
+            vec![NodePortAddress::Primary]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use shared::snapshot::{
 };
 use tracing::{debug, warn};
 
-use crate::config::{DetectLocal, MasqueradeConfig};
+use crate::config::{DetectLocal, MasqueradeConfig, NodePortAddress};
 use crate::state::lock;
 use crate::store::{Kind, ObjectStore};
 
@@ -56,6 +56,8 @@ pub struct LocalConfig {
     pub proxy_name: String,
     /// Masquerade settings (`masqueradeAll`, `detectLocalMode`, the mode).
     pub masquerade: MasqueradeConfig,
+    /// kube-proxy's `nodePortAddresses` (empty: every node IP).
+    pub nodeport_addresses: Vec<NodePortAddress>,
 }
 
 impl Default for LocalConfig {
@@ -73,6 +75,7 @@ impl Default for LocalConfig {
             maglev_size: 0,
             proxy_name: PROXY_NAME.to_string(),
             masquerade: MasqueradeConfig::default(),
+            nodeport_addresses: Vec::new(),
         }
     }
 }
@@ -559,6 +562,7 @@ fn local_node(node: Option<&Node>, cfg: &LocalConfig, notes: &mut Notes) -> Node
         zone: None,
         underlay_ip: cfg.uplink_ip,
         node_ips: cfg.uplink_ip.into_iter().collect(),
+        nodeport_cidrs: nodeport_cidrs(&cfg.nodeport_addresses, cfg.uplink_ip),
         pod_cidrs: Vec::new(),
         uplink_ifindex: cfg.uplink_ifindex,
         uplink_mac: cfg.uplink_mac,
@@ -589,7 +593,33 @@ fn local_node(node: Option<&Node>, cfg: &LocalConfig, notes: &mut Notes) -> Node
         .and_then(usable_ipv4)
         .or_else(|| node_underlay_ip(node))
         .or(cfg.uplink_ip);
+    let primary = node_addresses(node, &["InternalIP"])
+        .first()
+        .copied()
+        .or(cfg.uplink_ip);
+    info.nodeport_cidrs = nodeport_cidrs(&cfg.nodeport_addresses, primary);
     info
+}
+
+/// `nodePortAddresses` as CIDRs: `primary` is the primary IP as a /32 (none
+/// known: nothing). A non-empty setting that matches no address leaves the
+/// node without NodePorts, as kube-proxy's does.
+fn nodeport_cidrs(addrs: &[NodePortAddress], primary: Option<Ipv4Addr>) -> Vec<Ipv4Cidr> {
+    let mut out: Vec<Ipv4Cidr> = addrs
+        .iter()
+        .filter_map(|a| match a {
+            NodePortAddress::Cidr(c) => Some(*c),
+            NodePortAddress::Primary => primary.and_then(|ip| Ipv4Cidr::new(ip, 32).ok()),
+        })
+        .collect();
+    if out.is_empty() && !addrs.is_empty() {
+        // "primary" with no address known: an empty list would mean "every
+        // IP", so name one that matches nothing a node has.
+        out.extend(Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 32).ok());
+    }
+    out.sort_by_key(|c| (u32::from(c.network()), c.prefix_len()));
+    out.dedup();
+    out
 }
 
 fn remote_nodes(nodes: &[&Node], cfg: &LocalConfig, notes: &mut Notes) -> Vec<RemoteNode> {

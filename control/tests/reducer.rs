@@ -1109,3 +1109,42 @@ status: {addresses: [{type: InternalIP, address: 198.18.0.12}]}
         LocalTraffic::None
     );
 }
+
+/// kube-proxy's nodePortAddresses as the tables get it: CIDRs as given,
+/// `primary` as the node's first InternalIP (/32); nothing set: every IP.
+#[test]
+fn nodeport_addresses_resolve_primary_to_the_internal_ip() {
+    use control::config::NodePortAddress;
+    let node = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDR: 198.19.1.0/24}
+status:
+  addresses:
+  - {type: InternalIP, address: 198.18.0.11}
+  - {type: ExternalIP, address: 198.18.5.11}
+"#;
+    let mut store = ObjectStore::new();
+    store.replace_all("test", objects(node));
+    let with = |a: Vec<NodePortAddress>| {
+        let c = LocalConfig {
+            nodeport_addresses: a,
+            ..cfg()
+        };
+        reduce(&store, &c, &LocalFacts::default()).node
+    };
+    let n = with(Vec::new());
+    assert!(n.nodeport_cidrs.is_empty());
+    assert!(n.node_ips.contains(&ip("198.18.5.11")));
+    let n = with(vec![NodePortAddress::Primary]);
+    assert_eq!(n.nodeport_cidrs, vec!["198.18.0.11/32".parse().unwrap()]);
+    assert!(
+        n.node_ips.contains(&ip("198.18.5.11")),
+        "still a node IP, only without NodePorts"
+    );
+    let n = with(vec![NodePortAddress::Cidr(
+        "198.18.5.0/24".parse().unwrap(),
+    )]);
+    assert_eq!(n.nodeport_cidrs, vec!["198.18.5.0/24".parse().unwrap()]);
+}

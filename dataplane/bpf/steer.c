@@ -123,6 +123,10 @@ struct {
 	__type(value, struct iface);
 } ifaces SEC(".maps");
 
+/* node_ips values: a node IP; one NodePorts answer on (nodePortAddresses). */
+#define NODE_IP 1
+#define NODE_IP_NODEPORTS 2
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 64);
@@ -297,7 +301,8 @@ int nodeplane_steer(struct xdp_md *ctx)
 		}
 	}
 
-	int to_node = bpf_map_lookup_elem(&node_ips, &daddr) != 0;
+	__u8 *node_ip = bpf_map_lookup_elem(&node_ips, &daddr);
+	int to_node = node_ip != 0;
 	/* Only frames to a node IP need the config (VXLAN port, masquerade range). */
 	struct config *cfg = to_node ? bpf_map_lookup_elem(&config, &zero) : 0;
 	if (to_node) {
@@ -312,7 +317,7 @@ int nodeplane_steer(struct xdp_md *ctx)
 			return steer_to_node(ctx, ifc, ip, frag, STAT_REDIRECT_ICMP_ERROR);
 	}
 	int nodeport = 0;
-	if (to_node && have_ports)
+	if (to_node && have_ports && (*node_ip & NODE_IP_NODEPORTS))
 		nodeport = is_nodeport(l4proto, dport);
 
 	if (ifc->role == ROLE_POD) {

@@ -142,6 +142,7 @@ impl PodLab {
             node: NodeInfo {
                 name: "node-a".into(),
                 node_ips: vec![NODE_IP],
+                nodeport_cidrs: Vec::new(),
                 pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 19, 1, 0), 24).unwrap()],
                 ..NodeInfo::default()
             },
@@ -196,6 +197,7 @@ impl PodLab {
 fn steering(node_ips: &[Ipv4Addr]) -> SteeringParams {
     SteeringParams {
         node_ips: node_ips.to_vec(),
+        nodeport_ips: node_ips.to_vec(),
         vxlan_port: 8472,
         masq_range: (61000, 65535),
         ..SteeringParams::default()
@@ -613,6 +615,7 @@ fn overlay_to_and_from_a_kernel_vxlan_node() {
                 name: "node-a".into(),
                 underlay_ip: Some(NODE_IP),
                 node_ips: vec![NODE_IP],
+                nodeport_cidrs: Vec::new(),
                 pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 19, 1, 0), 24).unwrap()],
                 uplink_ifindex: up.ifindex,
                 uplink_mac: up.mac,
@@ -915,6 +918,7 @@ fn steering_program_takes_only_what_nodeplane_owns() {
         let other = Ipv4Addr::new(198, 18, 0, 99);
         let mut params = SteeringParams {
             node_ips: vec![node],
+            nodeport_ips: vec![node],
             vxlan_port: 8472,
             service_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 18, 96, 0), 20).unwrap()],
             frontend_ips: vec![ext],
@@ -1175,6 +1179,49 @@ fn steering_program_takes_only_what_nodeplane_owns() {
         for (role, pkt, want) in &after {
             assert_eq!(s.dry_run(*role, pkt).unwrap(), *want);
         }
+        // nodePortAddresses: a second node IP that NodePorts do not answer on
+        // keeps its NodePort-range traffic (the host's), and its other
+        // traffic to the node (VXLAN, masquerade replies) is still steered.
+        let second = Ipv4Addr::new(198, 18, 0, 3);
+        params.node_ips = vec![node, second];
+        params.nodeport_ips = vec![node];
+        s.set_params(&params).unwrap();
+        let narrowed: Vec<(&str, InterfaceRole, Vec<u8>, &str)> = vec![
+            (
+                "NodePort address",
+                Uplink,
+                frame(node, "udp", 30053),
+                "redirect_nodeport",
+            ),
+            (
+                "other node IP",
+                Uplink,
+                frame(second, "udp", 30053),
+                "pass_not_owned",
+            ),
+            (
+                "other node IP, from a pod",
+                Pod,
+                frame(second, "udp", 30053),
+                "pass_to_node",
+            ),
+            (
+                "VXLAN to it",
+                Uplink,
+                frame(second, "udp", 4789),
+                "redirect_vxlan",
+            ),
+            (
+                "masquerade reply to it",
+                Uplink,
+                frame(second, "tcp", 61234),
+                "redirect_masquerade_reply",
+            ),
+        ];
+        for (what, role, pkt, want) in &narrowed {
+            assert_eq!(s.dry_run(*role, pkt).unwrap(), *want, "{what}");
+        }
+        params.node_ips = vec![node];
         // An unknown interface is never steered.
         params.node_ips.clear();
         s.set_params(&params).unwrap();

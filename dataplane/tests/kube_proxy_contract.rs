@@ -199,6 +199,47 @@ fn frontends_clusterip_externalip_lb_nodeport() {
     }
 }
 
+/// kube-proxy's nodePortAddresses: NodePorts answer only on the node IPs
+/// inside the CIDRs; another node IP is still the node's (its traffic is
+/// passed to the host, never sent away), it just has no NodePorts.
+#[test]
+fn nodeport_addresses_narrow_where_nodeports_answer() {
+    let second = ip("198.18.0.3");
+    let mut spec = world(base());
+    spec.node.node_ips = vec![NODE_A, second];
+    spec.node.nodeport_cidrs = vec!["198.18.0.2/32".parse().unwrap()];
+    let s = snap(spec, 1);
+    let mut w = Worker::default();
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(MAC_EXT, UPLINK_MAC, EXT, NODE_A, syn(40000, 30080), 64),
+    );
+    assert!(
+        matches!(out.verdict, Verdict::Tx { .. }),
+        "{:?}",
+        out.verdict
+    );
+    assert_eq!(backend(&out).1, 8080, "NodePort on the listed address");
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(MAC_EXT, UPLINK_MAC, EXT, second, syn(40001, 30080), 64),
+    );
+    assert_eq!(out.verdict, Verdict::Pass, "the other node IP: the host's");
+    assert_eq!(w.counters.flows_created, 1);
+    // Without the setting, every node IP answers.
+    let mut spec = world(base());
+    spec.node.node_ips = vec![NODE_A, second];
+    let s = snap(spec, 1);
+    let out = Worker::default().run(
+        &s,
+        UPLINK,
+        &frame(MAC_EXT, UPLINK_MAC, EXT, second, syn(40001, 30080), 64),
+    );
+    assert_eq!(backend(&out).1, 8080);
+}
+
 /// A ClusterIP on a port or protocol none of its Service's ports has is
 /// rejected, as kube-proxy's `cluster-ips` set does (kube-proxy's REJECT;
 /// nodeplane answers TCP with a RST, the rest with ICMP port unreachable, as

@@ -28,6 +28,7 @@ pub fn snapshot() -> &'static Snapshot {
                 zone: None,
                 underlay_ip: Some(Ipv4Addr::new(198, 18, 0, 2)),
                 node_ips: vec![Ipv4Addr::new(198, 18, 0, 2)],
+                nodeport_cidrs: Vec::new(),
                 pod_cidrs: vec!["198.19.1.0/24".parse().unwrap()],
                 uplink_ifindex: 2,
                 uplink_mtu: 1500,

@@ -24,8 +24,14 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// The uplink's IPv4 address: VXLAN source, masquerade address off-cluster.
     pub underlay_ip: Option<Ipv4Addr>,
-    /// Every address NodePorts answer on (never 127.0.0.0/8).
+    /// Every address of the node (its Node's InternalIPs and ExternalIPs,
+    /// the uplink's): NodePorts answer on them (never 127.0.0.0/8) unless
+    /// `nodeport_cidrs` narrows that.
     pub node_ips: Vec<Ipv4Addr>,
+    /// kube-proxy's `nodePortAddresses`, resolved: NodePorts answer only on
+    /// the node IPs inside these CIDRs ("primary": the primary IP as a /32).
+    /// Empty: on every node IP.
+    pub nodeport_cidrs: Vec<Ipv4Cidr>,
     /// This node's pod CIDR(s).
     pub pod_cidrs: Vec<Ipv4Cidr>,
     /// The uplink interface and its MAC (outer source MAC of encapsulated frames).
@@ -420,6 +426,7 @@ pub struct Snapshot {
     pub maglev_tables_built: usize,
     frontends: HashMap<FrontendKey, Frontend>,
     node_ports: HashMap<(u8, u16), u32>,
+    /// The node IPs NodePorts answer on (`NodeInfo::nodeport_cidrs` applied).
     node_ips: Vec<u32>,
     /// The node's own addresses: node IPs and the underlay IP.
     own_ips: Vec<u32>,
@@ -530,7 +537,7 @@ impl Snapshot {
         if let Some(f) = self.frontends.get(&(dst, proto, dport)) {
             return Some(*f);
         }
-        if self.node_ports.is_empty() || !self.is_node_ip(dst) {
+        if self.node_ports.is_empty() || !self.is_nodeport_ip(dst) {
             return None;
         }
         self.node_ports.get(&(proto, dport)).map(|&id| Frontend {
@@ -544,10 +551,15 @@ impl Snapshot {
         self.service_ports.get(id as usize)
     }
 
-    /// One of this node's own addresses (NodePort addresses).
+    /// One of the node IPs NodePorts answer on.
     #[inline]
-    pub fn is_node_ip(&self, ip: u32) -> bool {
+    pub fn is_nodeport_ip(&self, ip: u32) -> bool {
         self.node_ips.contains(&ip)
+    }
+
+    /// The node IPs NodePorts answer on (for the XDP program's steering).
+    pub fn nodeport_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.node_ips.iter().map(|&ip| Ipv4Addr::from(ip))
     }
 
     /// A Service's ClusterIP (allocated), whatever the port.
@@ -871,16 +883,24 @@ impl ServiceTables {
     }
 }
 
-/// The node's IPs NodePorts answer on (never loopback), and every address of
-/// the node (those and the underlay IP), sorted.
+/// The node's IPs NodePorts answer on (never loopback; those inside
+/// `nodeport_cidrs` when it is set), and every address of the node (all node
+/// IPs and the underlay IP), sorted.
 fn node_addresses(node: &NodeInfo) -> (Vec<u32>, Vec<u32>) {
-    let node_ips: Vec<u32> = node
+    let all: Vec<u32> = node
         .node_ips
         .iter()
         .filter(|ip| !ip.is_loopback())
         .map(|ip| u32::from(*ip))
         .collect();
-    let mut own_ips = node_ips.clone();
+    let node_ips: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|&ip| {
+            node.nodeport_cidrs.is_empty() || node.nodeport_cidrs.iter().any(|c| c.contains_u32(ip))
+        })
+        .collect();
+    let mut own_ips = all;
     own_ips.extend(node.underlay_ip.map(u32::from));
     own_ips.sort_unstable();
     own_ips.dedup();

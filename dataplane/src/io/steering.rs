@@ -127,6 +127,9 @@ impl std::fmt::Display for XdpMode {
 pub struct SteeringParams {
     /// Addresses of this node (VXLAN, NodePort and masquerade-reply destinations).
     pub node_ips: Vec<Ipv4Addr>,
+    /// Those of `node_ips` NodePorts answer on (kube-proxy's
+    /// `nodePortAddresses`); NodePort traffic to the others is the host's.
+    pub nodeport_ips: Vec<Ipv4Addr>,
     /// The overlay's UDP port (0: no overlay).
     pub vxlan_port: u16,
     /// Service CIDRs: every destination inside is steered.
@@ -138,6 +141,10 @@ pub struct SteeringParams {
     /// The masquerade source-port range (inclusive); replies to it are steered.
     pub masq_range: (u16, u16),
 }
+
+/// steer.c's `node_ips` values: a node IP, and one NodePorts answer on.
+const NODE_IP: u8 = 1;
+const NODE_IP_NODEPORTS: u8 = 2;
 
 /// `struct config` in steer.c: vxlan_port, masq_lo, masq_hi, pad (u16 each,
 /// host byte order).
@@ -390,9 +397,21 @@ impl Steering {
             "config",
         )?;
         let ip_key = |ip: &Ipv4Addr| ip.octets().to_vec();
-        sync_set(
+        // steer.c's node_ips values: NODE_IP, | NODE_IP_NODEPORTS where
+        // NodePorts answer.
+        sync_map(
             &self.maps.node_ips,
-            p.node_ips.iter().map(ip_key).collect(),
+            p.node_ips
+                .iter()
+                .map(|ip| {
+                    let v = if p.nodeport_ips.contains(ip) {
+                        NODE_IP | NODE_IP_NODEPORTS
+                    } else {
+                        NODE_IP
+                    };
+                    (ip_key(ip), v)
+                })
+                .collect(),
             "node_ips",
         )?;
         sync_set(
@@ -727,10 +746,15 @@ fn map_delete(map: &MapHandle, key: &[u8]) {
 
 /// Makes a set-like map (key → 1u8) hold exactly `want`.
 fn sync_set(map: &MapHandle, want: Vec<Vec<u8>>, what: &str) -> Result<(), SteeringError> {
-    for k in &want {
-        map_update(map, k, &[1u8], what)?;
+    sync_map(map, want.into_iter().map(|k| (k, 1)).collect(), what)
+}
+
+/// `sync_set` for a map whose one-byte values matter.
+fn sync_map(map: &MapHandle, want: Vec<(Vec<u8>, u8)>, what: &str) -> Result<(), SteeringError> {
+    for (k, v) in &want {
+        map_update(map, k, &[*v], what)?;
     }
-    let want: std::collections::HashSet<Vec<u8>> = want.into_iter().collect();
+    let want: std::collections::HashSet<Vec<u8>> = want.into_iter().map(|(k, _)| k).collect();
     let stale: Vec<Vec<u8>> = map
         .keys()
         .take(1 << 20)

@@ -85,6 +85,7 @@ pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
             zone: Some("zone-a".into()),
             underlay_ip: Some(NODE_A),
             node_ips: vec![NODE_A],
+            nodeport_cidrs: Vec::new(),
             pod_cidrs: vec!["198.19.1.0/24".parse().unwrap()],
             uplink_ifindex: UPLINK,
             uplink_mac: UPLINK_MAC,
