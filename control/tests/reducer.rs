@@ -384,7 +384,7 @@ spec: {type: LoadBalancer, clusterIP: 198.19.128.27, loadBalancerSourceRanges: [
             },
         },
         Case {
-            name: "protocols: TCP (also when unset) and UDP kept, SCTP skipped",
+            name: "protocols: TCP (also when unset), UDP and SCTP kept",
             yaml: "
 apiVersion: v1
 kind: Service
@@ -410,9 +410,13 @@ endpoints: [{addresses: [10.244.1.9]}]
             check: |t| {
                 let s = service(t, "dns");
                 let got: Vec<_> = s.ports.iter().map(|p| (p.name.as_str(), p.proto, p.port)).collect();
-                assert_eq!(got, vec![("dns-tcp", L4Proto::Tcp, 53), ("dns", L4Proto::Udp, 53)]);
+                assert_eq!(
+                    got,
+                    vec![("dns-tcp", L4Proto::Tcp, 53), ("dns", L4Proto::Udp, 53), ("sig", L4Proto::Sctp, 2905)]
+                );
                 assert_eq!(port(s, "dns").endpoints, vec![ep("10.244.1.9", 5353)]);
                 assert_eq!(port(s, "dns-tcp").endpoints, vec![ep("10.244.1.9", 5354)]);
+                assert_eq!(port(s, "sig").endpoints, vec![ep("10.244.1.9", 2905)]);
             },
         },
         Case {

@@ -36,6 +36,7 @@
 #define IPPROTO_ICMP 1
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define IPPROTO_SCTP 132
 #define ICMP_ECHOREPLY 0
 #define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
@@ -221,7 +222,7 @@ static __always_inline int icmp_error_owned(__u8 *l4, void *end, const struct co
 	if ((void *)(ql4 + 8) > end)
 		return 0;
 	__u16 sport;
-	if (qproto == IPPROTO_TCP || qproto == IPPROTO_UDP) {
+	if (qproto == IPPROTO_TCP || qproto == IPPROTO_UDP || qproto == IPPROTO_SCTP) {
 		sport = ((__u16)ql4[0] << 8) | ql4[1];
 		if (is_nodeport(qproto, sport))
 			return 1;
@@ -292,7 +293,8 @@ int nodeplane_steer(struct xdp_md *ctx)
 	__u8 icmp_type = 0xff;
 	if ((frag & IP_OFFSET) == 0 && ihl <= 60) {
 		__u8 *l4 = ip + ihl;
-		if ((l4proto == IPPROTO_TCP || l4proto == IPPROTO_UDP) && (void *)(l4 + 4) <= end) {
+		if ((l4proto == IPPROTO_TCP || l4proto == IPPROTO_UDP || l4proto == IPPROTO_SCTP) &&
+		    (void *)(l4 + 4) <= end) {
 			dport = ((__u16)l4[2] << 8) | l4[3];
 			have_ports = 1;
 		} else if (l4proto == IPPROTO_ICMP && (void *)(l4 + 8) <= end) {

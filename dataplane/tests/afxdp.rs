@@ -835,6 +835,14 @@ fn frame(dst: Ipv4Addr, l4: &str, port_or_id: u16) -> Vec<u8> {
             .icmpv4_echo_reply(port_or_id, 1)
             .write(&mut v, b"")
             .unwrap(),
+        "sctp" => {
+            // The common header (ports, tag, CRC left 0: the program reads
+            // only the ports) and an empty INIT-sized chunk.
+            let mut sctp = vec![0u8; 32];
+            sctp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            sctp[2..4].copy_from_slice(&port_or_id.to_be_bytes());
+            b.write(&mut v, etherparse::IpNumber(132), &sctp).unwrap()
+        }
         other => panic!("{other}"),
     }
     v
@@ -922,7 +930,11 @@ fn steering_program_takes_only_what_nodeplane_owns() {
             vxlan_port: 8472,
             service_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 18, 96, 0), 20).unwrap()],
             frontend_ips: vec![ext],
-            nodeports: vec![(L4Proto::Tcp, 30080), (L4Proto::Udp, 30053)],
+            nodeports: vec![
+                (L4Proto::Tcp, 30080),
+                (L4Proto::Udp, 30053),
+                (L4Proto::Sctp, 30132),
+            ],
             masq_range: (61000, 65535),
         };
         s.set_params(&params).unwrap();
@@ -969,6 +981,24 @@ fn steering_program_takes_only_what_nodeplane_owns() {
                 Uplink,
                 frame(node, "udp", 30053),
                 "redirect_nodeport",
+            ),
+            (
+                "NodePort SCTP",
+                Uplink,
+                frame(node, "sctp", 30132),
+                "redirect_nodeport",
+            ),
+            (
+                "SCTP to a port that is no NodePort",
+                Uplink,
+                frame(node, "sctp", 30080),
+                "pass_not_owned",
+            ),
+            (
+                "SCTP reply to a masquerade port",
+                Uplink,
+                frame(node, "sctp", 61001),
+                "redirect_masquerade_reply",
             ),
             (
                 "UDP on a TCP NodePort",

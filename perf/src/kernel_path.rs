@@ -45,6 +45,7 @@ fn proto(p: L4Proto) -> &'static str {
     match p {
         L4Proto::Tcp => "tcp",
         L4Proto::Udp => "udp",
+        L4Proto::Sctp => "sctp",
     }
 }
 

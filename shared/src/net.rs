@@ -33,14 +33,14 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
     Some(out)
 }
 
-/// The transport protocols a Service port can carry (SCTP is skipped, as the
-/// pipeline has no SCTP parser yet).
+/// The transport protocols a Service port can carry.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub enum L4Proto {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl L4Proto {
@@ -49,6 +49,7 @@ impl L4Proto {
         match self {
             L4Proto::Tcp => 6,
             L4Proto::Udp => 17,
+            L4Proto::Sctp => 132,
         }
     }
 
@@ -56,6 +57,7 @@ impl L4Proto {
         match n {
             6 => Some(L4Proto::Tcp),
             17 => Some(L4Proto::Udp),
+            132 => Some(L4Proto::Sctp),
             _ => None,
         }
     }
@@ -64,6 +66,7 @@ impl L4Proto {
         match s {
             "TCP" => Some(L4Proto::Tcp),
             "UDP" => Some(L4Proto::Udp),
+            "SCTP" => Some(L4Proto::Sctp),
             _ => None,
         }
     }
@@ -74,6 +77,7 @@ impl fmt::Display for L4Proto {
         f.write_str(match self {
             L4Proto::Tcp => "TCP",
             L4Proto::Udp => "UDP",
+            L4Proto::Sctp => "SCTP",
         })
     }
 }

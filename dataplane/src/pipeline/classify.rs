@@ -8,11 +8,11 @@
 use shared::counters::{Counters, DropReason};
 use shared::snapshot::Snapshot;
 use shared::wire::ethernet::ETHERTYPE_IPV4;
-use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use shared::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use shared::wire::l4::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, UDP_HEADER_LEN};
 use shared::wire::{
-    EthernetHeader, IcmpHeader, Ipv4Header, TcpHeader, UdpHeader, VxlanPacket, VxlanRepr, ETH_HLEN,
-    IPV4_HLEN, UDP_HLEN, VXLAN_HLEN,
+    EthernetHeader, IcmpHeader, Ipv4Header, SctpHeader, TcpHeader, UdpHeader, VxlanPacket,
+    VxlanRepr, ETH_HLEN, IPV4_HLEN, UDP_HLEN, VXLAN_HLEN,
 };
 
 use super::{icmp, Parsed, FRAG_FIRST, FRAG_LATER};
@@ -123,6 +123,13 @@ fn l4(p: &mut Parsed, seg: &[u8]) -> Result<(), DropReason> {
             p.key.sport = u.src_port();
             p.key.dport = u.dst_port();
         }
+        PROTO_SCTP => {
+            let Ok(s) = SctpHeader::new_checked(seg) else {
+                return Err(DropReason::MalformedL4);
+            };
+            p.key.sport = s.src_port();
+            p.key.dport = s.dst_port();
+        }
         PROTO_ICMP => {
             let Ok(m) = IcmpHeader::new_checked(seg) else {
                 return Err(DropReason::MalformedL4);
@@ -160,7 +167,9 @@ fn fragment(ip: &Ipv4Header<&[u8; 20]>, p: &mut Parsed, seg: &[u8]) -> Result<()
                 p.key.dport = t.dst_port();
                 p.tcp_flags = t.flags();
             }
-            PROTO_UDP => {
+            PROTO_UDP | PROTO_SCTP => {
+                // Both start with the two ports; a UDP length or an SCTP
+                // CRC covers the whole datagram, not this fragment.
                 let Some(u) = seg.first_chunk::<UDP_HEADER_LEN>() else {
                     return Err(DropReason::MalformedL4);
                 };

@@ -120,7 +120,7 @@ fn foreign_owner(cx: &Ctx<'_>, f: &Frame<'_>, p: &Parsed) -> Option<u16> {
 fn owner_if_other(cx: &Ctx<'_>, p: &Parsed, me: u16, n: u16) -> Option<u16> {
     let snap = cx.snap;
     let key = p.key;
-    let l4 = p.is_tcp_or_udp();
+    let l4 = p.has_ports();
     let own = snap.node();
     let owner = if l4 && snap.frontend(key.dst, key.proto, key.dport).is_some() {
         client_owner(key.src, n)
@@ -147,7 +147,7 @@ fn owner_if_other(cx: &Ctx<'_>, p: &Parsed, me: u16, n: u16) -> Option<u16> {
 pub(super) fn reaches_endpoint_directly(snap: &Snapshot, p: &Parsed) -> bool {
     let key = p.key;
     !p.decapped
-        && p.is_tcp_or_udp()
+        && p.has_ports()
         && snap.is_endpoint(key.dst, key.dport, key.proto)
         && snap.local_pod_hop(key.src).is_some()
 }

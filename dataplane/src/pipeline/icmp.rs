@@ -15,7 +15,7 @@
 
 use shared::counters::DropReason;
 use shared::wire::checksum::{self, Incremental};
-use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use shared::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use shared::wire::l4::{
     ICMP_DST_UNREACHABLE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAM_PROBLEM,
     ICMP_TIME_EXCEEDED,
@@ -66,7 +66,7 @@ pub(super) fn classify_error(p: &mut Parsed, quote: &[u8]) -> Result<(), DropRea
     };
     let be = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
     let (sport, dport) = match q.protocol() {
-        PROTO_TCP | PROTO_UDP => (be(0), be(2)),
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (be(0), be(2)),
         PROTO_ICMP => match h[0] {
             ICMP_ECHO_REQUEST => (be(4), 0),
             ICMP_ECHO_REPLY => (0, be(4)),
@@ -155,6 +155,12 @@ pub(super) fn translate(
                 }
             }
         }
+        PROTO_SCTP => {
+            // The ports only: the CRC32c covers the whole packet, which a
+            // quote is not (the receiver matches it by ports and tag).
+            put16(d, ql4, now.sport);
+            put16(d, ql4 + 2, now.dport);
+        }
         PROTO_ICMP => {
             // The echo identifier plays the port on the side that carries it.
             let id = if d[ql4] == ICMP_ECHO_REQUEST {
@@ -232,7 +238,7 @@ pub(super) fn frag_needed(
     }
     cx.c.icmp_errors_sent += 1;
     let orig = p.key;
-    let ports = p.is_tcp_or_udp();
+    let ports = p.has_ports();
     let out = *out;
     let [hi, lo] = mtu.to_be_bytes();
     let rest = [0, 0, hi, lo];
@@ -254,7 +260,7 @@ pub(super) fn frag_needed(
             put16(q, ihl + 2, orig.dport);
             let back = ChecksumDeltas::between(&out, &orig.identity());
             let at = if orig.proto == PROTO_UDP { 6 } else { 16 };
-            if q.len() >= ihl + at + 2 {
+            if orig.proto != PROTO_SCTP && q.len() >= ihl + at + 2 {
                 let old = be16(q, ihl + at);
                 if !(orig.proto == PROTO_UDP && old == 0) {
                     let cs = Incremental::new(old).apply(back.l4).finish();

@@ -46,7 +46,7 @@ use arrayvec::ArrayVec;
 use shared::counters::{Counters, DropReason};
 use shared::maglev::mix64;
 use shared::snapshot::{Frontend, Snapshot};
-use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use shared::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use shared::wire::l4::ICMP_ECHO_REQUEST;
 
 use crate::flow::{tcp_flags, ChecksumDeltas, FlowKey, Rewrite, NO_SLOT};
@@ -108,9 +108,10 @@ impl Parsed {
         (self.key.proto == PROTO_TCP).then_some(self.tcp_flags)
     }
 
+    /// TCP, UDP or SCTP: a protocol with ports, which Services carry.
     #[inline]
-    fn is_tcp_or_udp(&self) -> bool {
-        self.key.proto == PROTO_TCP || self.key.proto == PROTO_UDP
+    fn has_ports(&self) -> bool {
+        matches!(self.key.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
     }
 
     /// A fragment or a matched ICMP error: the cases the ordered path
@@ -394,7 +395,7 @@ fn first_pass(
     }
     let key = p.key;
     let pending = !decided.is_empty();
-    if p.is_tcp_or_udp() {
+    if p.has_ports() {
         // The prefetch pass looked it up for frames no tag matched.
         let fe = if p.probe == NO_SLOT {
             p.frontend
@@ -451,7 +452,7 @@ fn forward(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
     if p.err != 0 {
         return icmp::untracked(cx, f, p);
     }
-    if p.is_tcp_or_udp() {
+    if p.has_ports() {
         let key = p.key;
         if let Some(fe) = cx.snap.frontend(key.dst, key.proto, key.dport) {
             return match service::decide(cx, f, p, fe) {
@@ -469,7 +470,7 @@ fn forward(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
 fn new_flow_off_frontend(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Verdict {
     let key = p.key;
     if cx.snap.is_cluster_ip(key.dst)
-        && (p.is_tcp_or_udp() || (key.proto == PROTO_ICMP && p.icmp_type == ICMP_ECHO_REQUEST))
+        && (p.has_ports() || (key.proto == PROTO_ICMP && p.icmp_type == ICMP_ECHO_REQUEST))
     {
         // A ClusterIP on a port or protocol none of its Service's ports has:
         // rejected, as kube-proxy does (its `cluster-ips` set). Never an ICMP

@@ -6,9 +6,9 @@
 
 use shared::counters::DropReason;
 use shared::wire::checksum::{self, Incremental};
-use shared::wire::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use shared::wire::l4::ICMP_ECHO_REQUEST;
-use shared::wire::{IcmpHeader, Ipv4Header, TcpHeader, UdpHeader, ETH_HLEN};
+use shared::wire::ipv4::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use shared::wire::l4::{set_sctp_checksum, ICMP_ECHO_REQUEST};
+use shared::wire::{IcmpHeader, Ipv4Header, SctpHeader, TcpHeader, UdpHeader, ETH_HLEN};
 
 use super::Parsed;
 use crate::flow::{ChecksumDeltas, FlowKey, Rewrite};
@@ -46,6 +46,10 @@ pub(super) fn apply<const RARE: bool>(
         ip.set_dst(rw.dst);
     }
     let ports_changed = rw.sport != key.sport || rw.dport != key.dport;
+    if RARE && ports_changed && key.proto == PROTO_SCTP && p.is_first_fragment() {
+        // SCTP's CRC32c covers the whole datagram, which a fragment is not.
+        return Err(DropReason::SctpFragment);
+    }
     // A later fragment has no L4 header: its addresses are all there is.
     if (addr_changed || ports_changed) && !(RARE && p.is_later_fragment()) {
         let seg = rest.get_mut(usize::from(p.ihl)..).unwrap_or_default();
@@ -69,6 +73,16 @@ pub(super) fn apply<const RARE: bool>(
                     u.set_src_port(rw.sport);
                     u.set_dst_port(rw.dport);
                 }
+            }
+            PROTO_SCTP if ports_changed => {
+                if let Some(mut h) = SctpHeader::new_mut(seg) {
+                    h.set_src_port(rw.sport);
+                    h.set_dst_port(rw.dport);
+                }
+                // No pseudo-header: only a port change touches the CRC, and
+                // it is computed again over the packet (classify trimmed the
+                // frame to the IPv4 total length).
+                set_sctp_checksum(seg);
             }
             PROTO_ICMP if ports_changed => {
                 if let Some(mut m) = IcmpHeader::new_mut(seg) {

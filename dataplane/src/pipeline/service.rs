@@ -35,7 +35,7 @@ pub(super) enum Decision {
 #[inline]
 pub(super) fn prefetch(p: &mut Parsed, snap: &Snapshot) {
     let key = p.key;
-    if !p.is_tcp_or_udp() {
+    if !p.has_ports() {
         return;
     }
     p.frontend = snap.frontend(key.dst, key.proto, key.dport);

@@ -36,6 +36,7 @@ pub const HEADER_LEN: usize = 20;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 /// The "don't fragment" flag in the flags/fragment-offset word.
 pub const FLAG_DF: u16 = 0x4000;
 /// The "more fragments" flag.

@@ -14,7 +14,7 @@ pub mod vxlan;
 
 pub use ethernet::EthernetHeader;
 pub use ipv4::Ipv4Header;
-pub use l4::{IcmpHeader, TcpHeader, UdpHeader};
+pub use l4::{IcmpHeader, SctpHeader, TcpHeader, UdpHeader};
 pub use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, IpAddress,
     IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
