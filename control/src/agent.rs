@@ -58,7 +58,56 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()).stop(),
         Err(shared_pool) => lock(&shared_pool).stop_in_place(),
     }
+    if settings.host_interface {
+        if let Err(e) = crate::hostif::HostInterface::remove() {
+            warn!("removing the host interface: {e}");
+        }
+    }
     result
+}
+
+/// Creates the host interface and attaches nodeplane to its end, so the
+/// node's own processes reach Services (`hostif`). A failure is logged and the
+/// agent runs without it: the node's traffic then goes where it went before.
+fn host_interface(
+    uplink: &netif::Interface,
+    state: &AgentState,
+    pool: &Arc<Mutex<WorkerPool>>,
+) -> Option<Arc<crate::hostif::HostInterface>> {
+    use crate::hostif::{HostInterface, NODEPLANE_END};
+    let mtu = if uplink.mtu > 50 {
+        uplink.mtu - 50
+    } else {
+        1450
+    };
+    let h = match HostInterface::create(mtu) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!("no host interface, the node's own traffic is not proxied: {e}");
+            return None;
+        }
+    };
+    // The pool's lock is released before the arms take it again.
+    let attached = lock(pool).add_interface(NODEPLANE_END, h.ifindex, InterfaceRole::Pod);
+    match attached {
+        Ok(mode) => {
+            info!(interface = NODEPLANE_END, mode = %mode, "host interface attached");
+            let queues = queues_of(&lock(pool), h.ifindex);
+            lock(&state.interfaces).push(InterfaceStatus {
+                name: NODEPLANE_END.into(),
+                ifindex: h.ifindex,
+                role: "host".into(),
+                xdp_mode: mode,
+                queues,
+            });
+            Some(Arc::new(h))
+        }
+        Err(e) => {
+            warn!("cannot attach the host interface, the node's own traffic is not proxied: {e:#}");
+            let _ = HostInterface::remove();
+            None
+        }
+    }
 }
 
 fn run_with_pool(
@@ -84,6 +133,11 @@ fn run_with_pool(
             "detect-local-mode BridgeInterface: nodeplane-cni attaches pods without a bridge, so only a pod interface named like the bridge counts as the cluster's; every other pod's ClusterIP traffic is masqueraded"
         );
     }
+    let host_if = if settings.host_interface {
+        host_interface(uplink, state, pool)
+    } else {
+        None
+    };
     let cfg = LocalConfig {
         node_name: settings.node_name.clone(),
         uplink_ifindex: uplink.ifindex,
@@ -101,6 +155,11 @@ fn run_with_pool(
         proxy_name: "nodeplane".into(),
         masquerade: settings.masquerade.clone(),
         nodeport_addresses: settings.nodeport_addresses.clone(),
+        host_if: host_if.as_ref().map(|h| shared::snapshot::PodHop {
+            mac: h.kernel_mac,
+            host_mac: h.mac,
+            host_ifindex: h.ifindex,
+        }),
     };
     let source = match &settings.source {
         Source::Manifests(dir) => SourceConfig::Manifests(dir.clone()),
@@ -147,6 +206,7 @@ fn run_with_pool(
             pool.clone(),
             settings.clone(),
             uplink.ipv4,
+            host_if.clone(),
             stop_rx.clone(),
         ));
         let control_task = tokio::spawn(run_control(
@@ -315,6 +375,7 @@ async fn steering_loop(
     pool: Arc<Mutex<WorkerPool>>,
     settings: Settings,
     uplink_ip: Option<Ipv4Addr>,
+    host_if: Option<Arc<crate::hostif::HostInterface>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last: Option<SteeringParams> = None;
@@ -339,6 +400,26 @@ async fn steering_loop(
             if let Err(e) = lock(&pool).set_steering(&params) {
                 warn!("updating the steering maps: {e:#}");
                 continue;
+            }
+            if let Some(h) = &host_if {
+                // The node's routes to what nodeplane serves: the Service
+                // CIDRs and the frontend addresses outside them.
+                let mut want: std::collections::BTreeSet<shared::Ipv4Cidr> =
+                    params.service_cidrs.iter().copied().collect();
+                want.extend(
+                    params
+                        .frontend_ips
+                        .iter()
+                        .filter_map(|ip| shared::Ipv4Cidr::new(*ip, 32).ok()),
+                );
+                let h = h.clone();
+                let src = uplink_ip;
+                let r = tokio::task::spawn_blocking(move || h.set_routes(&want, src)).await;
+                match r {
+                    Ok(Err(e)) => warn!("routing Services via the host interface: {e}"),
+                    Err(e) => warn!("routing Services via the host interface: {e}"),
+                    Ok(Ok(())) => {}
+                }
             }
             last = Some(params);
         }

@@ -883,11 +883,11 @@ fn exec_ipam(
 
 /// What the plugin reads of one interface.
 #[derive(Clone, Debug)]
-struct LinkInfo {
-    ifindex: u32,
+pub(crate) struct LinkInfo {
+    pub(crate) ifindex: u32,
     /// The MAC as `ip` prints it (lower-case hex, colons).
     address: String,
-    mac: Vec<u8>,
+    pub(crate) mac: Vec<u8>,
     mtu: u32,
 }
 
@@ -919,13 +919,13 @@ impl LinkInfo {
 
 /// An rtnetlink connection in the network namespace of the thread that opened
 /// it (the socket stays there), driven by a single-threaded runtime of its own.
-struct Netlink {
+pub(crate) struct Netlink {
     rt: tokio::runtime::Runtime,
-    handle: rtnetlink::Handle,
+    pub(crate) handle: rtnetlink::Handle,
 }
 
 impl Netlink {
-    fn open() -> Result<Netlink, CniError> {
+    pub(crate) fn open() -> Result<Netlink, CniError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -939,7 +939,7 @@ impl Netlink {
     }
 
     /// Runs one request; a failure names `what` was being done.
-    fn run<T>(
+    pub(crate) fn run<T>(
         &self,
         what: impl Into<String>,
         request: impl std::future::Future<Output = Result<T, rtnetlink::Error>>,
@@ -953,7 +953,7 @@ impl Netlink {
     }
 
     /// The interface named `name`, if it exists.
-    fn link(&self, name: &str) -> Result<Option<LinkInfo>, CniError> {
+    pub(crate) fn link(&self, name: &str) -> Result<Option<LinkInfo>, CniError> {
         let request = self.handle.link().get().match_name(name).execute();
         let found = self.rt.block_on(async {
             let mut links = std::pin::pin!(request);
@@ -985,7 +985,7 @@ impl Netlink {
     }
 
     /// `ip link set dev NAME up`
-    fn set_up(&self, name: &str, index: u32) -> Result<(), CniError> {
+    pub(crate) fn set_up(&self, name: &str, index: u32) -> Result<(), CniError> {
         let up = LinkUnspec::new_with_index(index).up().build();
         self.run(
             format!("setting {name} up"),
@@ -994,7 +994,7 @@ impl Netlink {
     }
 
     /// Deletes the interface `name`; fine if it does not exist.
-    fn delete_link(&self, name: &str) -> Result<(), CniError> {
+    pub(crate) fn delete_link(&self, name: &str) -> Result<(), CniError> {
         let Some(link) = self.link(name)? else {
             return Ok(());
         };
@@ -1149,7 +1149,7 @@ fn in_netns<T: Send>(
 }
 
 /// Writes `/proc/sys/<key>` (for the calling thread's network namespace).
-fn write_sysctl(key: &str, value: &str) -> Result<(), CniError> {
+pub(crate) fn write_sysctl(key: &str, value: &str) -> Result<(), CniError> {
     let path = Path::new("/proc/sys").join(key);
     std::fs::write(&path, value).map_err(io_err(format!("writing {}", path.display())))
 }

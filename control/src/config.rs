@@ -128,6 +128,10 @@ pub struct RunArgs {
     /// comma-separated list; default: every node IP).
     #[arg(long = "nodeport-addresses", value_name = "LIST")]
     pub nodeport_addresses: Vec<String>,
+    /// Do not create the host interface (nph0/nph1): the node's own processes
+    /// then do not reach Services through nodeplane.
+    #[arg(long)]
+    pub no_host_interface: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -175,6 +179,8 @@ pub struct FileConfig {
     pub masquerade_mode: Option<String>,
     #[serde(default)]
     pub node_port_addresses: Vec<String>,
+    /// `false`: no host interface (`--no-host-interface`).
+    pub host_interface: Option<bool>,
 }
 
 /// The `detectLocal` block of the config file, as kube-proxy's.
@@ -256,6 +262,9 @@ pub struct Settings {
     pub masquerade: MasqueradeConfig,
     /// Empty: NodePorts on every node IP.
     pub nodeport_addresses: Vec<NodePortAddress>,
+    /// Create the host interface (`hostif`) so the node's own processes reach
+    /// Services (default true).
+    pub host_interface: bool,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -395,6 +404,11 @@ fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
         } else {
             args.nodeport_addresses
         },
+        host_interface: if args.no_host_interface {
+            Some(false)
+        } else {
+            file.host_interface
+        },
     }
 }
 
@@ -465,6 +479,7 @@ fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
         frag,
         masquerade,
         nodeport_addresses,
+        host_interface: m.host_interface.unwrap_or(true),
     })
 }
 
@@ -911,6 +926,26 @@ mod tests {
         assert!(e.contains("cluster CIDR"), "{e}");
         let e = err(&|a| a.masquerade_mode = Some("never".into()));
         assert!(e.contains("kube-proxy or remote-only"), "{e}");
+    }
+
+    #[test]
+    fn the_host_interface_is_on_unless_turned_off() {
+        assert!(resolve(&args()).unwrap().host_interface);
+        let mut a = args();
+        a.no_host_interface = true;
+        assert!(!resolve(&a).unwrap().host_interface);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "nodeName: n\nuplink: eth0\nmanifests: d\nhostInterface: false\n",
+        )
+        .unwrap();
+        let f = RunArgs {
+            config: Some(p),
+            ..RunArgs::default()
+        };
+        assert!(!resolve(&f).unwrap().host_interface);
     }
 
     #[test]

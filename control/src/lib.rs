@@ -16,6 +16,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cni;
 pub mod config;
+pub mod hostif;
 pub mod manifests;
 pub mod podstate;
 pub mod publish;

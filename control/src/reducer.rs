@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use shared::net::{parse_mac, Ipv4Cidr, L4Proto, Mac};
 use shared::snapshot::{
-    EndpointSpec, LocalTraffic, MasqueradeRules, NodeInfo, OverlayConfig, PodRoute, RemoteNode,
-    ServicePortSpec, ServiceSpec, TableSpec, DEFAULT_AFFINITY_TIMEOUT_SECS,
+    EndpointSpec, LocalTraffic, MasqueradeRules, NodeInfo, OverlayConfig, PodHop, PodRoute,
+    RemoteNode, ServicePortSpec, ServiceSpec, TableSpec, DEFAULT_AFFINITY_TIMEOUT_SECS,
 };
 use tracing::{debug, warn};
 
@@ -58,6 +58,8 @@ pub struct LocalConfig {
     pub masquerade: MasqueradeConfig,
     /// kube-proxy's `nodePortAddresses` (empty: every node IP).
     pub nodeport_addresses: Vec<NodePortAddress>,
+    /// The host interface, when the agent made one (`hostif`).
+    pub host_if: Option<PodHop>,
 }
 
 impl Default for LocalConfig {
@@ -76,6 +78,7 @@ impl Default for LocalConfig {
             proxy_name: PROXY_NAME.to_string(),
             masquerade: MasqueradeConfig::default(),
             nodeport_addresses: Vec::new(),
+            host_if: None,
         }
     }
 }
@@ -563,6 +566,7 @@ fn local_node(node: Option<&Node>, cfg: &LocalConfig, notes: &mut Notes) -> Node
         underlay_ip: cfg.uplink_ip,
         node_ips: cfg.uplink_ip.into_iter().collect(),
         nodeport_cidrs: nodeport_cidrs(&cfg.nodeport_addresses, cfg.uplink_ip),
+        host_if: cfg.host_if,
         pod_cidrs: Vec::new(),
         uplink_ifindex: cfg.uplink_ifindex,
         uplink_mac: cfg.uplink_mac,

@@ -258,6 +258,49 @@ fn lab_stop_restores_the_interfaces() {
         !after.contains("xdp"),
         "nothing of nodeplane is left attached:\n{after}"
     );
+    assert!(
+        !after.contains("nph0") && !after.contains("nph1"),
+        "the host interface is removed:\n{after}"
+    );
+}
+
+/// The node's own processes reach Services, as through kube-proxy: a TCP
+/// connection from node-a itself (its namespace, not a pod) to the web
+/// ClusterIP completes with every backend (local, across nodeplane, on the
+/// kernel node), and UDP to the DNS ClusterIP is answered, through the host
+/// interface nph0/nph1 the Service CIDR is routed to. Backends see node-a's
+/// overlay address (the node's connections are masqueraded).
+#[test]
+fn lab_the_node_itself_reaches_clusterips() {
+    let Some(lab) = both_agents("o") else { return };
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    let dns: std::net::Ipv4Addr = lab.var("NP_DNS_IP").parse().unwrap();
+    let route =
+        run_ok(Command::new("ip").args(["-n", &lab.ns("a"), "route", "get", &web.to_string()]));
+    assert!(
+        route.contains("dev nph0"),
+        "the Service CIDR is routed to the host interface: {route}"
+    );
+    let mut pods = BTreeSet::new();
+    for i in 0..40 {
+        let answer = eventually(5, || {
+            tcp_line(&lab.ns("a"), sa(web, 80), &format!("host{i}"))
+        })
+        .unwrap_or_else(|e| panic!("node → ClusterIP {i}: {e}\n{}", lab.agent_log("a")));
+        assert!(
+            client_of(&answer).starts_with("198.19.1.0:"),
+            "the backend sees node-a's overlay address: {answer}"
+        );
+        pods.insert(pod_of(&answer));
+    }
+    assert_eq!(
+        pods,
+        BTreeSet::from(["a1".to_string(), "b1".to_string(), "k1".to_string()]),
+        "the node's connections spread over every backend"
+    );
+    let a = eventually(5, || udp_roundtrip(&lab.ns("a"), sa(dns, 53), "hq"))
+        .unwrap_or_else(|e| panic!("node → DNS ClusterIP: {e}\n{}", lab.agent_log("a")));
+    assert!(!pod_of(&a).is_empty());
 }
 
 fn run_ok(cmd: &mut Command) -> String {

@@ -143,6 +143,7 @@ impl PodLab {
                 name: "node-a".into(),
                 node_ips: vec![NODE_IP],
                 nodeport_cidrs: Vec::new(),
+                host_if: None,
                 pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 19, 1, 0), 24).unwrap()],
                 ..NodeInfo::default()
             },
@@ -616,6 +617,7 @@ fn overlay_to_and_from_a_kernel_vxlan_node() {
                 underlay_ip: Some(NODE_IP),
                 node_ips: vec![NODE_IP],
                 nodeport_cidrs: Vec::new(),
+                host_if: None,
                 pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 19, 1, 0), 24).unwrap()],
                 uplink_ifindex: up.ifindex,
                 uplink_mac: up.mac,

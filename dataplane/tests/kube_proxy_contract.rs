@@ -199,6 +199,100 @@ fn frontends_clusterip_externalip_lb_nodeport() {
     }
 }
 
+/// The node's own processes (through the host interface nph1, to which the
+/// node routes Service addresses): to a ClusterIP, and to a LoadBalancer IP of
+/// an eTP=Local Service (kube-proxy: the node's traffic takes the cluster-wide
+/// set, masqueraded); always masqueraded to the overlay address so replies
+/// come back through nodeplane, restored, and sent to the kernel's end.
+#[test]
+fn the_nodes_own_connections_to_services() {
+    const HOST_IF: u32 = 30;
+    let kernel_mac: Mac = [2, 0xee, 0, 0, 0, 1];
+    let np_mac: Mac = [2, 0xee, 0, 0, 0, 2];
+    let mut local = svc(
+        "l",
+        "198.18.96.21",
+        L4Proto::Tcp,
+        80,
+        vec![ep(B1, 8080, "node-b")],
+    );
+    local.external_local = true;
+    local.load_balancer_ips = vec![ip(LB_IP)];
+    let mut spec = world(vec![web(), local]);
+    spec.node.host_if = Some(shared::snapshot::PodHop {
+        mac: kernel_mac,
+        host_mac: np_mac,
+        host_ifindex: HOST_IF,
+    });
+    let s = snap(spec, 1);
+    let mut backends = BTreeSet::new();
+    for (i, (dst, dport)) in (0..30)
+        .map(|_| (ip(WEB), 80))
+        .chain([(ip(LB_IP), 80)])
+        .enumerate()
+    {
+        let mut w = Worker::default();
+        let sport = 40000 + u16::try_from(i).unwrap();
+        let out = w.run(
+            &s,
+            HOST_IF,
+            &frame(kernel_mac, np_mac, NODE_A, dst, syn(sport, dport), 64),
+        );
+        assert!(
+            matches!(out.verdict, Verdict::Tx { .. }),
+            "{:?}",
+            out.verdict
+        );
+        let (_, d) = delivered(&out);
+        assert_eq!(d.src, OVERLAY_A, "masqueraded");
+        backends.insert(d.dst);
+        let reply = if d.dst == A1 {
+            (
+                A1_IF,
+                frame(
+                    A1_MAC,
+                    A1_HOST_MAC,
+                    A1,
+                    OVERLAY_A,
+                    tcp(8080, d.sport, SYN | ACK),
+                    64,
+                ),
+            )
+        } else {
+            let (vtep, node, mac) = if d.dst == B1 {
+                (VTEP_B, NODE_B, MAC_B)
+            } else {
+                (VTEP_K, NODE_K, MAC_K)
+            };
+            let inner = frame(
+                vtep,
+                VTEP_A,
+                d.dst,
+                OVERLAY_A,
+                tcp(8080, d.sport, SYN | ACK),
+                64,
+            );
+            (UPLINK, vxlan(node, mac, 1, 0x08, &inner))
+        };
+        let out = w.run(&s, reply.0, &reply.1);
+        assert_eq!(
+            out.verdict,
+            tx(HOST_IF),
+            "the reply goes to the kernel's end"
+        );
+        let r = seen(&out.bytes);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (dst, dport, NODE_A, sport)
+        );
+        assert_eq!((r.smac, r.dmac), (np_mac, kernel_mac));
+    }
+    assert!(
+        backends.contains(&A1) && backends.contains(&B1) && backends.contains(&K1),
+        "{backends:?}"
+    );
+}
+
 /// kube-proxy's nodePortAddresses: NodePorts answer only on the node IPs
 /// inside the CIDRs; another node IP is still the node's (its traffic is
 /// passed to the host, never sent away), it just has no NodePorts.

@@ -41,6 +41,11 @@ pub struct NodeInfo {
     pub uplink_mtu: u32,
     /// This node's VTEP MAC (inner source MAC of frames it encapsulates).
     pub vtep_mac: Mac,
+    /// The host interface (`nph1`) through which the node's own processes
+    /// reach Services, as a hop: its ifindex, the kernel end's MAC (`mac`,
+    /// the destination) and its own (`host_mac`, the source). None: the
+    /// node's traffic is not proxied.
+    pub host_if: Option<PodHop>,
 }
 
 impl NodeInfo {

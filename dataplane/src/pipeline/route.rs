@@ -47,7 +47,18 @@ pub(super) fn route(
     }
     let own = snap.node();
     if snap.is_own_ip(dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
-        return Verdict::Pass;
+        // To the node itself (a reply to its own connection to a Service,
+        // restored): through the host interface, which the kernel receives
+        // as from the Service. Without one, the kernel's.
+        return match own.host_if {
+            Some(h) => {
+                set_macs(f, &h.mac, &h.host_mac);
+                Verdict::Tx {
+                    ifindex: h.host_ifindex,
+                }
+            }
+            None => Verdict::Pass,
+        };
     }
     if snap.in_local_pod_cidr(dst) {
         return Verdict::Drop(DropReason::NoRoute);

@@ -74,11 +74,14 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     }
     let rules = &snap.spec.masquerade;
     let from_cluster = rules.local.is_local(key.src, f.ifindex);
+    let from_host = from_host(snap, f);
     // eTP=Local applies to traffic from outside; the cluster's pods (as the
     // local-traffic detector tells them) reaching an external frontend use the
     // cluster-wide set, unmasqueraded, as kube-proxy does.
     let local_only = if kind.is_external() {
-        sp.external_local && !from_cluster
+        // The node itself uses the cluster-wide set (kube-proxy: "fib saddr
+        // type local" goes to the cluster policy, masqueraded).
+        sp.external_local && !from_cluster && !from_host
     } else {
         sp.internal_local
     };
@@ -128,7 +131,10 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
         dport: backend.port,
     };
     let hairpin = bip == key.src;
+    // The node's own connections are always masqueraded: their replies must
+    // come back through nodeplane (to the overlay address) to be restored.
     let masq = hairpin
+        || from_host
         || if kind.is_external() {
             // eTP=Cluster: always (kube-proxy), or toward another node only.
             !sp.external_local && (rules.mode == MasqueradeMode::KubeProxy || !backend.local)
@@ -162,6 +168,14 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     Decision::Flow(NewFlow { rw, meta })
 }
 
+/// Did the frame come from the node itself, through the host interface?
+#[inline]
+fn from_host(snap: &Snapshot, f: &Frame<'_>) -> bool {
+    snap.node()
+        .host_if
+        .is_some_and(|h| h.host_ifindex == f.ifindex)
+}
+
 /// Whether a new flow to `fe` may be masqueraded (`decide`'s rule before the
 /// backend is known), for the batch driver: such a flow picks its port against
 /// the table, so it waits for the flows decided before it.
@@ -169,6 +183,7 @@ pub(super) fn may_masquerade(snap: &Snapshot, f: &Frame<'_>, p: &Parsed, fe: Fro
     let key = p.key;
     let rules = &snap.spec.masquerade;
     fe.kind.is_external()
+        || from_host(snap, f)
         || snap.is_backend_ip(key.src)
         || rules.all
         || (rules.local.is_implemented() && !rules.local.is_local(key.src, f.ifindex))

@@ -1,0 +1,168 @@
+//! The host interface: how the node's own processes (hostNetwork pods, the
+//! kubelet's probes, `curl` on the node) reach Services through nodeplane. Their
+//! packets never cross an XDP hook on receive, so the agent gives them one: a
+//! veth pair in the node's namespace, `nph0` on the kernel's side and `nph1` on
+//! nodeplane's (its XDP program and AF_XDP sockets, like a pod's host end), and
+//! routes for the Service CIDRs and the frontend addresses (externalIPs,
+//! LoadBalancer IPs) via a link-local gateway whose neighbour entry is `nph1`'s
+//! MAC, with the node's IP as the source. nodeplane translates what arrives on
+//! `nph1` like any other client's traffic and sends the replies back out of it,
+//! so the kernel receives them on `nph0` as from the Service. kube-proxy's IPVS
+//! mode owns a device in the same way (`kube-ipvs0`).
+//!
+//! Owns the pair, its neighbour entry and its routes; removing `nph0` removes
+//! all of them. Uses the CNI plugin's netlink helpers, each call on a thread of
+//! its own (they run a runtime of their own, which may not start inside the
+//! agent's). It may not touch any other interface or route.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use shared::{Ipv4Cidr, Mac};
+
+use crate::cni::{set_tx_checksum, write_sysctl, CniError, Netlink};
+
+/// The kernel's end of the pair: the routes point here.
+pub const KERNEL_END: &str = "nph0";
+/// nodeplane's end: the XDP program and AF_XDP sockets.
+pub const NODEPLANE_END: &str = "nph1";
+/// The routes' gateway: link-local, never answered, its neighbour entry
+/// permanent (`nph1`'s MAC).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+
+/// The pair as the agent and the tables need it.
+#[derive(Debug)]
+pub struct HostInterface {
+    /// `nph1`: where nodeplane receives the node's traffic and sends replies.
+    pub ifindex: u32,
+    /// `nph1`'s MAC: the source of frames nodeplane sends the kernel.
+    pub mac: Mac,
+    /// `nph0`'s MAC: their destination.
+    pub kernel_mac: Mac,
+    kernel_ifindex: u32,
+    routes: Mutex<BTreeSet<Ipv4Cidr>>,
+}
+
+fn mac_of(v: &[u8]) -> Mac {
+    let mut m = [0u8; 6];
+    for (d, s) in m.iter_mut().zip(v) {
+        *d = *s;
+    }
+    m
+}
+
+/// Runs `f` with a netlink connection on a thread of its own.
+fn with_netlink<T: Send>(
+    f: impl FnOnce(&Netlink) -> Result<T, CniError> + Send,
+) -> Result<T, CniError> {
+    std::thread::scope(|s| {
+        s.spawn(|| f(&Netlink::open()?))
+            .join()
+            .unwrap_or_else(|_| Err(CniError::Check("the netlink thread panicked".into())))
+    })
+}
+
+impl HostInterface {
+    /// Creates the pair (replacing one a previous agent left), with `mtu` (the
+    /// pods' MTU: what nodeplane sends on may be encapsulated), both ends up,
+    /// no tx checksum offload (nodeplane reads the checksums the kernel
+    /// writes), no reverse-path filter on `nph0` (replies come from Service
+    /// addresses), and the gateway's neighbour entry.
+    pub fn create(mtu: u32) -> Result<HostInterface, CniError> {
+        with_netlink(|nl| {
+            nl.delete_link(KERNEL_END)?;
+            let peer = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(NODEPLANE_END)
+                .mtu(mtu)
+                .build();
+            let pair = LinkVeth::new(KERNEL_END, NODEPLANE_END)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .mtu(mtu)
+                .build();
+            nl.run(
+                format!("creating the veth pair {KERNEL_END} / {NODEPLANE_END}"),
+                nl.handle.link().add(pair).execute(),
+            )?;
+            let find = |name: &str| {
+                nl.link(name)?
+                    .ok_or_else(|| CniError::Check(format!("{name} vanished")))
+            };
+            let (k, n) = (find(KERNEL_END)?, find(NODEPLANE_END)?);
+            nl.set_up(KERNEL_END, k.ifindex)?;
+            nl.set_up(NODEPLANE_END, n.ifindex)?;
+            set_tx_checksum(KERNEL_END, false)?;
+            set_tx_checksum(NODEPLANE_END, false)?;
+            write_sysctl(&format!("net/ipv4/conf/{KERNEL_END}/rp_filter"), "0")?;
+            nl.run(
+                format!("adding the neighbour entry for {GATEWAY} on {KERNEL_END}"),
+                nl.handle
+                    .neighbours()
+                    .add(k.ifindex, GATEWAY.into())
+                    .link_layer_address(&n.mac)
+                    .replace()
+                    .execute(),
+            )?;
+            Ok(HostInterface {
+                ifindex: n.ifindex,
+                mac: mac_of(&n.mac),
+                kernel_mac: mac_of(&k.mac),
+                kernel_ifindex: k.ifindex,
+                routes: Mutex::new(BTreeSet::new()),
+            })
+        })
+    }
+
+    /// Makes the routes via the pair exactly `want`, each with `src` as the
+    /// source the kernel picks. Routes added first, stale ones removed after.
+    pub fn set_routes(
+        &self,
+        want: &BTreeSet<Ipv4Cidr>,
+        src: Option<Ipv4Addr>,
+    ) -> Result<(), CniError> {
+        let mut have = crate::state::lock(&self.routes);
+        if *have == *want {
+            return Ok(());
+        }
+        let kernel_ifindex = self.kernel_ifindex;
+        let route = |c: &Ipv4Cidr| {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(c.network(), c.prefix_len())
+                .gateway(GATEWAY)
+                .output_interface(kernel_ifindex)
+                .onlink()
+                .protocol(RouteProtocol::Static);
+            if let Some(ip) = src {
+                b = b.pref_source(ip);
+            }
+            b.build()
+        };
+        let stale: Vec<Ipv4Cidr> = have.difference(want).copied().collect();
+        with_netlink(|nl| {
+            for c in want {
+                nl.run(
+                    format!("adding the route to {c} via {KERNEL_END}"),
+                    nl.handle.route().add(route(c)).replace().execute(),
+                )?;
+            }
+            for c in &stale {
+                // Gone already (the interface was reset): fine.
+                let _ = nl.run(
+                    format!("removing the route to {c}"),
+                    nl.handle.route().del(route(c)).execute(),
+                );
+            }
+            Ok(())
+        })?;
+        *have = want.clone();
+        Ok(())
+    }
+
+    /// Removes the pair, and with `nph0` its neighbour entry and routes.
+    pub fn remove() -> Result<(), CniError> {
+        with_netlink(|nl| nl.delete_link(KERNEL_END))
+    }
+}
