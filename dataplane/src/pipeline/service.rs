@@ -66,6 +66,11 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     if kind == FrontendKind::LoadBalancer
         && !sp.source_ranges.is_empty()
         && !sp.source_ranges.iter().any(|r| r.contains_u32(key.src))
+        // The Service's own LoadBalancer IPs are allowed too, as kube-proxy
+        // allows them (the node sending from an LB IP it holds).
+        && !snap
+            .frontend(key.src, key.proto, key.dport)
+            .is_some_and(|f| f.kind == FrontendKind::LoadBalancer && f.service_port == fe.service_port)
     {
         return Decision::Done(Verdict::Drop(DropReason::SourceRangeDenied));
     }

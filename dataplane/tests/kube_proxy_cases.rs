@@ -1,0 +1,374 @@
+//! kube-proxy's own packet-flow cases, replayed through the pipeline: the
+//! Services, EndpointSlices and `packetFlowTest` rows of
+//! `pkg/proxy/nftables/proxier_test.go` in k8s.io/kubernetes v1.34.4 (fetched
+//! from the Go module proxy; `go mod download k8s.io/kubernetes@v1.34.4`), as
+//! data: each row keeps the Go test's name, source, protocol, destination, port,
+//! expected output and masquerade flag verbatim, and a per-test table remaps
+//! the addresses into the lab's ranges (10.0.0.0/8 → 198.19.0.0/16, the Service
+//! CIDR 172.30.0.0/16 → 198.18.96.0/20, ...). The Go fake proxier's settings
+//! are kept: detectLocalMode ClusterCIDR with the pod CIDR, and
+//! nodePortAddresses = the node IP. Endpoints on `test-node` become pods of
+//! node-a, the others pods of node-b; the source "a pod" is a2 on node-a; the
+//! node itself sends through the host interface.
+//!
+//! Output semantics as the Go helper's tracer gives them: a list of endpoints
+//! (every one reached over 40 client ports, no other), `REJECT`, `DROP`, or ""
+//! (not proxied); `masq` whether the backend sees the node's address.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use dataplane::Verdict;
+use shared::snapshot::{PodHop, ServicePortSpec, ServiceSpec, Snapshot};
+use shared::{L4Proto, Mac};
+use support::*;
+
+const HOST_IF: u32 = 30;
+const KERNEL_MAC: Mac = [2, 0xee, 0, 0, 0, 1];
+const HOST_MAC: Mac = [2, 0xee, 0, 0, 0, 2];
+
+/// One `packetFlowTest`: name, sourceIP, protocol, destIP, destPort, output, masq.
+type Flow = (
+    &'static str,
+    &'static str,
+    L4Proto,
+    &'static str,
+    u16,
+    &'static str,
+    bool,
+);
+
+/// The Go test's addresses → the lab's.
+struct Remap(BTreeMap<&'static str, Ipv4Addr>);
+
+impl Remap {
+    fn new(pairs: &[(&'static str, &str)]) -> Remap {
+        Remap(pairs.iter().map(|(a, b)| (*a, ip(b))).collect())
+    }
+    fn ip(&self, s: &str) -> Ipv4Addr {
+        *self.0.get(s).unwrap_or_else(|| panic!("no remap for {s}"))
+    }
+    /// "10.180.0.1:80, 10.180.2.1:80" → {(ip, 80), ...}
+    fn endpoints(&self, out: &str) -> BTreeSet<(Ipv4Addr, u16)> {
+        out.split(", ")
+            .map(|e| {
+                let (a, p) = e.rsplit_once(':').unwrap();
+                (self.ip(a), p.parse().unwrap())
+            })
+            .collect()
+    }
+}
+
+/// Where a source's frames enter node-a: its pod interface, the host
+/// interface (the node's own addresses, or a LoadBalancer IP it holds), or
+/// the uplink.
+fn ingress(src: Ipv4Addr, host_srcs: &[Ipv4Addr]) -> (u32, Mac, Mac) {
+    match src {
+        A1 => (A1_IF, A1_MAC, A1_HOST_MAC),
+        A2 => (A2_IF, A2_MAC, A2_HOST_MAC),
+        s if host_srcs.contains(&s) => (HOST_IF, KERNEL_MAC, HOST_MAC),
+        _ => (UPLINK, MAC_EXT, UPLINK_MAC),
+    }
+}
+
+fn l4(proto: L4Proto, sport: u16, dport: u16) -> Option<L4> {
+    match proto {
+        L4Proto::Tcp => Some(syn(sport, dport)),
+        L4Proto::Udp => Some(udp(sport, dport)),
+        L4Proto::Sctp => None,
+    }
+}
+
+/// An Ethernet/IPv4 frame carrying TCP, UDP or an SCTP INIT-sized packet
+/// (CRC32c filled in).
+fn packet(
+    smac: Mac,
+    dmac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: L4Proto,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    if let Some(l) = l4(proto, sport, dport) {
+        return frame(smac, dmac, src, dst, l, 64);
+    }
+    let mut sctp = vec![0u8; 32];
+    sctp[0..2].copy_from_slice(&sport.to_be_bytes());
+    sctp[2..4].copy_from_slice(&dport.to_be_bytes());
+    sctp[12..16].copy_from_slice(&[1, 0, 0, 20]);
+    assert!(shared::wire::l4::set_sctp_checksum(&mut sctp));
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .write(&mut v, etherparse::IpNumber(132), &sctp)
+        .unwrap();
+    v
+}
+
+/// (src, dst, dport, proto) of what left, the inner frame when encapsulated.
+fn delivered(out: &Out) -> (Ipv4Addr, Ipv4Addr, u16, u8) {
+    let s = seen(&out.bytes);
+    let bytes = if out.verdict == tx(UPLINK) && s.proto == 17 && s.dport == VXLAN_PORT {
+        unwrap_vxlan(&out.bytes).2
+    } else {
+        out.bytes.clone()
+    };
+    let s = seen(&bytes);
+    let dport = if s.proto == 132 {
+        let ihl = usize::from(bytes[14] & 0x0f) * 4;
+        assert!(
+            shared::wire::l4::sctp_checksum_ok(&bytes[14 + ihl..]),
+            "SCTP CRC32c"
+        );
+        u16::from_be_bytes([bytes[14 + ihl + 2], bytes[14 + ihl + 3]])
+    } else {
+        s.dport
+    };
+    (s.src, s.dst, dport, s.proto)
+}
+
+/// Runs every flow against `snap`; returns the rows that did not behave as
+/// kube-proxy's, with what nodeplane did.
+fn replay(snap: &Snapshot, map: &Remap, host_srcs: &[Ipv4Addr], flows: &[Flow]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for &(name, src, proto, dst, dport, output, masq) in flows {
+        let (src, dst) = (map.ip(src), map.ip(dst));
+        let (ifindex, smac, dmac) = ingress(src, host_srcs);
+        let mut reached = BTreeSet::new();
+        let mut problem = None;
+        for sport in 40000..40040 {
+            let mut w = Worker::default();
+            let out = w.run(
+                snap,
+                ifindex,
+                &packet(smac, dmac, src, dst, proto, sport, dport),
+            );
+            let got = match out.verdict {
+                Verdict::Drop(r) => format!("DROP ({})", r.name()),
+                // An answer from the destination itself (a RST, an ICMP error).
+                Verdict::Tx { ifindex: back }
+                    if back == ifindex
+                        && (seen(&out.bytes).src, seen(&out.bytes).dst) == (dst, src) =>
+                {
+                    let s = seen(&out.bytes);
+                    if s.tcp_flags & RST != 0 || s.icmp == Some((3, 3)) {
+                        "REJECT".to_string()
+                    } else {
+                        format!("answered {s:?}")
+                    }
+                }
+                Verdict::Tx { .. } => {
+                    let (s, d, p, _) = delivered(&out);
+                    if (d, p) == (dst, dport) {
+                        String::new()
+                    } else {
+                        let masqueraded = s != src;
+                        if masqueraded != masq {
+                            problem = Some(format!("masq {masqueraded}"));
+                        }
+                        if masqueraded && s != OVERLAY_A {
+                            problem = Some(format!("masqueraded to {s}"));
+                        }
+                        reached.insert((d, p));
+                        continue;
+                    }
+                }
+                v => format!("{v:?}"),
+            };
+            let want_plain = match output {
+                "DROP" => got.starts_with("DROP"),
+                "REJECT" | "" => got == output,
+                _ => false,
+            };
+            if !want_plain {
+                problem = Some(got);
+            }
+        }
+        if output != "DROP" && output != "REJECT" && !output.is_empty() {
+            let want = map.endpoints(output);
+            if reached != want {
+                problem.get_or_insert(format!("reached {reached:?}, want {want:?}"));
+            }
+        }
+        if let Some(p) = problem {
+            wrong.push(format!(
+                "{name}: expected {output:?} masq {masq}, nodeplane: {p}"
+            ));
+        }
+    }
+    wrong
+}
+
+fn port(
+    name: &str,
+    proto: L4Proto,
+    port: u16,
+    node_port: Option<u16>,
+    eps: &[(Ipv4Addr, u16, &str)],
+) -> ServicePortSpec {
+    ServicePortSpec {
+        name: name.into(),
+        proto,
+        port,
+        node_port,
+        endpoints: eps
+            .iter()
+            .map(|(a, p, n)| {
+                let mut e = ep(*a, *p, "x");
+                e.node_name = (!n.is_empty()).then(|| (*n).to_string());
+                e
+            })
+            .collect(),
+    }
+}
+
+fn service(ns: &str, name: &str, cluster_ip: Ipv4Addr, ports: Vec<ServicePortSpec>) -> ServiceSpec {
+    ServiceSpec {
+        namespace: ns.into(),
+        name: name.into(),
+        cluster_ips: vec![cluster_ip],
+        ports,
+        ..ServiceSpec::default()
+    }
+}
+
+/// node-a as the Go fake proxier's node: the host interface, the cluster
+/// CIDR as the local-traffic detector, NodePorts on the node IP only.
+fn tables(services: Vec<ServiceSpec>) -> Snapshot {
+    let mut spec = world(services);
+    spec.node.name = "test-node".into();
+    spec.node.host_if = Some(PodHop {
+        mac: KERNEL_MAC,
+        host_mac: HOST_MAC,
+        host_ifindex: HOST_IF,
+    });
+    spec.node.nodeport_cidrs = vec!["198.18.0.2/32".parse().unwrap()];
+    spec.masquerade.local = LocalTraffic::Cidrs(vec!["198.19.0.0/16".parse().unwrap()]);
+    snap(spec, 1)
+}
+
+/// TestClusterIPGeneral.
+#[test]
+fn cluster_ip_general() {
+    let m = Remap::new(&[
+        ("172.30.0.41", "198.18.96.41"),
+        ("172.30.0.42", "198.18.96.42"),
+        ("172.30.0.50", "198.18.96.50"),
+        ("10.180.0.1", "198.19.1.10"),
+        ("10.180.0.2", "198.19.1.11"),
+        ("10.180.2.1", "198.19.3.10"),
+    ]);
+    let (e1, e2) = (m.ip("10.180.0.1"), m.ip("10.180.2.1"));
+    let both = |p: u16| [(e1, p, "test-node"), (e2, p, "node2")];
+    let tcp = L4Proto::Tcp;
+    let s = tables(vec![
+        service(
+            "ns1",
+            "svc1",
+            m.ip("172.30.0.41"),
+            vec![port("http", tcp, 80, None, &[(e1, 80, "test-node")])],
+        ),
+        service(
+            "ns2",
+            "svc2",
+            m.ip("172.30.0.42"),
+            vec![
+                port("http", tcp, 80, None, &both(80)),
+                port("https", tcp, 443, None, &both(8443)),
+                port("dns-udp", L4Proto::Udp, 53, None, &both(53)),
+                port("dns-tcp", tcp, 53, None, &both(5353)),
+                port("dns-sctp", L4Proto::Sctp, 53, None, &both(53)),
+            ],
+        ),
+    ]);
+    #[rustfmt::skip]
+    let flows: &[Flow] = &[
+        ("simple clusterIP", "10.180.0.2", tcp, "172.30.0.41", 80, "10.180.0.1:80", false),
+        ("hairpin to cluster IP", "10.180.0.1", tcp, "172.30.0.41", 80, "10.180.0.1:80", true),
+        ("clusterIP with multiple endpoints", "10.180.0.2", tcp, "172.30.0.42", 80, "10.180.0.1:80, 10.180.2.1:80", false),
+        ("clusterIP with TargetPort", "10.180.0.2", tcp, "172.30.0.42", 443, "10.180.0.1:8443, 10.180.2.1:8443", false),
+        ("clusterIP with TCP, UDP, and SCTP on same port (TCP)", "10.180.0.2", tcp, "172.30.0.42", 53, "10.180.0.1:5353, 10.180.2.1:5353", false),
+        ("clusterIP with TCP, UDP, and SCTP on same port (TCP)", "10.180.0.2", L4Proto::Udp, "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", false),
+        ("clusterIP with TCP, UDP, and SCTP on same port (SCTP)", "10.180.0.2", L4Proto::Sctp, "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53", false),
+        ("TCP-only port does not match UDP traffic", "10.180.0.2", L4Proto::Udp, "172.30.0.42", 80, "REJECT", false),
+        ("svc1 does not accept svc2's ports", "10.180.0.2", tcp, "172.30.0.41", 443, "REJECT", false),
+        ("packet to unallocated cluster ip", "10.180.0.2", tcp, "172.30.0.50", 80, "DROP", false),
+    ];
+    let wrong = replay(&s, &m, &[NODE_A], flows);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} flows differ from kube-proxy:\n{}",
+        wrong.len(),
+        flows.len(),
+        wrong.join("\n")
+    );
+}
+
+/// TestLoadBalancer.
+#[test]
+fn load_balancer() {
+    let m = Remap::new(&[
+        ("172.30.0.41", "198.18.96.41"),
+        ("1.2.3.4", "198.18.151.1"),
+        ("5.6.7.8", "198.18.151.2"),
+        ("10.180.0.1", "198.19.3.10"),
+        ("10.0.0.2", "198.19.1.11"),
+        ("203.0.113.2", "198.18.200.10"),
+        ("203.0.113.130", "198.18.200.130"),
+        ("192.168.0.2", "198.18.0.2"),
+    ]);
+    let tcp = L4Proto::Tcp;
+    let mut svc1 = service(
+        "ns1",
+        "svc1",
+        m.ip("172.30.0.41"),
+        vec![port(
+            "p80",
+            tcp,
+            80,
+            Some(3001),
+            &[(m.ip("10.180.0.1"), 80, "")],
+        )],
+    );
+    svc1.load_balancer_ips = vec![m.ip("1.2.3.4"), m.ip("5.6.7.8")];
+    // "192.168.0.0/24", " 203.0.113.0/25"
+    svc1.source_ranges = vec![
+        "198.18.0.0/24".parse().unwrap(),
+        "198.18.200.0/25".parse().unwrap(),
+    ];
+    let s = tables(vec![svc1]);
+    let (ep, ext, blocked, node) = (
+        "10.180.0.1:80",
+        "203.0.113.2",
+        "203.0.113.130",
+        "192.168.0.2",
+    );
+    #[rustfmt::skip]
+    let flows: &[Flow] = &[
+        ("pod to cluster IP", "10.0.0.2", tcp, "172.30.0.41", 80, ep, false),
+        ("external to nodePort", ext, tcp, node, 3001, ep, true),
+        ("nodePort bypasses LoadBalancerSourceRanges", blocked, tcp, node, 3001, ep, true),
+        ("accepted external to LB1", ext, tcp, "1.2.3.4", 80, ep, true),
+        ("accepted external to LB2", ext, tcp, "5.6.7.8", 80, ep, true),
+        ("blocked external to LB1", blocked, tcp, "1.2.3.4", 80, "DROP", false),
+        ("blocked external to LB2", blocked, tcp, "5.6.7.8", 80, "DROP", false),
+        ("pod to LB1 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", tcp, "1.2.3.4", 80, "DROP", false),
+        ("pod to LB2 (blocked by LoadBalancerSourceRanges)", "10.0.0.2", tcp, "5.6.7.8", 80, "DROP", false),
+        ("node to LB1 (allowed by LoadBalancerSourceRanges)", node, tcp, "1.2.3.4", 80, ep, true),
+        ("node to LB2 (allowed by LoadBalancerSourceRanges)", node, tcp, "5.6.7.8", 80, ep, true),
+        ("same node to LB1, SNATted to LB1 (implicitly allowed)", "1.2.3.4", tcp, "1.2.3.4", 80, ep, true),
+        ("same node to LB2, SNATted to LB2 (implicitly allowed)", "5.6.7.8", tcp, "5.6.7.8", 80, ep, true),
+    ];
+    let host = [NODE_A, m.ip("1.2.3.4"), m.ip("5.6.7.8")];
+    let wrong = replay(&s, &m, &host, flows);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} flows differ from kube-proxy:\n{}",
+        wrong.len(),
+        flows.len(),
+        wrong.join("\n")
+    );
+}
