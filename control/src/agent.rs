@@ -58,11 +58,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()).stop(),
         Err(shared_pool) => lock(&shared_pool).stop_in_place(),
     }
-    if settings.host_interface {
-        if let Err(e) = crate::hostif::HostInterface::remove() {
-            warn!("removing the host interface: {e}");
-        }
-    }
     result
 }
 
@@ -136,6 +131,10 @@ fn run_with_pool(
     let host_if = if settings.host_interface {
         host_interface(uplink, state, pool)
     } else {
+        // One a previous agent left (it crashed, or ran with it on).
+        if let Err(e) = crate::hostif::HostInterface::remove() {
+            warn!("removing a stale host interface: {e}");
+        }
         None
     };
     let cfg = LocalConfig {
@@ -183,7 +182,7 @@ fn run_with_pool(
         .on_thread_start(move || pin_to_any(&control_cores))
         .build()
         .context("starting the control runtime")?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let status_task = tokio::spawn({
             let (addr, st, stop) = (settings.status_addr, state.clone(), stop_rx.clone());
@@ -231,7 +230,16 @@ fn run_with_pool(
         let _ = tokio::time::timeout(Duration::from_secs(3), steer_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(3), control_task).await;
         outcome
-    })
+    });
+    if let Some(h) = &host_if {
+        // Detached and closed first, then removed with its routes (nph1
+        // forwards nothing meanwhile, so no packet loops between the ends).
+        lock(pool).remove_interface(h.ifindex);
+        if let Err(e) = crate::hostif::HostInterface::remove() {
+            warn!("removing the host interface: {e}");
+        }
+    }
+    result
 }
 
 /// How many queues of an attached interface the workers poll.
@@ -403,7 +411,8 @@ async fn steering_loop(
             }
             if let Some(h) = &host_if {
                 // The node's routes to what nodeplane serves: the Service
-                // CIDRs and the frontend addresses outside them.
+                // CIDRs and the frontend addresses outside them. A failure is
+                // tried again on the next tick (`last` is not updated).
                 let mut want: std::collections::BTreeSet<shared::Ipv4Cidr> =
                     params.service_cidrs.iter().copied().collect();
                 want.extend(
@@ -416,9 +425,15 @@ async fn steering_loop(
                 let src = uplink_ip;
                 let r = tokio::task::spawn_blocking(move || h.set_routes(&want, src)).await;
                 match r {
-                    Ok(Err(e)) => warn!("routing Services via the host interface: {e}"),
-                    Err(e) => warn!("routing Services via the host interface: {e}"),
                     Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!("routing Services via the host interface: {e}");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!("routing Services via the host interface: {e}");
+                        continue;
+                    }
                 }
             }
             last = Some(params);

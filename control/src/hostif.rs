@@ -34,6 +34,11 @@ pub const NODEPLANE_END: &str = "nph1";
 /// permanent (`nph1`'s MAC).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
 
+/// The metric of nodeplane's routes: its own, so replacing one never
+/// replaces a route of the same prefix someone else installed (metric 0
+/// usually), which then keeps precedence.
+const ROUTE_METRIC: u32 = 95;
+
 /// The pair as the agent and the tables need it.
 #[derive(Debug)]
 pub struct HostInterface {
@@ -87,6 +92,18 @@ impl HostInterface {
                 format!("creating the veth pair {KERNEL_END} / {NODEPLANE_END}"),
                 nl.handle.link().add(pair).execute(),
             )?;
+            let made = Self::configure(nl);
+            if made.is_err() {
+                // Half set up: not left behind.
+                let _ = nl.delete_link(KERNEL_END);
+            }
+            made
+        })
+    }
+
+    /// `create` once the pair exists.
+    fn configure(nl: &Netlink) -> Result<HostInterface, CniError> {
+        {
             let find = |name: &str| {
                 nl.link(name)?
                     .ok_or_else(|| CniError::Check(format!("{name} vanished")))
@@ -97,6 +114,9 @@ impl HostInterface {
             set_tx_checksum(KERNEL_END, false)?;
             set_tx_checksum(NODEPLANE_END, false)?;
             write_sysctl(&format!("net/ipv4/conf/{KERNEL_END}/rp_filter"), "0")?;
+            // What arrives on nph1 while no socket takes it (the agent was
+            // killed) is dropped, never routed back out of nph0 in a loop.
+            write_sysctl(&format!("net/ipv4/conf/{NODEPLANE_END}/forwarding"), "0")?;
             nl.run(
                 format!("adding the neighbour entry for {GATEWAY} on {KERNEL_END}"),
                 nl.handle
@@ -113,7 +133,7 @@ impl HostInterface {
                 kernel_ifindex: k.ifindex,
                 routes: Mutex::new(BTreeSet::new()),
             })
-        })
+        }
     }
 
     /// Makes the routes via the pair exactly `want`, each with `src` as the
@@ -134,6 +154,7 @@ impl HostInterface {
                 .gateway(GATEWAY)
                 .output_interface(kernel_ifindex)
                 .onlink()
+                .priority(ROUTE_METRIC)
                 .protocol(RouteProtocol::Static);
             if let Some(ip) = src {
                 b = b.pref_source(ip);
@@ -141,12 +162,18 @@ impl HostInterface {
             b.build()
         };
         let stale: Vec<Ipv4Cidr> = have.difference(want).copied().collect();
-        with_netlink(|nl| {
+        // What is in place afterwards, also when a request failed half way
+        // (the caller tries again).
+        let (installed, result) = with_netlink(|nl| {
+            let mut installed = have.clone();
             for c in want {
-                nl.run(
+                if let Err(e) = nl.run(
                     format!("adding the route to {c} via {KERNEL_END}"),
                     nl.handle.route().add(route(c)).replace().execute(),
-                )?;
+                ) {
+                    return Ok((installed, Err(e)));
+                }
+                installed.insert(*c);
             }
             for c in &stale {
                 // Gone already (the interface was reset): fine.
@@ -154,11 +181,12 @@ impl HostInterface {
                     format!("removing the route to {c}"),
                     nl.handle.route().del(route(c)).execute(),
                 );
+                installed.remove(c);
             }
-            Ok(())
+            Ok((installed, Ok(())))
         })?;
-        *have = want.clone();
-        Ok(())
+        *have = installed;
+        result
     }
 
     /// Removes the pair, and with `nph0` its neighbour entry and routes.

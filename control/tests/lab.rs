@@ -301,6 +301,24 @@ fn lab_the_node_itself_reaches_clusterips() {
     let a = eventually(5, || udp_roundtrip(&lab.ns("a"), sa(dns, 53), "hq"))
         .unwrap_or_else(|e| panic!("node → DNS ClusterIP: {e}\n{}", lab.agent_log("a")));
     assert!(!pod_of(&a).is_empty());
+    // A crash leaves the pair (nph1 forwards nothing, so nothing loops); the
+    // next agent replaces it and the node's connections work again.
+    let mut lab = lab;
+    lab.kill_agent("a");
+    let links = run_ok(Command::new("ip").args(["-n", &lab.ns("a"), "-o", "link", "show"]));
+    assert!(
+        links.contains("nph0"),
+        "a killed agent cleans nothing up: {links}"
+    );
+    lab.start_agent("a", &[]);
+    let answer =
+        eventually(10, || tcp_line(&lab.ns("a"), sa(web, 80), "again")).unwrap_or_else(|e| {
+            panic!(
+                "node → ClusterIP after a restart: {e}\n{}",
+                lab.agent_log("a")
+            )
+        });
+    assert!(client_of(&answer).starts_with("198.19.1.0:"), "{answer}");
 }
 
 fn run_ok(cmd: &mut Command) -> String {

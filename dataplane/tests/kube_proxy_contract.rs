@@ -291,6 +291,13 @@ fn the_nodes_own_connections_to_services() {
         backends.contains(&A1) && backends.contains(&B1) && backends.contains(&K1),
         "{backends:?}"
     );
+    // Only those replies go to the host interface: a VXLAN frame from another
+    // node to node-a's own or overlay address (no flow of the node's) does not.
+    for to in [NODE_A, OVERLAY_A] {
+        let inner = frame(VTEP_B, VTEP_A, B1, to, syn(41000, 22), 64);
+        let out = Worker::default().run(&s, UPLINK, &vxlan(NODE_B, MAC_B, 1, 0x08, &inner));
+        assert_eq!(out.verdict, Verdict::Pass, "to {to}");
+    }
 }
 
 /// kube-proxy's nodePortAddresses: NodePorts answer only on the node IPs

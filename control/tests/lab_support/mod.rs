@@ -231,6 +231,14 @@ impl Lab {
         false
     }
 
+    /// SIGKILL to the agent (a crash: it cleans nothing up), and waits for it.
+    pub fn kill_agent(&mut self, node: &str) {
+        if let Some((mut child, _)) = self.agents.remove(node) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// GET `path` from the agent's status endpoint inside its namespace.
     pub fn http(&self, node: &str, path: &str) -> Option<(u16, String)> {
         let path = path.to_string();

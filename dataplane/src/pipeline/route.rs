@@ -47,17 +47,19 @@ pub(super) fn route(
     }
     let own = snap.node();
     if snap.is_own_ip(dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
-        // To the node itself (a reply to its own connection to a Service,
-        // restored): through the host interface, which the kernel receives
-        // as from the Service. Without one, the kernel's.
+        // A reply to the node's own connection to a Service, restored (its
+        // flow's client MAC is the host interface's kernel end): out of the
+        // host interface, which the kernel receives as from the Service.
+        // Anything else to the node's addresses is the kernel's, never sent
+        // to it by nodeplane.
         return match own.host_if {
-            Some(h) => {
+            Some(h) if fallback_mac == Some(h.mac) => {
                 set_macs(f, &h.mac, &h.host_mac);
                 Verdict::Tx {
                     ifindex: h.host_ifindex,
                 }
             }
-            None => Verdict::Pass,
+            _ => Verdict::Pass,
         };
     }
     if snap.in_local_pod_cidr(dst) {

@@ -161,10 +161,16 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     }
     // A client that reached a frontend over the uplink: remember its MAC for
     // the replies (the kernel may not have it as a neighbour yet).
-    let client_mac = (!p.decapped && f.ifindex == snap.node().uplink_ifindex)
-        .then(|| EthernetHeader::new_checked(f.data()).map(|e| e.src()))
-        .flatten()
-        .filter(|m| m != &[0; 6] && m[0] & 1 == 0);
+    let client_mac = if from_host {
+        // The node itself: its replies go back out of the host interface, to
+        // the kernel's end (`route::route`).
+        snap.node().host_if.map(|h| h.mac)
+    } else {
+        (!p.decapped && f.ifindex == snap.node().uplink_ifindex)
+            .then(|| EthernetHeader::new_checked(f.data()).map(|e| e.src()))
+            .flatten()
+            .filter(|m| m != &[0; 6] && m[0] & 1 == 0)
+    };
     let meta = FlowMeta {
         backend: Some((bip, backend.port)),
         snat: masq,
