@@ -548,3 +548,217 @@ fn external_traffic_policy_cluster() {
         wrong.join("\n")
     );
 }
+
+/// TestInternalExternalMasquerade: three LoadBalancer Services (eTP=Cluster,
+/// eTP=Local, iTP=Local), each with an endpoint here and one on "remote", and
+/// 27 flows from a pod, the node and an external client, under the Go test's
+/// four settings (base; no local-traffic detector; masqueradeAll; both), its
+/// overrides applied as it applies them.
+///
+/// Not replayed: "node to NodePort" (3 rows per setting; the kernel delivers
+/// the node's packets to its own address locally, nodeplane never sees them).
+/// Known difference, asserted as nodeplane does it: without a detector
+/// kube-proxy leaves the node's ClusterIP connections unmasqueraded (its
+/// conntrack restores their replies in the kernel); nodeplane masquerades
+/// every node connection, so the reply comes back through it (3 rows).
+#[test]
+fn internal_external_masquerade() {
+    let m = Remap::new(&[
+        ("172.30.0.41", "198.18.96.41"),
+        ("172.30.0.42", "198.18.96.42"),
+        ("172.30.0.43", "198.18.96.43"),
+        ("1.2.3.4", "198.18.151.1"),
+        ("5.6.7.8", "198.18.151.2"),
+        ("9.10.11.12", "198.18.151.3"),
+        ("10.180.0.1", "198.19.1.10"),
+        ("10.180.0.2", "198.19.1.12"),
+        ("10.180.0.3", "198.19.1.13"),
+        ("10.180.1.1", "198.19.3.11"),
+        ("10.180.1.2", "198.19.3.12"),
+        ("10.180.1.3", "198.19.3.13"),
+        ("10.0.0.2", "198.19.1.11"),
+        ("203.0.113.2", "198.18.200.10"),
+        ("192.168.0.2", "198.18.0.2"),
+    ]);
+    let tcp = L4Proto::Tcp;
+    let svc = |n: &str, cip: &str, np: u16, lb: &str, here: &str, remote: &str| {
+        let mut s = service(
+            &format!("ns{n}"),
+            &format!("svc{n}"),
+            m.ip(cip),
+            vec![port(
+                "p80",
+                tcp,
+                80,
+                Some(np),
+                &[(m.ip(here), 80, "test-node"), (m.ip(remote), 80, "remote")],
+            )],
+        );
+        s.load_balancer_ips = vec![m.ip(lb)];
+        s
+    };
+    let svc1 = svc(
+        "1",
+        "172.30.0.41",
+        3001,
+        "1.2.3.4",
+        "10.180.0.1",
+        "10.180.1.1",
+    );
+    let mut svc2 = svc(
+        "2",
+        "172.30.0.42",
+        3002,
+        "5.6.7.8",
+        "10.180.0.2",
+        "10.180.1.2",
+    );
+    svc2.external_local = true;
+    svc2.health_check_node_port = Some(30002);
+    let mut svc3 = svc(
+        "3",
+        "172.30.0.43",
+        3003,
+        "9.10.11.12",
+        "10.180.0.3",
+        "10.180.1.3",
+    );
+    svc3.internal_local = true;
+    let (pod, node, ext) = ("10.0.0.2", "192.168.0.2", "203.0.113.2");
+    let (all1, all2, all3) = (
+        "10.180.0.1:80, 10.180.1.1:80",
+        "10.180.0.2:80, 10.180.1.2:80",
+        "10.180.0.3:80, 10.180.1.3:80",
+    );
+    #[rustfmt::skip]
+    let base: Vec<Flow> = vec![
+        ("pod to ClusterIP", pod, tcp, "172.30.0.41", 80, all1, false),
+        ("pod to NodePort", pod, tcp, node, 3001, all1, true),
+        ("pod to LB", pod, tcp, "1.2.3.4", 80, all1, true),
+        ("node to ClusterIP", node, tcp, "172.30.0.41", 80, all1, true),
+        ("node to LB", node, tcp, "1.2.3.4", 80, all1, true),
+        ("external to ClusterIP", ext, tcp, "172.30.0.41", 80, all1, true),
+        ("external to NodePort", ext, tcp, node, 3001, all1, true),
+        ("external to LB", ext, tcp, "1.2.3.4", 80, all1, true),
+        ("pod to ClusterIP with eTP:Local", pod, tcp, "172.30.0.42", 80, all2, false),
+        ("pod to NodePort with eTP:Local", pod, tcp, node, 3002, all2, false),
+        ("pod to LB with eTP:Local", pod, tcp, "5.6.7.8", 80, all2, false),
+        ("node to ClusterIP with eTP:Local", node, tcp, "172.30.0.42", 80, all2, true),
+        ("node to LB with eTP:Local", node, tcp, "5.6.7.8", 80, all2, true),
+        ("external to ClusterIP with eTP:Local", ext, tcp, "172.30.0.42", 80, all2, true),
+        ("external to NodePort with eTP:Local", ext, tcp, node, 3002, "10.180.0.2:80", false),
+        ("external to LB with eTP:Local", ext, tcp, "5.6.7.8", 80, "10.180.0.2:80", false),
+        ("pod to ClusterIP with iTP:Local", pod, tcp, "172.30.0.43", 80, "10.180.0.3:80", false),
+        ("pod to NodePort with iTP:Local", pod, tcp, node, 3003, all3, true),
+        ("pod to LB with iTP:Local", pod, tcp, "9.10.11.12", 80, all3, true),
+        ("node to ClusterIP with iTP:Local", node, tcp, "172.30.0.43", 80, "10.180.0.3:80", true),
+        ("node to LB with iTP:Local", node, tcp, "9.10.11.12", 80, all3, true),
+        ("external to ClusterIP with iTP:Local", ext, tcp, "172.30.0.43", 80, "10.180.0.3:80", true),
+        ("external to NodePort with iTP:Local", ext, tcp, node, 3003, all3, true),
+        ("external to LB with iTP:Local", ext, tcp, "9.10.11.12", 80, all3, true),
+    ];
+    // (name, output override, masq override), as the Go test's overrides.
+    type Override = (&'static str, Option<&'static str>, Option<bool>);
+    let no_detector: &[Override] = &[
+        ("node to ClusterIP", None, Some(false)),
+        ("node to ClusterIP with eTP:Local", None, Some(false)),
+        ("node to ClusterIP with iTP:Local", None, Some(false)),
+        ("external to ClusterIP", None, Some(false)),
+        ("external to ClusterIP with eTP:Local", None, Some(false)),
+        ("external to ClusterIP with iTP:Local", None, Some(false)),
+        (
+            "pod to NodePort with eTP:Local",
+            Some("10.180.0.2:80"),
+            None,
+        ),
+        ("pod to LB with eTP:Local", Some("10.180.0.2:80"), None),
+    ];
+    let masq_all: &[Override] = &[
+        ("pod to ClusterIP", None, Some(true)),
+        ("pod to ClusterIP with eTP:Local", None, Some(true)),
+        ("pod to ClusterIP with iTP:Local", None, Some(true)),
+    ];
+    let both: Vec<Override> = masq_all
+        .iter()
+        .chain(no_detector.iter().filter(|o| o.1.is_some()))
+        .copied()
+        .collect();
+    // nodeplane masquerades every connection of the node (see above).
+    let node_always_masqueraded = [
+        "node to ClusterIP",
+        "node to ClusterIP with eTP:Local",
+        "node to ClusterIP with iTP:Local",
+    ];
+    let (mut replayed, mut differ) = (0, 0);
+    for (case, all, detector, overrides) in [
+        ("base", false, true, &[][..]),
+        ("no LocalTrafficDetector", false, false, no_detector),
+        ("masqueradeAll", true, true, masq_all),
+        (
+            "masqueradeAll, no LocalTrafficDetector",
+            true,
+            false,
+            &both[..],
+        ),
+    ] {
+        let mut spec = world(vec![svc1.clone(), svc2.clone(), svc3.clone()]);
+        spec.node.name = "test-node".into();
+        spec.node.host_if = Some(PodHop {
+            mac: KERNEL_MAC,
+            host_mac: HOST_MAC,
+            host_ifindex: HOST_IF,
+        });
+        spec.node.nodeport_cidrs = vec!["198.18.0.2/32".parse().unwrap()];
+        for (i, last) in [(12u32, 12u8), (13, 13)] {
+            spec.local_pods.push(shared::snapshot::PodRoute {
+                ip: Ipv4Addr::new(198, 19, 1, last),
+                mac: [2, 0xa0, 0, 0, last, 1],
+                host_ifindex: i,
+                host_mac: [2, 0xa0, 0, 0, last, 2],
+                name: String::new(),
+            });
+        }
+        spec.masquerade.all = all;
+        spec.masquerade.local = if detector {
+            LocalTraffic::Cidrs(vec!["198.19.0.0/16".parse().unwrap()])
+        } else {
+            LocalTraffic::None
+        };
+        let s = snap(spec, 1);
+        let mut flows = base.clone();
+        for &(name, output, masq) in overrides {
+            let f = flows
+                .iter_mut()
+                .find(|f| f.0 == name)
+                .unwrap_or_else(|| panic!("override {name} matches no flow"));
+            if let Some(o) = output {
+                assert_ne!(f.5, o, "{name}: the override changes the output");
+                f.5 = o;
+            }
+            if let Some(q) = masq {
+                assert_ne!(f.6, q, "{name}: the override changes masq");
+                f.6 = q;
+            }
+        }
+        // Where kube-proxy leaves them unmasqueraded (no detector, no
+        // masqueradeAll): the known difference.
+        for f in flows
+            .iter_mut()
+            .filter(|f| node_always_masqueraded.contains(&f.0) && !f.6)
+        {
+            assert!(!detector && !all, "{case}: {}", f.0);
+            f.6 = true;
+            differ += 1;
+        }
+        replayed += flows.len();
+        let wrong = replay(&s, &m, &[NODE_A], &flows);
+        assert!(
+            wrong.is_empty(),
+            "{case}: {} of {} flows differ from kube-proxy:\n{}",
+            wrong.len(),
+            flows.len(),
+            wrong.join("\n")
+        );
+    }
+    assert_eq!((replayed, differ), (4 * 24, 3));
+}
