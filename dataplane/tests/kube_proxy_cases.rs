@@ -762,3 +762,128 @@ fn internal_external_masquerade() {
     }
     assert_eq!((replayed, differ), (4 * 24, 3));
 }
+
+/// One endpoint of the terminating-endpoint tests: address, ready, serving,
+/// terminating, on this node.
+type Ep = (&'static str, bool, bool, bool, bool);
+
+/// TestTerminatingEndpointsTrafficPolicyLocal and ...Cluster: one
+/// LoadBalancer Service, its endpoints in various conditions per case. An
+/// endpoint on this node is a pod of node-a (198.19.1.2x), one elsewhere a pod
+/// of node-b (198.19.3.2x).
+fn terminating_case(local_policy: bool, case: &str, eps: &[Ep], flows: &[Flow]) {
+    let mut pairs: Vec<(&'static str, String)> = vec![
+        ("172.30.1.1", "198.18.97.1".into()),
+        ("1.2.3.4", "198.18.151.1".into()),
+        ("10.0.0.2", "198.19.1.11".into()),
+        ("203.0.113.2", "198.18.200.10".into()),
+    ];
+    for &(a, _, _, _, here) in eps {
+        let last: u8 = a.rsplit('.').next().unwrap().parse().unwrap();
+        let net = if here { "198.19.1" } else { "198.19.3" };
+        pairs.push((a, format!("{net}.{}", 20 + last)));
+    }
+    let pairs_ref: Vec<(&'static str, &str)> =
+        pairs.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let m = Remap::new(&pairs_ref);
+    let mut svc = service(
+        "ns1",
+        "svc1",
+        m.ip("172.30.1.1"),
+        vec![port("", L4Proto::Tcp, 80, Some(3001), &[])],
+    );
+    svc.load_balancer_ips = vec![m.ip("1.2.3.4")];
+    svc.external_local = local_policy;
+    for &(a, ready, serving, terminating, here) in eps {
+        let mut e = ep(m.ip(a), 80, if here { "test-node" } else { "node-1" });
+        (e.ready, e.serving, e.terminating) = (ready, serving, terminating);
+        svc.ports[0].endpoints.push(e);
+    }
+    let mut spec = world(vec![svc]);
+    spec.node.name = "test-node".into();
+    spec.masquerade.local = LocalTraffic::Cidrs(vec!["198.19.0.0/16".parse().unwrap()]);
+    for &(a, _, _, _, here) in eps {
+        let ip = m.ip(a);
+        if here && !spec.local_pods.iter().any(|p| p.ip == ip) {
+            let last = ip.octets()[3];
+            spec.local_pods.push(shared::snapshot::PodRoute {
+                ip,
+                mac: [2, 0xa0, 0, 0, last, 1],
+                host_ifindex: u32::from(last),
+                host_mac: [2, 0xa0, 0, 0, last, 2],
+                name: String::new(),
+            });
+        }
+    }
+    let wrong = replay(&snap(spec, 1), &m, &[NODE_A], flows);
+    assert!(
+        wrong.is_empty(),
+        "{case}: {} of {} flows differ from kube-proxy:\n{}",
+        wrong.len(),
+        flows.len(),
+        wrong.join("\n")
+    );
+}
+
+// In "no usable endpoints on any node" the Go test lists 10.0.1.5 twice, on
+// this node and on node-1; here the second is 10.0.1.6 (one address cannot be
+// a pod of both nodes in one world). Neither is serving, so neither is used.
+#[test]
+fn terminating_endpoints_traffic_policy_local() {
+    let (pod, ext, tcp) = ("10.0.0.2", "203.0.113.2", L4Proto::Tcp);
+    #[rustfmt::skip]
+    let cases: &[(&str, &[Ep], &[Flow])] = &[
+        ("ready endpoints exist",
+         &[("10.0.1.1", true, true, false, true), ("10.0.1.2", true, true, false, true), ("10.0.1.3", false, true, true, true), ("10.0.1.4", false, false, true, true), ("10.0.1.5", true, true, false, false)],
+         &[("pod to clusterIP", pod, tcp, "172.30.1.1", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", false),
+           ("external to LB", ext, tcp, "1.2.3.4", 80, "10.0.1.1:80, 10.0.1.2:80", false)]),
+        ("only terminating endpoints exist",
+         &[("10.0.1.2", false, true, true, true), ("10.0.1.3", false, true, true, true), ("10.0.1.4", false, false, true, true), ("10.0.1.5", true, true, false, false)],
+         &[("pod to clusterIP", pod, tcp, "172.30.1.1", 80, "10.0.1.5:80", false),
+           ("external to LB", ext, tcp, "1.2.3.4", 80, "10.0.1.2:80, 10.0.1.3:80", false)]),
+        ("terminating endpoints on remote node",
+         &[("10.0.1.5", false, true, true, false)],
+         &[("pod to clusterIP", pod, tcp, "172.30.1.1", 80, "10.0.1.5:80", false),
+           ("external to LB, no locally-usable endpoints", ext, tcp, "1.2.3.4", 80, "DROP", false)]),
+        ("no usable endpoints on any node",
+         &[("10.0.1.5", false, false, true, true), ("10.0.1.6", false, false, true, false)],
+         &[("pod to clusterIP, no usable endpoints", pod, tcp, "172.30.1.1", 80, "REJECT", false),
+           ("external to LB, no usable endpoints", ext, tcp, "1.2.3.4", 80, "REJECT", false)]),
+        ("endpoints deleted", &[],
+         &[("pod to clusterIP after endpoints deleted", pod, tcp, "172.30.1.1", 80, "REJECT", false),
+           ("external to LB after endpoints deleted", ext, tcp, "1.2.3.4", 80, "REJECT", false)]),
+    ];
+    for (case, eps, flows) in cases {
+        terminating_case(true, case, eps, flows);
+    }
+}
+
+#[test]
+fn terminating_endpoints_traffic_policy_cluster() {
+    let (pod, ext, tcp) = ("10.0.0.2", "203.0.113.2", L4Proto::Tcp);
+    #[rustfmt::skip]
+    let cases: &[(&str, &[Ep], &[Flow])] = &[
+        ("ready endpoints exist",
+         &[("10.0.1.1", true, true, false, true), ("10.0.1.2", true, true, false, true), ("10.0.1.3", false, true, true, false), ("10.0.1.4", false, false, true, false), ("10.0.1.5", true, true, false, false)],
+         &[("pod to clusterIP", pod, tcp, "172.30.1.1", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", false),
+           ("external to LB", ext, tcp, "1.2.3.4", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.5:80", true)]),
+        ("only terminating endpoints exist",
+         &[("10.0.1.2", false, true, true, true), ("10.0.1.3", false, true, true, true), ("10.0.1.4", false, false, true, false), ("10.0.1.5", false, true, true, false)],
+         &[("pod to clusterIP", pod, tcp, "172.30.1.1", 80, "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80", false),
+           ("external to LB", ext, tcp, "1.2.3.4", 80, "10.0.1.2:80, 10.0.1.3:80, 10.0.1.5:80", true)]),
+        ("terminating endpoints on remote node",
+         &[("10.0.1.5", false, true, true, false)],
+         &[("pod to clusterIP", pod, tcp, "172.30.1.1", 80, "10.0.1.5:80", false),
+           ("external to LB", ext, tcp, "1.2.3.4", 80, "10.0.1.5:80", true)]),
+        ("no usable endpoints on any node",
+         &[("10.0.1.5", false, false, true, true), ("10.0.1.6", false, false, true, false)],
+         &[("pod to clusterIP", pod, tcp, "172.30.1.1", 80, "REJECT", false),
+           ("external to LB", ext, tcp, "1.2.3.4", 80, "REJECT", false)]),
+        ("endpoints deleted", &[],
+         &[("pod to clusterIP after endpoints deleted", pod, tcp, "172.30.1.1", 80, "REJECT", false),
+           ("external to LB after endpoints deleted", ext, tcp, "1.2.3.4", 80, "REJECT", false)]),
+    ];
+    for (case, eps, flows) in cases {
+        terminating_case(false, case, eps, flows);
+    }
+}
