@@ -132,6 +132,61 @@ fn lab_nodeport_from_an_external_client() {
     );
 }
 
+/// kube-proxy's settings on real stacks: with `--masquerade-all` a pod's
+/// ClusterIP connection reaches its backend from node-a's overlay address;
+/// with `--masquerade-mode remote-only` an external client's NodePort
+/// connection to the local backend keeps the client's address.
+#[test]
+fn lab_masquerade_all_and_remote_only() {
+    let Some(mut lab) = Lab::up("m") else { return };
+    lab.start_agent("a", &["--masquerade-all"]);
+    lab.start_agent("b", &[]);
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    for i in 0..10 {
+        let answer = eventually(5, || {
+            tcp_line(&lab.ns("a2"), sa(web, 80), &format!("ma{i}"))
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "ClusterIP with --masquerade-all: {e}\n{}",
+                lab.agent_log("a")
+            )
+        });
+        assert!(
+            client_of(&answer).starts_with("198.19.1.0:"),
+            "masqueradeAll: the backend sees node-a's overlay address: {answer}"
+        );
+    }
+    assert!(lab.stop_agent("a"), "{}", lab.agent_log("a"));
+    lab.start_agent("a", &["--masquerade-mode", "remote-only"]);
+    let node_a = lab.ip("a");
+    let port: u16 = lab.var("NP_WEB_NODEPORT").parse().unwrap();
+    let mut local_seen = false;
+    for i in 0..40 {
+        let answer = eventually(5, || {
+            tcp_line(&lab.ns("x"), sa(node_a, port), &format!("ro{i}"))
+        })
+        .unwrap_or_else(|e| panic!("NodePort with remote-only: {e}\n{}", lab.agent_log("a")));
+        let client = client_of(&answer);
+        if pod_of(&answer) == "a1" {
+            local_seen = true;
+            assert!(
+                client.starts_with(&lab.ip("x").to_string()),
+                "remote-only: the local backend sees the client: {answer}"
+            );
+        } else {
+            assert!(
+                client.starts_with("198.19.1.0:"),
+                "remote-only: a remote backend sees node-a: {answer}"
+            );
+        }
+    }
+    assert!(
+        local_seen,
+        "the local backend served some of the 40 connections"
+    );
+}
+
 #[test]
 fn lab_service_without_endpoints_rejects() {
     let Some(lab) = both_agents("r") else { return };

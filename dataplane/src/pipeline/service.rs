@@ -9,7 +9,7 @@
 
 use shared::counters::DropReason;
 use shared::snapshot::{Frontend, FrontendKind, MasqueradeMode, Snapshot};
-use shared::wire::ipv4::PROTO_TCP;
+use shared::wire::ipv4::{PROTO_SCTP, PROTO_TCP};
 use shared::wire::l4::ICMP_DST_UNREACHABLE;
 use shared::wire::{
     EthernetHeader, IpAddress, IpProtocol, TcpControl, TcpHeader, TcpPacket, TcpRepr, TcpSeqNumber,
@@ -171,6 +171,14 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
             .flatten()
             .filter(|m| m != &[0; 6] && m[0] & 1 == 0)
     };
+    if key.proto == PROTO_SCTP
+        && p.is_first_fragment()
+        && (rw.sport != key.sport || rw.dport != key.dport)
+    {
+        // Its CRC32c cannot be fixed in a fragment (`rewrite::apply`): no
+        // flow is created for a datagram that cannot be forwarded.
+        return Decision::Done(Verdict::Drop(DropReason::SctpFragment));
+    }
     let meta = FlowMeta {
         backend: Some((bip, backend.port)),
         snat: masq,
