@@ -204,7 +204,8 @@ static __always_inline int is_nodeport(__u8 proto, __u16 port)
 /* An ICMP error to a node IP quoting a packet the node sent from a NodePort
  * (a Service reply) or from a masquerade port or echo id: nodeplane's flow.
  * `l4` points at the ICMP header (8 bytes, checked by the caller). */
-static __always_inline int icmp_error_owned(__u8 *l4, void *end, const struct config *cfg)
+static __always_inline int icmp_error_owned(__u8 *l4, void *end, const struct config *cfg,
+					    int nodeports)
 {
 	if ((void *)(l4 + 8) > end)
 		return 0;
@@ -224,7 +225,8 @@ static __always_inline int icmp_error_owned(__u8 *l4, void *end, const struct co
 	__u16 sport;
 	if (qproto == IPPROTO_TCP || qproto == IPPROTO_UDP || qproto == IPPROTO_SCTP) {
 		sport = ((__u16)ql4[0] << 8) | ql4[1];
-		if (is_nodeport(qproto, sport))
+		/* A NodePort reply left from a node IP NodePorts answer on. */
+		if (nodeports && is_nodeport(qproto, sport))
 			return 1;
 	} else if (qproto == IPPROTO_ICMP && ql4[0] == ICMP_ECHO) {
 		sport = ((__u16)ql4[4] << 8) | ql4[5];
@@ -315,7 +317,8 @@ int nodeplane_steer(struct xdp_md *ctx)
 			if (bpf_map_lookup_elem(&frag_steered, &k))
 				return redirect(ctx, ifc, STAT_REDIRECT_FRAGMENT);
 		}
-		if (icmp_type != 0xff && icmp_error_owned(ip + ihl, end, cfg))
+		if (icmp_type != 0xff &&
+		    icmp_error_owned(ip + ihl, end, cfg, *node_ip & NODE_IP_NODEPORTS))
 			return steer_to_node(ctx, ifc, ip, frag, STAT_REDIRECT_ICMP_ERROR);
 	}
 	int nodeport = 0;

@@ -1249,6 +1249,18 @@ fn steering_program_takes_only_what_nodeplane_owns() {
                 frame(second, "tcp", 61234),
                 "redirect_masquerade_reply",
             ),
+            (
+                "an error about a NodePort reply, to the NodePort address",
+                Uplink,
+                icmp_error(node, 3, "udp", 30053),
+                "redirect_icmp_error",
+            ),
+            (
+                "the same to the other node IP (no NodePort replies leave it)",
+                Uplink,
+                icmp_error(second, 3, "udp", 30053),
+                "pass_not_owned",
+            ),
         ];
         for (what, role, pkt, want) in &narrowed {
             assert_eq!(s.dry_run(*role, pkt).unwrap(), *want, "{what}");
