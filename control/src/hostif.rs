@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::packet_route::route::RouteProtocol;
+use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use shared::{Ipv4Cidr, Mac};
 
@@ -31,8 +31,10 @@ pub const KERNEL_END: &str = "nph0";
 /// nodeplane's end: the XDP program and AF_XDP sockets.
 pub const NODEPLANE_END: &str = "nph1";
 /// The routes' gateway: link-local, never answered, its neighbour entry
-/// permanent (`nph1`'s MAC).
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 42, 1);
+/// permanent (`nph1`'s MAC). Also the source of the node's connections to an
+/// endpoint on its own address (the pipeline's `HOST_LINK_ADDR`), so it has a
+/// route of its own via `nph0`.
+pub const GATEWAY: Ipv4Addr = dataplane::pipeline::HOST_LINK_ADDR;
 
 /// The metric of nodeplane's routes: its own, so replacing one never
 /// replaces a route of the same prefix someone else installed (metric 0
@@ -125,6 +127,17 @@ impl HostInterface {
                     .link_layer_address(&n.mac)
                     .replace()
                     .execute(),
+            )?;
+            // `ip route replace 169.254.42.1/32 dev nph0 scope link`
+            let link = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(GATEWAY, 32)
+                .output_interface(k.ifindex)
+                .scope(RouteScope::Link)
+                .protocol(RouteProtocol::Static)
+                .build();
+            nl.run(
+                format!("adding the route to {GATEWAY} via {KERNEL_END}"),
+                nl.handle.route().add(link).replace().execute(),
             )?;
             Ok(HostInterface {
                 ifindex: n.ifindex,

@@ -132,6 +132,65 @@ fn lab_nodeport_from_an_external_client() {
     );
 }
 
+/// An endpoint on node-a's own address (as the `kubernetes` Service's is on a
+/// control-plane node): a server in node-a's namespace on its node IP, a
+/// Service whose EndpointSlice names it, and connections to the ClusterIP from
+/// a pod (a2) and from node-a itself both reach it, through the host
+/// interface, from its link address 169.254.42.1.
+#[test]
+fn lab_an_endpoint_on_the_nodes_own_address() {
+    let Some(mut lab) = Lab::up("k") else { return };
+    let dir = PathBuf::from(lab.var("NP_LAB_DIR")).join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(repo().join("configs/demo")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let node_a = lab.ip("a");
+    let api: std::net::Ipv4Addr = "198.18.96.30".parse().unwrap();
+    std::fs::write(
+        dir.join("api.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: default}}\n\
+             spec: {{clusterIP: {api}, ports: [{{name: https, protocol: TCP, port: 443, targetPort: 6443}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: api-1, namespace: default, labels: {{kubernetes.io/service-name: api}}}}\n\
+             addressType: IPv4\nports: [{{name: https, protocol: TCP, port: 6443}}]\n\
+             endpoints: [{{addresses: [\"{node_a}\"], conditions: {{ready: true}}, nodeName: node-a}}]\n"
+        ),
+    )
+    .unwrap();
+    let listener = in_netns(&lab.ns("a"), move || {
+        std::net::TcpListener::bind(sa(node_a, 6443)).expect("bind on node-a")
+    })
+    .expect("netns");
+    let server = std::thread::spawn(move || {
+        for s in listener.incoming().take(2).flatten() {
+            let mut s = s;
+            let peer = s.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line);
+            let _ = std::io::Write::write_all(&mut s, format!("node-a {peer}\n").as_bytes());
+        }
+    });
+    lab.start_agent_with_manifests("a", &dir);
+    for who in ["a2", "a"] {
+        let answer = eventually(10, || tcp_line(&lab.ns(who), sa(api, 443), "hello"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{who} → an endpoint on node-a's address: {e}\n{}",
+                    lab.agent_log("a")
+                )
+            });
+        assert_eq!(pod_of(&answer), "node-a", "{answer}");
+        assert!(
+            client_of(&answer).starts_with("169.254.42.1:"),
+            "from the host link address: {answer}"
+        );
+    }
+    server.join().unwrap();
+}
+
 /// kube-proxy's settings on real stacks: with `--masquerade-all` a pod's
 /// ClusterIP connection reaches its backend from node-a's overlay address;
 /// with `--masquerade-mode remote-only` an external client's NodePort

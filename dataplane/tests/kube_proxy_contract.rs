@@ -300,6 +300,119 @@ fn the_nodes_own_connections_to_services() {
     }
 }
 
+/// An endpoint on the node's own address (the `kubernetes` Service on a
+/// control-plane node) is the kernel's: the connection, from a pod or from the
+/// node itself, goes out of the host interface masqueraded to its link
+/// address, and the kernel's reply, arriving back on it, is restored to the
+/// client. An endpoint on another node's address is reached from the node's
+/// underlay address.
+#[test]
+fn endpoints_on_node_addresses_are_reached_through_the_host_interface() {
+    const HOST_IF: u32 = 30;
+    let kernel_mac: Mac = [2, 0xee, 0, 0, 0, 1];
+    let np_mac: Mac = [2, 0xee, 0, 0, 0, 2];
+    let link = dataplane::pipeline::HOST_LINK_ADDR;
+    let api = "198.18.96.1";
+    let mut spec = world(vec![
+        svc(
+            "kubernetes",
+            api,
+            L4Proto::Tcp,
+            443,
+            vec![ep(NODE_A, 6443, "node-a")],
+        ),
+        svc(
+            "remote-api",
+            "198.18.96.2",
+            L4Proto::Tcp,
+            443,
+            vec![ep(NODE_B, 6443, "node-b")],
+        ),
+    ]);
+    spec.node.host_if = Some(shared::snapshot::PodHop {
+        mac: kernel_mac,
+        host_mac: np_mac,
+        host_ifindex: HOST_IF,
+    });
+    let s = snap(spec, 1);
+    // (client ingress, client MAC, our MAC on that side, client, where the
+    // restored reply leaves)
+    for (ingress, cmac, ourmac, client, back) in [
+        (A2_IF, A2_MAC, A2_HOST_MAC, A2, A2_IF),
+        (HOST_IF, kernel_mac, np_mac, NODE_A, HOST_IF),
+    ] {
+        let mut w = Worker::default();
+        let out = w.run(
+            &s,
+            ingress,
+            &frame(cmac, ourmac, client, ip(api), syn(40000, 443), 64),
+        );
+        assert_eq!(out.verdict, tx(HOST_IF), "from {client}: to the kernel");
+        let d = seen(&out.bytes);
+        assert_eq!(
+            (d.src, d.dst, d.dport),
+            (link, NODE_A, 6443),
+            "from {client}"
+        );
+        assert_eq!((d.smac, d.dmac), (np_mac, kernel_mac));
+        // The kernel answers the link address, out of nph0.
+        let out = w.run(
+            &s,
+            HOST_IF,
+            &frame(
+                kernel_mac,
+                np_mac,
+                NODE_A,
+                link,
+                tcp(6443, d.sport, SYN | ACK),
+                64,
+            ),
+        );
+        assert_eq!(out.verdict, tx(back), "reply to {client}");
+        let r = seen(&out.bytes);
+        assert_eq!(
+            (r.src, r.sport, r.dst, r.dport),
+            (ip(api), 443, client, 40000)
+        );
+    }
+    // The node to an endpoint on node-b's address: from node-a's address,
+    // over the uplink, and the reply (to a masquerade port) restored.
+    let mut w = Worker::default();
+    let out = w.run(
+        &s,
+        HOST_IF,
+        &frame(
+            kernel_mac,
+            np_mac,
+            NODE_A,
+            ip("198.18.96.2"),
+            syn(40001, 443),
+            64,
+        ),
+    );
+    assert_eq!(out.verdict, tx(UPLINK));
+    let d = seen(&out.bytes);
+    assert_eq!((d.src, d.dst, d.dport), (NODE_A, NODE_B, 6443));
+    let out = w.run(
+        &s,
+        UPLINK,
+        &frame(
+            MAC_B,
+            UPLINK_MAC,
+            NODE_B,
+            NODE_A,
+            tcp(6443, d.sport, SYN | ACK),
+            64,
+        ),
+    );
+    assert_eq!(out.verdict, tx(HOST_IF));
+    let r = seen(&out.bytes);
+    assert_eq!(
+        (r.src, r.sport, r.dst, r.dport),
+        (ip("198.18.96.2"), 443, NODE_A, 40001)
+    );
+}
+
 /// kube-proxy's nodePortAddresses: NodePorts answer only on the node IPs
 /// inside the CIDRs; another node IP is still the node's (its traffic is
 /// passed to the host, never sent away), it just has no NodePorts.

@@ -58,6 +58,11 @@ use service::Decision;
 /// Frames processed per stage pass.
 pub const BATCH: usize = 64;
 
+/// The host interface's link address (`control::hostif`): the source of the
+/// node's connections to an endpoint on its own address, as the kernel sees
+/// them on nph0 (its route to it points there).
+pub const HOST_LINK_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
+
 /// Default masquerade port range: above Linux's ephemeral range (32768–60999),
 /// so the host's own connections never collide with nodeplane's.
 pub const DEFAULT_MASQ_PORTS: (u16, u16) = (61000, 65535);

@@ -48,12 +48,15 @@ pub(super) fn route(
     let own = snap.node();
     if snap.is_own_ip(dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
         // A reply to the node's own connection to a Service, restored (its
-        // flow's client MAC is the host interface's kernel end): out of the
-        // host interface, which the kernel receives as from the Service.
-        // Anything else to the node's addresses is the kernel's, never sent
-        // to it by nodeplane.
+        // flow's client MAC is the host interface's kernel end), or a
+        // connection to an endpoint on the node's own address (masqueraded
+        // to the host link address): out of the host interface, to the
+        // kernel. Anything else to the node's addresses is the kernel's,
+        // never sent to it by nodeplane.
+        let to_kernel = fallback_mac.is_some_and(|m| own.host_if.is_some_and(|h| h.mac == m))
+            || out.src == u32::from(super::HOST_LINK_ADDR);
         return match own.host_if {
-            Some(h) if fallback_mac == Some(h.mac) => {
+            Some(h) if to_kernel => {
                 set_macs(f, &h.mac, &h.host_mac);
                 Verdict::Tx {
                     ifindex: h.host_ifindex,

@@ -17,7 +17,7 @@ use shared::wire::{
 };
 
 use super::nat::{self, NewFlow};
-use super::{flow_hash, icmp, Ctx, Parsed};
+use super::{flow_hash, icmp, Ctx, Parsed, HOST_LINK_ADDR};
 use crate::flow::{tcp_flags, FlowKey, FlowMeta, Rewrite};
 use crate::frame::{Frame, Verdict};
 
@@ -136,10 +136,16 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
         dport: backend.port,
     };
     let hairpin = bip == key.src;
+    // An endpoint on the node's own address (the `kubernetes` Service on a
+    // control-plane node) is the kernel's, reached through the host
+    // interface: masqueraded to its link address, so the kernel's replies
+    // come back through nph1 to be restored.
+    let to_kernel = snap.node().host_if.is_some() && snap.is_own_ip(bip);
     // The node's own connections are always masqueraded: their replies must
     // come back through nodeplane (to the overlay address) to be restored.
     let masq = hairpin
         || from_host
+        || to_kernel
         || if kind.is_external() {
             // eTP=Cluster: always (kube-proxy), or toward another node only.
             !sp.external_local && (rules.mode == MasqueradeMode::KubeProxy || !backend.local)
@@ -149,7 +155,17 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
         };
     if masq {
         let node = snap.node();
-        let Some(ip) = node.overlay_ip().or(node.underlay_ip) else {
+        let pod_backend = snap.in_local_pod_cidr(bip) || snap.remote_route(bip).is_some();
+        let src = if to_kernel {
+            Some(HOST_LINK_ADDR)
+        } else if from_host && !pod_backend {
+            // To another node's address or off the cluster: from the
+            // underlay address, whose replies come back over the uplink.
+            node.underlay_ip.or(node.overlay_ip())
+        } else {
+            node.overlay_ip().or(node.underlay_ip)
+        };
+        let Some(ip) = src else {
             return Decision::Done(Verdict::Drop(DropReason::NoRoute));
         };
         rw.src = u32::from(ip);
@@ -204,6 +220,10 @@ pub(super) fn may_masquerade(snap: &Snapshot, f: &Frame<'_>, p: &Parsed, fe: Fro
     fe.kind.is_external()
         || from_host(snap, f)
         || snap.is_backend_ip(key.src)
+        || (snap.node().host_if.is_some()
+            && snap
+                .service_port(fe.service_port)
+                .is_some_and(|sp| sp.backends.iter().any(|b| snap.is_own_ip(u32::from(b.ip)))))
         || rules.all
         || (rules.local.is_implemented() && !rules.local.is_local(key.src, f.ifindex))
 }
