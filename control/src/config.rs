@@ -25,6 +25,23 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the running agent's status.
     Status(StatusArgs),
+    /// Remove what nodeplane put on this node, after a crash without restart
+    /// (like `kube-proxy --cleanup`): its XDP programs on every interface, the
+    /// host interface (nph0/nph1) and its routes, the pod-CIDR file in the
+    /// state directory. Never run it while an agent runs.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CleanupArgs {
+    /// The state directory the agent used (its pod-CIDR file is removed; the
+    /// CNI plugin's pod registrations are kept for its DEL calls).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The agent's status endpoint: if it answers, an agent runs and nothing
+    /// is removed.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10256")]
+    pub status_addr: SocketAddr,
 }
 
 #[derive(Args, Debug, Default, Clone)]

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod cleanup;
 pub mod cni;
 pub mod config;
 pub mod hostif;

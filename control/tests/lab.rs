@@ -378,6 +378,86 @@ fn lab_stop_restores_the_interfaces() {
     );
 }
 
+/// `nodeplane cleanup` after a SIGKILL: nodeplane's XDP programs leave every
+/// interface of node-a, the host interface goes, the node's own service is
+/// reachable as before; it refuses while an agent runs, and a second run finds
+/// nothing left.
+#[test]
+fn lab_cleanup_after_a_crash() {
+    let Some(mut lab) = Lab::up("z") else { return };
+    let links =
+        |lab: &Lab| run_ok(Command::new("ip").args(["-n", &lab.ns("a"), "-d", "link", "show"]));
+    let args = lab.var("NP_AGENT_ARGS_A");
+    let state_dir = args
+        .split_whitespace()
+        .skip_while(|a| *a != "--state-dir")
+        .nth(1)
+        .expect("--state-dir in the agent args")
+        .to_string();
+    let cleanup = |lab: &Lab| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns("a")])
+            .arg(Lab::bin("nodeplane"))
+            .args(["cleanup", "--state-dir", &state_dir])
+            .output()
+            .expect("run nodeplane cleanup")
+    };
+    lab.start_agent("a", &[]);
+    let refused = cleanup(&lab);
+    assert!(!refused.status.success(), "refused while the agent runs");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("an agent is running"));
+    assert!(links(&lab).contains("xdp"));
+    lab.kill_agent("a");
+    let before = links(&lab);
+    assert!(
+        before.contains("xdp") && before.contains("nph0"),
+        "a crash leaves them:\n{before}"
+    );
+    let out = cleanup(&lab);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("detached nodeplane's XDP program from eth0"),
+        "{said}"
+    );
+    assert!(said.contains("removed the host interface nph0"), "{said}");
+    let after = links(&lab);
+    assert!(
+        !after.contains("xdp") && !after.contains("nph0"),
+        "nothing left:\n{after}"
+    );
+    let again = cleanup(&lab);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing of nodeplane was left"));
+    // The node answers on its own address as before nodeplane.
+    let node_a = lab.ip("a");
+    let listener = in_netns(&lab.ns("a"), move || {
+        std::net::TcpListener::bind(sa(node_a, 2223)).expect("bind")
+    })
+    .expect("netns");
+    let accept = std::thread::spawn(move || {
+        if let Some(Ok(mut s)) = listener.incoming().next() {
+            let _ = std::io::Write::write_all(&mut s, b"node-a\n");
+        }
+    });
+    let hello = in_netns(&lab.ns("x"), move || -> Result<String, String> {
+        let mut s = std::net::TcpStream::connect_timeout(
+            &sa(node_a, 2223),
+            std::time::Duration::from_secs(3),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut b = String::new();
+        std::io::Read::read_to_string(&mut s, &mut b).map_err(|e| e.to_string())?;
+        Ok(b)
+    })
+    .unwrap();
+    assert_eq!(hello.as_deref(), Ok("node-a\n"));
+    accept.join().unwrap();
+}
+
 /// The node's own processes reach Services, as through kube-proxy: a TCP
 /// connection from node-a itself (its namespace, not a pod) to the web
 /// ClusterIP completes with every backend (local, across nodeplane, on the

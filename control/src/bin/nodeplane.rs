@@ -33,6 +33,38 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Cleanup(args) => match control::cleanup::run(&args.state_dir, args.status_addr) {
+            Ok(r) => {
+                for (ifname, modes) in &r.programs {
+                    println!(
+                        "detached nodeplane's XDP program from {ifname} ({})",
+                        modes.join(", ")
+                    );
+                }
+                if r.host_interface {
+                    println!(
+                        "removed the host interface {} and its routes",
+                        control::hostif::KERNEL_END
+                    );
+                }
+                if r.pod_cidr_file {
+                    println!(
+                        "removed {}",
+                        args.state_dir
+                            .join(control::podstate::POD_CIDR_FILE)
+                            .display()
+                    );
+                }
+                if r.programs.is_empty() && !r.host_interface && !r.pod_cidr_file {
+                    println!("nothing of nodeplane was left on this node");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nodeplane cleanup: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Status(args) => {
             let json = match args.output.as_str() {
                 "json" => true,

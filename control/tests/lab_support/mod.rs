@@ -127,7 +127,7 @@ impl Lab {
             .expect("IP")
     }
 
-    fn bin(name: &str) -> PathBuf {
+    pub fn bin(name: &str) -> PathBuf {
         match std::env::var("NODEPLANE_BIN_DIR") {
             Ok(d) => PathBuf::from(d).join(name),
             // The control crate's tests know where cargo put the binaries;

@@ -562,6 +562,30 @@ impl Steering {
         }
     }
 
+    /// Detaches a program named like ours (`PROGRAM_NAME`) from `ifindex`,
+    /// whoever attached it (a killed agent): `nodeplane cleanup`. Any other
+    /// program is left alone. The modes it was detached from.
+    pub fn detach_stale(&self, ifindex: u32) -> Vec<XdpMode> {
+        let mut out = Vec::new();
+        for mode in [XdpMode::Native, XdpMode::Generic] {
+            let id = match self.xdp().query_id(ifindex as i32, mode.flags()) {
+                Ok(id) if id != 0 => id,
+                _ => continue,
+            };
+            if prog_name_by_id(id).as_deref() != Some(PROGRAM_NAME) {
+                continue;
+            }
+            let Ok(old) = Program::fd_from_id(id) else {
+                continue;
+            };
+            // Only if it is still that program (an agent may be starting).
+            if xdp_swap(ifindex, None, mode, old.as_fd()).is_ok() {
+                out.push(mode);
+            }
+        }
+        out
+    }
+
     /// Detaches from every interface.
     pub fn detach_all(&self) {
         let ifindexes: Vec<u32> = {
