@@ -411,6 +411,81 @@ fn endpoints_on_node_addresses_are_reached_through_the_host_interface() {
         (r.src, r.sport, r.dst, r.dport),
         (ip("198.18.96.2"), 443, NODE_A, 40001)
     );
+    // A pod forging the kernel's reply to the link address is dropped; a
+    // frame arriving with the link address as its source never reaches the
+    // kernel.
+    let mut w = Worker::default();
+    let out = w.run(
+        &s,
+        A2_IF,
+        &frame(A2_MAC, A2_HOST_MAC, A2, ip(api), syn(40002, 443), 64),
+    );
+    let d = seen(&out.bytes);
+    let forged = frame(
+        A1_MAC,
+        A1_HOST_MAC,
+        NODE_A,
+        link,
+        tcp(6443, d.sport, SYN | ACK),
+        64,
+    );
+    assert_eq!(
+        w.run(&s, A1_IF, &forged).verdict,
+        Verdict::Drop(shared::DropReason::HostLinkSpoofed)
+    );
+    let inner = frame(VTEP_B, VTEP_A, link, NODE_A, syn(40003, 22), 64);
+    let out = w.run(&s, UPLINK, &vxlan(NODE_B, MAC_B, 1, 0x08, &inner));
+    assert_eq!(
+        out.verdict,
+        Verdict::Pass,
+        "a frame from the link address stays out"
+    );
+    // With two workers the kernel's reply reaches the flow's worker (its
+    // masquerade port names it), whichever that is. (A client's worker is
+    // chosen by its address: a1 and a2 between them cover both.)
+    for me in 0..2 {
+        let mut w = Worker::owning(me, 2);
+        let mut done = 0;
+        for (ifx, cmac, ourmac, client) in [
+            (A1_IF, A1_MAC, A1_HOST_MAC, A1),
+            (A2_IF, A2_MAC, A2_HOST_MAC, A2),
+        ] {
+            for sport in 41000..41016 {
+                let out = w.run(
+                    &s,
+                    ifx,
+                    &frame(cmac, ourmac, client, ip(api), syn(sport, 443), 64),
+                );
+                if !matches!(out.verdict, Verdict::Tx { .. }) {
+                    continue; // another worker's client
+                }
+                let d = seen(&out.bytes);
+                let reply = frame(
+                    kernel_mac,
+                    np_mac,
+                    NODE_A,
+                    link,
+                    tcp(6443, d.sport, SYN | ACK),
+                    64,
+                );
+                // Arriving at the other worker (its queue), it is handed here.
+                let out = Worker::owning(1 - me, 2).run(&s, HOST_IF, &reply);
+                assert_eq!(
+                    out.verdict,
+                    Verdict::Handoff { worker: me },
+                    "worker {me}'s flow"
+                );
+                let out = w.run_handed_in(&s, HOST_IF, &reply);
+                assert_eq!(
+                    out.verdict,
+                    tx(ifx),
+                    "worker {me}: the reply is handled here"
+                );
+                done += 1;
+            }
+        }
+        assert!(done > 0, "worker {me} owned some of the connections");
+    }
 }
 
 /// kube-proxy's nodePortAddresses: NodePorts answer only on the node IPs

@@ -74,6 +74,8 @@ drop_reasons! {
         "An IPv4 fragment waiting for its datagram's first fragment, pushed out by newer datagrams (the fragment table was full).";
     MalformedL4 => "malformed_l4",
         "The L4 header is truncated or inconsistent.";
+    HostLinkSpoofed => "host_link_spoofed",
+        "A reply to the host interface's link address (169.254.42.1) that did not come from the kernel through the host interface.";
     SctpFragment => "sctp_fragment",
         "An IPv4 fragment of an SCTP packet whose ports a Service translates: SCTP's CRC32c covers the whole packet, so it cannot be fixed in one fragment.";
     VxlanBadFlags => "vxlan_bad_flags",

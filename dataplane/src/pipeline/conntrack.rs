@@ -67,6 +67,11 @@ pub(super) fn lookup<const RARE: bool>(
             }
             cx.c.flow_hits += 1;
             let back_to = if hit.is_reply {
+                if key.dst == u32::from(super::HOST_LINK_ADDR) && !from_host_if(cx, f) {
+                    // Only the kernel answers the host link address, through
+                    // nph1: a "reply" to it from anywhere else is forged.
+                    return Some(Verdict::Drop(DropReason::HostLinkSpoofed));
+                }
                 hit.meta.client_mac
             } else {
                 None
@@ -91,6 +96,15 @@ pub(super) fn lookup<const RARE: bool>(
         return Some(Verdict::Handoff { worker });
     }
     None
+}
+
+/// Did the frame arrive on the host interface (nph1)?
+#[cold]
+fn from_host_if(cx: &Ctx<'_>, f: &Frame<'_>) -> bool {
+    cx.snap
+        .node()
+        .host_if
+        .is_some_and(|h| h.host_ifindex == f.ifindex)
 }
 
 /// With several workers: the worker that owns this frame's flow when it is not
@@ -124,7 +138,12 @@ fn owner_if_other(cx: &Ctx<'_>, p: &Parsed, me: u16, n: u16) -> Option<u16> {
     let own = snap.node();
     let owner = if l4 && snap.frontend(key.dst, key.proto, key.dport).is_some() {
         client_owner(key.src, n)
-    } else if snap.is_own_ip(key.dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == key.dst) {
+    } else if snap.is_own_ip(key.dst)
+        || own.overlay_ip().is_some_and(|o| u32::from(o) == key.dst)
+        || key.dst == u32::from(super::HOST_LINK_ADDR)
+    {
+        // (A reply to the host link address: its masquerade port names
+        // the owner, as on the node's own addresses.)
         port_owner(key.dport, n)
     } else if l4 && snap.is_endpoint(key.src, key.sport, key.proto) {
         client_owner(key.dst, n)

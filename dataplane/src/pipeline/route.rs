@@ -53,8 +53,11 @@ pub(super) fn route(
         // to the host link address): out of the host interface, to the
         // kernel. Anything else to the node's addresses is the kernel's,
         // never sent to it by nodeplane.
+        // (The second: nodeplane wrote that source; a frame that arrived
+        // with it is a forgery and stays out of the kernel.)
+        let link = u32::from(super::HOST_LINK_ADDR);
         let to_kernel = fallback_mac.is_some_and(|m| own.host_if.is_some_and(|h| h.mac == m))
-            || out.src == u32::from(super::HOST_LINK_ADDR);
+            || (out.src == link && p.key.src != link);
         return match own.host_if {
             Some(h) if to_kernel => {
                 set_macs(f, &h.mac, &h.host_mac);

@@ -124,11 +124,6 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
         },
     };
     let bip = u32::from(backend.ip);
-    if let Some(t) = sp.affinity_timeout_secs {
-        cx.flows
-            .affinity
-            .set(key.src, sp.stable_id, (bip, backend.port), t, cx.now);
-    }
     let mut rw = Rewrite {
         src: key.src,
         sport: key.sport,
@@ -153,6 +148,16 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
             // masqueradeAll, or a ClusterIP reached from outside the cluster.
             rules.all || (rules.local.is_implemented() && !from_cluster)
         };
+    if key.proto == PROTO_SCTP && p.is_first_fragment() && (masq || backend.port != key.dport) {
+        // Its CRC32c cannot be fixed in a fragment (`rewrite::apply`): no
+        // flow, affinity or masquerade port for a datagram that cannot pass.
+        return Decision::Done(Verdict::Drop(DropReason::SctpFragment));
+    }
+    if let Some(t) = sp.affinity_timeout_secs {
+        cx.flows
+            .affinity
+            .set(key.src, sp.stable_id, (bip, backend.port), t, cx.now);
+    }
     if masq {
         let node = snap.node();
         let pod_backend = snap.in_local_pod_cidr(bip) || snap.remote_route(bip).is_some();
@@ -169,7 +174,13 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
             return Decision::Done(Verdict::Drop(DropReason::NoRoute));
         };
         rw.src = u32::from(ip);
-        let Some(port) = nat::pick_port(cx, &key, &rw, true) else {
+        // The client's own port may be kept only on the overlay address: on
+        // one of the node's addresses the reply must come to a masquerade
+        // port for the XDP program to steer it (and not collide with the
+        // kernel's own sockets).
+        let keep = ip == node.overlay_ip().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+            || ip == HOST_LINK_ADDR;
+        let Some(port) = nat::pick_port(cx, &key, &rw, keep) else {
             return Decision::Done(Verdict::Drop(DropReason::NoMasqueradePort));
         };
         rw.sport = port;
@@ -187,14 +198,6 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
             .flatten()
             .filter(|m| m != &[0; 6] && m[0] & 1 == 0)
     };
-    if key.proto == PROTO_SCTP
-        && p.is_first_fragment()
-        && (rw.sport != key.sport || rw.dport != key.dport)
-    {
-        // Its CRC32c cannot be fixed in a fragment (`rewrite::apply`): no
-        // flow is created for a datagram that cannot be forwarded.
-        return Decision::Done(Verdict::Drop(DropReason::SctpFragment));
-    }
     let meta = FlowMeta {
         backend: Some((bip, backend.port)),
         snat: masq,
