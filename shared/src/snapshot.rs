@@ -325,6 +325,9 @@ pub struct ServicePort {
     pub health_check_node_port: Option<u16>,
     /// How many endpoints the EndpointSlices listed before filtering.
     pub total_endpoints: u32,
+    /// A usable backend is on one of the node's own addresses (the pipeline
+    /// masquerades flows to it; set by `Snapshot::build`).
+    pub backend_on_node: bool,
 }
 
 impl ServicePort {
@@ -473,6 +476,13 @@ impl Snapshot {
         let plans = PortPlan::all(&spec, prev);
         let services = ServiceTables::build(&spec, plans, prev);
         let (node_ips, own_ips) = node_addresses(&spec.node);
+        let mut services = services;
+        for sp in &mut services.service_ports {
+            sp.backend_on_node = sp
+                .backends
+                .iter()
+                .any(|b| own_ips.contains(&u32::from(b.ip)));
+        }
         let pod_hops = PodTable::build(spec.node.pod_cidrs.first(), &spec.local_pods);
         let remote_routes = remote_routes(&spec.remote_nodes);
         let neighbors: HashMap<u32, Mac> = spec
@@ -874,6 +884,7 @@ impl ServiceTables {
                     source_ranges: svc.source_ranges.clone(),
                     health_check_node_port: svc.health_check_node_port,
                     total_endpoints: u32::try_from(p.endpoints.len()).unwrap_or(u32::MAX),
+                    backend_on_node: false,
                 });
             }
         }
@@ -1117,6 +1128,32 @@ mod tests {
             (sp.cluster_backends, sp.local_backends, sp.local_ready),
             (2, 1, 1)
         );
+    }
+
+    #[test]
+    fn a_backend_on_the_nodes_address_is_flagged() {
+        let mut spec = spec(vec![
+            svc(
+                "api",
+                [198, 18, 96, 1],
+                vec![ep([198, 18, 0, 2], "node-a")],
+                false,
+            ),
+            svc(
+                "web",
+                [198, 18, 96, 2],
+                vec![ep([198, 19, 1, 2], "node-a")],
+                false,
+            ),
+        ]);
+        spec.node.node_ips = vec![Ipv4Addr::new(198, 18, 0, 2)];
+        let s = Snapshot::build(spec, 1);
+        let flags: Vec<bool> = s
+            .service_ports
+            .iter()
+            .map(|sp| sp.backend_on_node)
+            .collect();
+        assert_eq!(flags, [true, false]);
     }
 
     /// Every port's tables, as (size, entries) per table.

@@ -226,7 +226,7 @@ pub(super) fn may_masquerade(snap: &Snapshot, f: &Frame<'_>, p: &Parsed, fe: Fro
         || (snap.node().host_if.is_some()
             && snap
                 .service_port(fe.service_port)
-                .is_some_and(|sp| sp.backends.iter().any(|b| snap.is_own_ip(u32::from(b.ip)))))
+                .is_some_and(|sp| sp.backend_on_node))
         || rules.all
         || (rules.local.is_implemented() && !rules.local.is_local(key.src, f.ifindex))
 }
