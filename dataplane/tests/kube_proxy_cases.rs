@@ -767,11 +767,18 @@ fn internal_external_masquerade() {
 /// terminating, on this node.
 type Ep = (&'static str, bool, bool, bool, bool);
 
-/// TestTerminatingEndpointsTrafficPolicyLocal and ...Cluster: one
-/// LoadBalancer Service, its endpoints in various conditions per case. An
+/// TestTerminatingEndpointsTrafficPolicyLocal, ...Cluster and
+/// TestInternalTrafficPolicy: one LoadBalancer Service (172.30.1.1, LB IP
+/// 1.2.3.4), its endpoints in various conditions per case. An
 /// endpoint on this node is a pod of node-a (198.19.1.2x), one elsewhere a pod
 /// of node-b (198.19.3.2x).
-fn terminating_case(local_policy: bool, case: &str, eps: &[Ep], flows: &[Flow]) {
+fn one_service_case(
+    local_policy: bool,
+    internal_local: bool,
+    case: &str,
+    eps: &[Ep],
+    flows: &[Flow],
+) {
     let mut pairs: Vec<(&'static str, String)> = vec![
         ("172.30.1.1", "198.18.97.1".into()),
         ("1.2.3.4", "198.18.151.1".into()),
@@ -794,6 +801,7 @@ fn terminating_case(local_policy: bool, case: &str, eps: &[Ep], flows: &[Flow]) 
     );
     svc.load_balancer_ips = vec![m.ip("1.2.3.4")];
     svc.external_local = local_policy;
+    svc.internal_local = internal_local;
     for &(a, ready, serving, terminating, here) in eps {
         let mut e = ep(m.ip(a), 80, if here { "test-node" } else { "node-1" });
         (e.ready, e.serving, e.terminating) = (ready, serving, terminating);
@@ -854,7 +862,7 @@ fn terminating_endpoints_traffic_policy_local() {
            ("external to LB after endpoints deleted", ext, tcp, "1.2.3.4", 80, "REJECT", false)]),
     ];
     for (case, eps, flows) in cases {
-        terminating_case(true, case, eps, flows);
+        one_service_case(true, false, case, eps, flows);
     }
 }
 
@@ -884,6 +892,34 @@ fn terminating_endpoints_traffic_policy_cluster() {
            ("external to LB after endpoints deleted", ext, tcp, "1.2.3.4", 80, "REJECT", false)]),
     ];
     for (case, eps, flows) in cases {
-        terminating_case(false, case, eps, flows);
+        one_service_case(false, false, case, eps, flows);
+    }
+}
+
+/// TestInternalTrafficPolicy. (The Go test runs "endpoints deleted" after each
+/// case; here once, with the Local policy: no endpoint at all rejects either way.)
+#[test]
+fn internal_traffic_policy() {
+    let (pod, tcp) = ("10.0.0.2", L4Proto::Tcp);
+    let ready = |a: &'static str, here: bool| (a, true, true, false, here);
+    #[rustfmt::skip]
+    let cases: &[(&str, bool, &[Ep], &[Flow])] = &[
+        ("internalTrafficPolicy is cluster", false,
+         &[ready("10.0.1.1", true), ready("10.0.1.2", false), ready("10.0.1.3", false)],
+         &[("pod to ClusterIP hits all endpoints", pod, tcp, "172.30.1.1", 80, "10.0.1.1:80, 10.0.1.2:80, 10.0.1.3:80", false)]),
+        ("internalTrafficPolicy is local and there is one local endpoint", true,
+         &[ready("10.0.1.1", true), ready("10.0.1.2", false), ready("10.0.1.3", false)],
+         &[("pod to ClusterIP hits only local endpoint", pod, tcp, "172.30.1.1", 80, "10.0.1.1:80", false)]),
+        ("internalTrafficPolicy is local and there are multiple local endpoints", true,
+         &[ready("10.0.1.1", true), ready("10.0.1.2", true), ready("10.0.1.3", false)],
+         &[("pod to ClusterIP hits all local endpoints", pod, tcp, "172.30.1.1", 80, "10.0.1.1:80, 10.0.1.2:80", false)]),
+        ("internalTrafficPolicy is local and there are no local endpoints", true,
+         &[ready("10.0.1.1", false), ready("10.0.1.2", false), ready("10.0.1.3", false)],
+         &[("no endpoints", pod, tcp, "172.30.1.1", 80, "DROP", false)]),
+        ("endpoints deleted", true, &[],
+         &[("endpoints deleted", pod, tcp, "172.30.1.1", 80, "REJECT", false)]),
+    ];
+    for (case, itp_local, eps, flows) in cases {
+        one_service_case(false, *itp_local, case, eps, flows);
     }
 }
