@@ -95,17 +95,7 @@ fn packet(
     if let Some(l) = l4(proto, sport, dport) {
         return frame(smac, dmac, src, dst, l, 64);
     }
-    let mut sctp = vec![0u8; 32];
-    sctp[0..2].copy_from_slice(&sport.to_be_bytes());
-    sctp[2..4].copy_from_slice(&dport.to_be_bytes());
-    sctp[12..16].copy_from_slice(&[1, 0, 0, 20]);
-    assert!(shared::wire::l4::set_sctp_checksum(&mut sctp));
-    let mut v = Vec::new();
-    etherparse::PacketBuilder::ethernet2(smac, dmac)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .write(&mut v, etherparse::IpNumber(132), &sctp)
-        .unwrap();
-    v
+    sctp_frame(smac, dmac, src, dst, sport, dport)
 }
 
 /// (src, dst, dport, proto) of what left, the inner frame when encapsulated.

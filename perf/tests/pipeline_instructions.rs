@@ -4,11 +4,28 @@
 
 use std::process::Command;
 
+/// `nodeplane-perf pipeline ARGS --json` with callgrind runs of `callgrind`
+/// packets; its JSON result (the run must succeed).
+fn pipeline(args: &[&str], callgrind: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeplane-perf"))
+        .arg("pipeline")
+        .args(args)
+        .arg("--json")
+        .env("NODEPLANE_CALLGRIND_PACKETS", callgrind)
+        .output()
+        .expect("run nodeplane-perf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
 #[test]
 fn instruction_count_and_baseline_are_reported() {
-    let out = Command::new(env!("CARGO_BIN_EXE_nodeplane-perf"))
-        .args([
-            "pipeline",
+    let v = pipeline(
+        &[
             "--flows",
             "200",
             "--services",
@@ -21,17 +38,9 @@ fn instruction_count_and_baseline_are_reported() {
             "0",
             "--instructions",
             "--baseline",
-            "--json",
-        ])
-        .env("NODEPLANE_CALLGRIND_PACKETS", "8192")
-        .output()
-        .expect("run nodeplane-perf");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        "8192",
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let ipp = v["instructions_per_packet"]
         .as_f64()
         .expect("instructions_per_packet");
@@ -53,9 +62,8 @@ fn instruction_count_and_baseline_are_reported() {
 #[test]
 fn instruction_count_repeats_for_one_seed() {
     let count = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_nodeplane-perf"))
-            .args([
-                "pipeline",
+        pipeline(
+            &[
                 "--flows",
                 "200",
                 "--services",
@@ -67,18 +75,9 @@ fn instruction_count_repeats_for_one_seed() {
                 "--seed",
                 "7",
                 "--instructions",
-                "--json",
-            ])
-            .env("NODEPLANE_CALLGRIND_PACKETS", "4096")
-            .output()
-            .expect("run nodeplane-perf");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-        v["instructions_per_packet"]
+            ],
+            "4096",
+        )["instructions_per_packet"]
             .as_f64()
             .expect("instructions_per_packet")
     };

@@ -14,7 +14,7 @@ use shared::snapshot::RemoteHop;
 use shared::wire::ipv4::{FLAG_MF, FRAG_OFFSET_MASK};
 use shared::wire::{Ipv4Header, ETH_HLEN, IPV4_HLEN, VXLAN_OVERHEAD};
 
-use super::{classify, rewrite_and_route_via, route, Ctx, Parsed};
+use super::{classify, rewrite_and_route_as, route, Ctx, Parsed};
 use crate::flow::{ChecksumDeltas, FlowKey, Rewrite};
 use crate::frag::{FragDecision, FragError, FragKey, Later, SLOT_BYTES, SLOT_HEADROOM};
 use crate::frame::{Frame, Verdict};
@@ -128,7 +128,7 @@ fn forward(
         ip: ip_delta,
         l4: 0,
     };
-    rewrite_and_route_via(cx, f, p, &rw, deltas, None)
+    rewrite_and_route_as::<true>(cx, f, p, &rw, deltas, None)
 }
 
 /// After a batch: the fragments that waited for a first fragment translated

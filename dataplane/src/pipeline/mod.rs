@@ -500,28 +500,16 @@ fn new_flow_off_frontend(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed) -> Ver
 /// Stages 6 and 7 for a rewrite whose checksum changes are not summed yet.
 #[inline]
 fn rewrite_and_route(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, rw: &Rewrite) -> Verdict {
-    rewrite_and_route_via(cx, f, p, rw, ChecksumDeltas::between(&p.key, rw), None)
+    rewrite_and_route_as::<true>(cx, f, p, rw, ChecksumDeltas::between(&p.key, rw), None)
 }
 
 /// Stages 6 and 7: `rw` applied with its checksum changes (`deltas`, from the
 /// flow entry), then routed; `fallback_mac` is the L2 destination for an
-/// off-cluster destination the snapshot has no neighbour for.
-#[inline(always)]
-fn rewrite_and_route_via(
-    cx: &mut Ctx<'_>,
-    f: &mut Frame<'_>,
-    p: &Parsed,
-    rw: &Rewrite,
-    deltas: ChecksumDeltas,
-    fallback_mac: Option<[u8; 6]>,
-) -> Verdict {
-    rewrite_and_route_as::<true>(cx, f, p, rw, deltas, fallback_mac)
-}
-
-/// `rewrite_and_route_via`; with `RARE` false for a frame the caller has
-/// found to be neither a fragment nor an ICMP error (`Parsed::is_rare`),
-/// whose tests for those are then compiled out (the established path's
-/// first pass: they cost it ~5% of its instructions, docs/performance.md).
+/// off-cluster destination the snapshot has no neighbour for. `RARE` false:
+/// the caller has found the frame to be neither a fragment nor an ICMP error
+/// (`Parsed::is_rare`), and the tests for those are compiled out (the
+/// established path's first pass: they cost it ~5% of its instructions,
+/// docs/performance.md); every other caller passes true.
 #[inline(always)]
 fn rewrite_and_route_as<const RARE: bool>(
     cx: &mut Ctx<'_>,

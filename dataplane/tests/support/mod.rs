@@ -502,3 +502,57 @@ pub fn verify_checksums(bytes: &[u8]) {
 pub fn tx(ifindex: u32) -> Verdict {
     Verdict::Tx { ifindex }
 }
+
+// ---- SCTP (etherparse has none): built here, the CRC32c by a reference of
+// the tests' own, independent of the crate the dataplane uses.
+
+/// The reference CRC32c (Castagnoli, reflected, bit by bit).
+pub fn crc32c_ref(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet: common header (tag 0x0a0b0c0d) and one INIT-sized chunk,
+/// with its CRC32c stored least significant byte first (RFC 9260, Linux).
+pub fn sctp_packet(sport: u16, dport: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 32];
+    p[0..2].copy_from_slice(&sport.to_be_bytes());
+    p[2..4].copy_from_slice(&dport.to_be_bytes());
+    p[4..8].copy_from_slice(&[0x0a, 0x0b, 0x0c, 0x0d]);
+    p[12..16].copy_from_slice(&[1, 0, 0, 20]);
+    p[16..32].copy_from_slice(&[7; 16]);
+    let crc = crc32c_ref(&p);
+    p[8..12].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+/// An Ethernet/IPv4 frame carrying `sctp_packet(sport, dport)`.
+pub fn sctp_frame(
+    smac: Mac,
+    dmac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .write(
+            &mut v,
+            etherparse::IpNumber(132),
+            &sctp_packet(sport, dport),
+        )
+        .unwrap();
+    v
+}
