@@ -95,6 +95,7 @@ fn host_interface(
                 xdp_mode: mode,
                 queues,
             });
+            local_nodeports(&h, pool);
             Some(Arc::new(h))
         }
         Err(e) => {
@@ -102,6 +103,28 @@ fn host_interface(
             let _ = HostInterface::remove();
             None
         }
+    }
+}
+
+/// Hands the node's own connections to its NodePorts (delivered through
+/// `lo`, never routed) to the host interface: the steering's loopback program
+/// on `lo` egress. Without it those connections reach the node's own sockets
+/// on the NodePort, as before; a failure is logged.
+fn local_nodeports(h: &crate::hostif::HostInterface, pool: &Arc<Mutex<WorkerPool>>) {
+    let to = dataplane::io::steering::LocalRedirect {
+        ifindex: h.kernel_ifindex,
+        mtu: h.mtu,
+        dst_mac: h.mac,
+        src_mac: h.kernel_mac,
+    };
+    let r = netif::ifindex("lo")
+        .map_err(anyhow::Error::from)
+        .and_then(|lo| Ok(lock(pool).steering().redirect_local_nodeports(lo, to)?));
+    match r {
+        Ok(()) => info!(
+            "the node's own NodePort connections go through the host interface (tc egress on lo)"
+        ),
+        Err(e) => warn!("the node's connections to its own NodePorts are not proxied: {e:#}"),
     }
 }
 
@@ -234,6 +257,7 @@ fn run_with_pool(
     if let Some(h) = &host_if {
         // Detached and closed first, then removed with its routes (nph1
         // forwards nothing meanwhile, so no packet loops between the ends).
+        lock(pool).steering().stop_local_nodeports();
         lock(pool).remove_interface(h.ifindex);
         if let Err(e) = crate::hostif::HostInterface::remove() {
             warn!("removing the host interface: {e}");

@@ -2,7 +2,8 @@
 //! not (SIGKILL, a crash, a node drained without the DaemonSet's stop), like
 //! `kube-proxy --cleanup`: nodeplane's XDP programs on every interface of this
 //! network namespace (only programs named `nodeplane_steer`; any other is left
-//! alone), the host interface with its routes and neighbour entry, and the
+//! alone), its loopback tc filter (`nodeplane_local` at its own handle and
+//! priority; the clsact qdisc stays), the host interface with its routes and neighbour entry, and the
 //! agent's pod-CIDR file. The CNI plugin's pod registrations stay (its DEL
 //! calls read them). Owns nothing at run time; it may not touch an interface
 //! beyond detaching nodeplane's own program, or delete another file.
@@ -16,6 +17,8 @@ use dataplane::io::Steering;
 pub struct Removed {
     /// (interface, XDP modes detached from).
     pub programs: Vec<(String, Vec<String>)>,
+    /// Interfaces whose egress had the loopback program.
+    pub tc_filters: Vec<String>,
     pub host_interface: bool,
     pub pod_cidr_file: bool,
 }
@@ -53,7 +56,10 @@ pub fn run(state_dir: &Path, status_addr: std::net::SocketAddr) -> anyhow::Resul
         if !modes.is_empty() {
             removed
                 .programs
-                .push((name, modes.iter().map(|m| format!("{m}")).collect()));
+                .push((name.clone(), modes.iter().map(|m| format!("{m}")).collect()));
+        }
+        if steering.detach_stale_local(ifindex) {
+            removed.tc_filters.push(name);
         }
     }
     let had_host = dataplane::io::netif::ifindex(crate::hostif::KERNEL_END).is_ok();

@@ -8,7 +8,10 @@
 //! MAC, with the node's IP as the source. nodeplane translates what arrives on
 //! `nph1` like any other client's traffic and sends the replies back out of it,
 //! so the kernel receives them on `nph0` as from the Service. kube-proxy's IPVS
-//! mode owns a device in the same way (`kube-ipvs0`).
+//! mode owns a device in the same way (`kube-ipvs0`). The node's connections to
+//! its own NodePorts never leave through a route: the steering's loopback
+//! program hands them to `nph0` (`dataplane::io::steering`), and their replies,
+//! from the node's own address, are accepted on `nph0` (`accept_local`).
 //!
 //! Owns the pair, its neighbour entry and its routes; removing `nph0` removes
 //! all of them. Uses the CNI plugin's netlink helpers, each call on a thread of
@@ -50,7 +53,10 @@ pub struct HostInterface {
     pub mac: Mac,
     /// `nph0`'s MAC: their destination.
     pub kernel_mac: Mac,
-    kernel_ifindex: u32,
+    /// `nph0`: where the loopback program sends the node's NodePort packets.
+    pub kernel_ifindex: u32,
+    /// The pair's MTU.
+    pub mtu: u32,
     routes: Mutex<BTreeSet<Ipv4Cidr>>,
 }
 
@@ -94,7 +100,7 @@ impl HostInterface {
                 format!("creating the veth pair {KERNEL_END} / {NODEPLANE_END}"),
                 nl.handle.link().add(pair).execute(),
             )?;
-            let made = Self::configure(nl);
+            let made = Self::configure(nl, mtu);
             if made.is_err() {
                 // Half set up: not left behind.
                 let _ = nl.delete_link(KERNEL_END);
@@ -104,7 +110,7 @@ impl HostInterface {
     }
 
     /// `create` once the pair exists.
-    fn configure(nl: &Netlink) -> Result<HostInterface, CniError> {
+    fn configure(nl: &Netlink, mtu: u32) -> Result<HostInterface, CniError> {
         {
             let find = |name: &str| {
                 nl.link(name)?
@@ -116,6 +122,9 @@ impl HostInterface {
             set_tx_checksum(KERNEL_END, false)?;
             set_tx_checksum(NODEPLANE_END, false)?;
             write_sysctl(&format!("net/ipv4/conf/{KERNEL_END}/rp_filter"), "0")?;
+            // The replies to the node's connections to its own NodePorts come
+            // from the node's own address.
+            write_sysctl(&format!("net/ipv4/conf/{KERNEL_END}/accept_local"), "1")?;
             // What arrives on nph1 while no socket takes it (the agent was
             // killed) is dropped, never routed back out of nph0 in a loop.
             write_sysctl(&format!("net/ipv4/conf/{NODEPLANE_END}/forwarding"), "0")?;
@@ -144,6 +153,7 @@ impl HostInterface {
                 mac: mac_of(&n.mac),
                 kernel_mac: mac_of(&k.mac),
                 kernel_ifindex: k.ifindex,
+                mtu,
                 routes: Mutex::new(BTreeSet::new()),
             })
         }

@@ -397,7 +397,7 @@ pub fn metrics_text(state: &AgentState) -> String {
     register_family(
         &mut reg,
         "xdp_decisions",
-        "The XDP steering program's decisions (redirect_* to a worker, pass_* to the kernel)",
+        "The steering programs' decisions: XDP's (redirect_* to a worker, pass_* to the kernel) and the loopback's (local_nodeport_*: the node's own NodePort packets to the host interface, or dropped as too long)",
         "decision",
         xdp,
     );

@@ -515,6 +515,149 @@ fn lab_the_node_itself_reaches_clusterips() {
     assert!(client_of(&answer).starts_with("198.19.1.0:"), "{answer}");
 }
 
+/// The node's own connections to its NodePort, as through kube-proxy
+/// ("node to NodePort": every endpoint, masqueraded): `curl NODE_IP:NODEPORT`
+/// on node-a is delivered through `lo`, where nodeplane's tc egress program
+/// hands it to the host interface. Connections reach the backends on node-a,
+/// node-b and the kernel node from node-a's overlay address; a 60 KiB line
+/// (GSO bursts cut to the pair's MTU) is answered whole; the node's own
+/// listener on another port of its address stays the node's. The agent's stop
+/// removes the filter; a killed agent's is removed by `nodeplane cleanup`.
+#[test]
+fn lab_the_node_itself_reaches_its_own_nodeport() {
+    let Some(mut lab) = both_agents("q") else {
+        return;
+    };
+    let node_a = lab.ip("a");
+    let port: u16 = lab.var("NP_WEB_NODEPORT").parse().unwrap();
+    let mut pods = BTreeSet::new();
+    for i in 0..40 {
+        let answer = eventually(5, || {
+            tcp_line(&lab.ns("a"), sa(node_a, port), &format!("self{i}"))
+        })
+        .unwrap_or_else(|e| panic!("node → own NodePort {i}: {e}\n{}", lab.agent_log("a")));
+        assert!(
+            client_of(&answer).starts_with("198.19.1.0:"),
+            "node to NodePort is masqueraded to the overlay address: {answer}"
+        );
+        pods.insert(pod_of(&answer));
+    }
+    assert_eq!(
+        pods,
+        BTreeSet::from(["a1".to_string(), "b1".to_string(), "k1".to_string()]),
+        "the node's NodePort connections spread over every backend"
+    );
+    let big = "z".repeat(60 * 1024);
+    let answer = tcp_line(&lab.ns("a"), sa(node_a, port), &big)
+        .unwrap_or_else(|e| panic!("a 60 KiB line to the own NodePort: {e}"));
+    assert!(
+        answer.ends_with(&big),
+        "the whole line came back ({} bytes)",
+        answer.len()
+    );
+    // The steering counters reach /status every 100 ms.
+    let handed = eventually(2, || {
+        let st = lab.status("a");
+        match st["steering"]["local_nodeport_to_host_interface"].as_u64() {
+            Some(n) if n >= 40 * 3 => Ok(n),
+            _ => Err(format!(
+                "the loopback program handed too few: {}",
+                st["steering"]
+            )),
+        }
+    });
+    handed.unwrap_or_else(|e| panic!("{e}"));
+    // A listener of the node's own on its address, on a port that is no
+    // NodePort, keeps its connections (the program takes NodePorts only).
+    let own = sa(node_a, 30999);
+    let listener = in_netns(&lab.ns("a"), move || {
+        std::net::TcpListener::bind(own).expect("bind")
+    })
+    .unwrap();
+    let accept = std::thread::spawn(move || {
+        if let Some(Ok(mut c)) = listener.incoming().next() {
+            let _ = std::io::Write::write_all(&mut c, b"node\n");
+        }
+    });
+    let answer = tcp_line(&lab.ns("a"), own, "hi").unwrap();
+    assert_eq!(answer, "node");
+    accept.join().unwrap();
+    // Stopped: the filter is gone with the host interface, and the node's
+    // NodePort connections go to its own stack as before nodeplane (nothing
+    // listens there: refused).
+    assert!(lab.stop_agent("a"), "{}", lab.agent_log("a"));
+    let filters = run_ok(Command::new("tc").args([
+        "-n",
+        &lab.ns("a"),
+        "filter",
+        "show",
+        "dev",
+        "lo",
+        "egress",
+    ]));
+    assert!(
+        !filters.contains("nodeplane_local"),
+        "the stopped agent removed its filter: {filters}"
+    );
+    let refused = tcp_line(&lab.ns("a"), sa(node_a, port), "gone");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("refused")),
+        "without nodeplane the node's own stack answers: {refused:?}"
+    );
+    // Killed: the filter stays (and hands the node's NodePort packets to an
+    // nph1 without a socket); `nodeplane cleanup` removes it.
+    lab.start_agent("a", &[]);
+    eventually(10, || tcp_line(&lab.ns("a"), sa(node_a, port), "back")).unwrap_or_else(|e| {
+        panic!(
+            "node → own NodePort after a restart: {e}\n{}",
+            lab.agent_log("a")
+        )
+    });
+    lab.kill_agent("a");
+    let args = lab.var("NP_AGENT_ARGS_A");
+    let state_dir = args
+        .split_whitespace()
+        .skip_while(|a| *a != "--state-dir")
+        .nth(1)
+        .expect("--state-dir in the agent args")
+        .to_string();
+    let filters = run_ok(Command::new("tc").args([
+        "-n",
+        &lab.ns("a"),
+        "filter",
+        "show",
+        "dev",
+        "lo",
+        "egress",
+    ]));
+    assert!(filters.contains("nodeplane_local"), "{filters}");
+    let out = run_ok(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns("a")])
+            .arg(Lab::bin("nodeplane"))
+            .args(["cleanup", "--state-dir", &state_dir]),
+    );
+    assert!(
+        out.contains("removed nodeplane's tc egress filter from lo"),
+        "{out}"
+    );
+    let filters = run_ok(Command::new("tc").args([
+        "-n",
+        &lab.ns("a"),
+        "filter",
+        "show",
+        "dev",
+        "lo",
+        "egress",
+    ]));
+    assert!(!filters.contains("nodeplane_local"), "{filters}");
+    let refused = tcp_line(&lab.ns("a"), sa(node_a, port), "clean");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("refused")),
+        "after cleanup the node's own stack answers: {refused:?}"
+    );
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(

@@ -21,9 +21,19 @@
  *     holds it until its reassembly timeout). Fragments to a Service or
  *     frontend IP and all fragments on pod interfaces need no memory: the
  *     destination alone decides.
+ *
+ * A second program, nodeplane_local (tc egress of the node's loopback), gives
+ * nodeplane the node's own connections to its NodePorts: the kernel delivers a
+ * packet to one of its own addresses through `lo`, never through a receive
+ * hook, so a TCP/UDP/SCTP packet to a node IP NodePorts answer on
+ * (nodePortAddresses) whose destination port is a NodePort gets the host
+ * interface's MACs and is redirected out of its kernel end (nph0); nodeplane
+ * receives it on nph1 like the node's ClusterIP connections. Everything else
+ * on `lo` goes on untouched.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -63,6 +73,8 @@ enum stat {
 	STAT_REDIRECT_POD,
 	STAT_REDIRECT_ICMP_ERROR,
 	STAT_REDIRECT_FRAGMENT,
+	STAT_LOCAL_NODEPORT,	     /* nodeplane_local: redirected to nph0 */
+	STAT_LOCAL_NODEPORT_TOO_BIG, /* nodeplane_local: dropped, over nph0's MTU */
 	STAT_COUNT,
 };
 
@@ -99,6 +111,14 @@ struct frag_key {
 };
 
 #define FRAG_ENTRIES 4096
+
+/* Where nodeplane_local sends the node's NodePort packets: the host
+ * interface's kernel end. ifindex 0: nowhere (the program passes all). */
+struct local_redirect {
+	__u32 ifindex; /* nph0 */
+	__u32 mtu;     /* nph0's: a longer packet that is no GSO burst is dropped */
+	__u8 macs[12]; /* destination (nph1), then source (nph0) */
+};
 
 #define XSK_SLOTS 8192
 #define QUEUES_PER_IFACE 16 /* XSKMAP slots reserved per interface */
@@ -163,6 +183,13 @@ struct {
 	__type(key, struct frag_key);
 	__type(value, __u8);
 } frag_steered SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct local_redirect);
+} local_redirect SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -355,6 +382,45 @@ int nodeplane_steer(struct xdp_md *ctx)
 	if (bpf_map_lookup_elem(&frontend_ips, &daddr))
 		return redirect(ctx, ifc, STAT_REDIRECT_FRONTEND_IP);
 	return count(STAT_PASS_NOT_OWNED, XDP_PASS);
+}
+
+SEC("tc")
+int nodeplane_local(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct local_redirect *to = bpf_map_lookup_elem(&local_redirect, &zero);
+	if (!to || to->ifindex == 0 || skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	__u8 ip[20];
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip)) < 0)
+		return TC_ACT_OK;
+	__u32 ihl = (ip[0] & 0x0f) * 4;
+	__u8 l4proto = ip[9];
+	if ((ip[0] >> 4) != 4 || ihl < 20 ||
+	    (l4proto != IPPROTO_TCP && l4proto != IPPROTO_UDP && l4proto != IPPROTO_SCTP))
+		return TC_ACT_OK;
+	/* Nothing is fragmented on `lo` (its MTU is 64 KiB). */
+	if ((ip[6] & 0x3f) || ip[7])
+		return TC_ACT_OK;
+	__u32 daddr;
+	__builtin_memcpy(&daddr, ip + 16, 4);
+	__u8 *node_ip = bpf_map_lookup_elem(&node_ips, &daddr);
+	if (!node_ip || !(*node_ip & NODE_IP_NODEPORTS))
+		return TC_ACT_OK;
+	__u8 ports[4];
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, ports, sizeof(ports)) < 0)
+		return TC_ACT_OK;
+	if (!is_nodeport(l4proto, ((__u16)ports[2] << 8) | ports[3]))
+		return TC_ACT_OK;
+	/* A GSO burst is cut to nph0's MTU on the way out (nph0 has no
+	 * offloads while nph1 runs XDP); a longer single datagram would be
+	 * dropped by the veth, so it is dropped here, counted. */
+	if (skb->gso_segs <= 1 && skb->len > to->mtu + ETH_HLEN)
+		return count(STAT_LOCAL_NODEPORT_TOO_BIG, TC_ACT_SHOT);
+	if (bpf_skb_store_bytes(skb, 0, to->macs, sizeof(to->macs), 0) < 0)
+		return TC_ACT_OK;
+	count(STAT_LOCAL_NODEPORT, 0);
+	return bpf_redirect(to->ifindex, 0);
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1279,6 +1279,110 @@ fn steering_program_takes_only_what_nodeplane_owns() {
     });
 }
 
+/// The loopback program (tc egress of the node's `lo`): the node's own
+/// packets to a NodePort on a nodePortAddresses IP get the host interface's
+/// MACs and are redirected to its kernel end; everything else goes on
+/// untouched; a datagram longer than the pair's MTU is dropped, counted.
+#[test]
+fn loopback_program_hands_only_the_nodes_own_nodeport_packets_over() {
+    if !can_run("loopback_program_hands_only_the_nodes_own_nodeport_packets_over") {
+        return;
+    }
+    let mut lab = Lab::new();
+    let ns = lab.netns("local");
+    in_netns(&ns, || {
+        let s = dataplane::io::Steering::load().expect("program loads");
+        let node = NODE_IP;
+        let second = Ipv4Addr::new(198, 18, 1, 2);
+        s.set_params(&SteeringParams {
+            node_ips: vec![node, second],
+            nodeport_ips: vec![node],
+            nodeports: vec![
+                (L4Proto::Tcp, 30080),
+                (L4Proto::Udp, 30053),
+                (L4Proto::Sctp, 30132),
+            ],
+            masq_range: (61000, 65535),
+            ..SteeringParams::default()
+        })
+        .unwrap();
+        let to = dataplane::io::steering::LocalRedirect {
+            ifindex: 77,
+            mtu: 1450,
+            dst_mac: [2, 0xee, 0, 0, 0, 2],
+            src_mac: [2, 0xee, 0, 0, 0, 1],
+        };
+        const OK: u32 = 0;
+        const SHOT: u32 = 2;
+        const REDIRECT: u32 = 7;
+        let big_udp = {
+            let b = etherparse::PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4(
+                node.octets(),
+                node.octets(),
+                64,
+            );
+            let mut v = Vec::new();
+            b.udp(40000, 30053).write(&mut v, &[7u8; 1500]).unwrap();
+            v
+        };
+        let mut fragment = frame(node, "udp", 30053);
+        fragment[20] = 0x20; // MF: a first fragment
+        let rows: Vec<(&str, Vec<u8>, u32)> = vec![
+            ("TCP NodePort", frame(node, "tcp", 30080), REDIRECT),
+            ("UDP NodePort", frame(node, "udp", 30053), REDIRECT),
+            ("SCTP NodePort", frame(node, "sctp", 30132), REDIRECT),
+            (
+                "TCP to a port that is no NodePort",
+                frame(node, "tcp", 22),
+                OK,
+            ),
+            ("UDP on a TCP NodePort", frame(node, "udp", 30080), OK),
+            (
+                "a node IP NodePorts do not answer on",
+                frame(second, "tcp", 30080),
+                OK,
+            ),
+            (
+                "127.0.0.1 (no localhost NodePorts, as nftables kube-proxy)",
+                frame(Ipv4Addr::LOCALHOST, "tcp", 30080),
+                OK,
+            ),
+            ("ICMP echo", frame(node, "echo", 30080), OK),
+            ("a fragment", fragment, OK),
+            ("not IPv4", non_ipv4(0x86dd, 60), OK),
+            (
+                "an IPv4 header without its ports",
+                frame(node, "tcp", 30080)[..34].to_vec(),
+                OK,
+            ),
+            ("a datagram over the pair's MTU", big_udp, SHOT),
+        ];
+        for (what, pkt, want) in &rows {
+            let (verdict, out) = s
+                .dry_run_local(to, pkt)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(verdict, *want, "{what}");
+            if verdict == REDIRECT {
+                assert_eq!(&out[0..6], &to.dst_mac, "{what}: to nph1's MAC");
+                assert_eq!(&out[6..12], &to.src_mac, "{what}: from nph0's MAC");
+                assert_eq!(&out[12..], &pkt[12..], "{what}: the rest untouched");
+            } else {
+                assert_eq!(&out, pkt, "{what}: untouched");
+            }
+        }
+        let st = s.stats();
+        assert_eq!(st.get("local_nodeport_to_host_interface"), 3);
+        assert_eq!(st.get("local_nodeport_too_big"), 1);
+        // Not counted as XDP decisions.
+        assert_eq!(st.decided_redirect(), 0);
+        assert_eq!(st.passed(), 0);
+        // No target (a stopped agent): everything passes.
+        let off = dataplane::io::steering::LocalRedirect { ifindex: 0, ..to };
+        let (verdict, _) = s.dry_run_local(off, &frame(node, "tcp", 30080)).unwrap();
+        assert_eq!(verdict, OK);
+    });
+}
+
 #[test]
 fn a_stale_program_is_replaced_and_only_our_own_is_detached() {
     if !can_run("a_stale_program_is_replaced_and_only_our_own_is_detached") {

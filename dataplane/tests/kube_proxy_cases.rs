@@ -367,9 +367,9 @@ fn load_balancer() {
 
 /// TestNodePorts, its two IPv4 cases (nodePortAddresses unset, i.e. the fake
 /// proxier's node IP/32; then 192.168.0.0/24 and 192.168.1.0/24). Its "node to
-/// nodePort" row is not replayed: the node's packets to its own address are
-/// delivered by the kernel locally and never reach nodeplane (documented in
-/// docs/architecture.md, *The node's own traffic to Services*).
+/// nodePort" row comes in through the host interface, where the loopback
+/// program on the node's `lo` hands the node's packets to its own NodePorts
+/// (docs/architecture.md, *The node's own traffic to Services*).
 #[test]
 fn node_ports() {
     let m = Remap::new(&[
@@ -402,6 +402,7 @@ fn node_ports() {
     let basic: &[Flow] = &[
         ("pod to cluster IP", "10.0.0.2", tcp, "172.30.0.41", 80, out, false),
         ("external to nodePort", "203.0.113.2", tcp, "192.168.0.2", 3001, out, true),
+        ("node to nodePort", "192.168.0.2", tcp, "192.168.0.2", 3001, out, true),
     ];
     for (case, cidrs, alt) in [
         (
@@ -545,9 +546,8 @@ fn external_traffic_policy_cluster() {
 /// four settings (base; no local-traffic detector; masqueradeAll; both), its
 /// overrides applied as it applies them.
 ///
-/// Not replayed: "node to NodePort" (3 rows per setting; the kernel delivers
-/// the node's packets to its own address locally, nodeplane never sees them).
-/// Known difference, asserted as nodeplane does it: without a detector
+/// The "node to NodePort" rows come in through the host interface (see
+/// `node_ports`). Known difference, asserted as nodeplane does it: without a detector
 /// kube-proxy leaves the node's ClusterIP connections unmasqueraded (its
 /// conntrack restores their replies in the kernel); nodeplane masquerades
 /// every node connection, so the reply comes back through it (3 rows).
@@ -626,6 +626,7 @@ fn internal_external_masquerade() {
         ("pod to NodePort", pod, tcp, node, 3001, all1, true),
         ("pod to LB", pod, tcp, "1.2.3.4", 80, all1, true),
         ("node to ClusterIP", node, tcp, "172.30.0.41", 80, all1, true),
+        ("node to NodePort", node, tcp, node, 3001, all1, true),
         ("node to LB", node, tcp, "1.2.3.4", 80, all1, true),
         ("external to ClusterIP", ext, tcp, "172.30.0.41", 80, all1, true),
         ("external to NodePort", ext, tcp, node, 3001, all1, true),
@@ -634,6 +635,7 @@ fn internal_external_masquerade() {
         ("pod to NodePort with eTP:Local", pod, tcp, node, 3002, all2, false),
         ("pod to LB with eTP:Local", pod, tcp, "5.6.7.8", 80, all2, false),
         ("node to ClusterIP with eTP:Local", node, tcp, "172.30.0.42", 80, all2, true),
+        ("node to NodePort with eTP:Local", node, tcp, node, 3001, all1, true),
         ("node to LB with eTP:Local", node, tcp, "5.6.7.8", 80, all2, true),
         ("external to ClusterIP with eTP:Local", ext, tcp, "172.30.0.42", 80, all2, true),
         ("external to NodePort with eTP:Local", ext, tcp, node, 3002, "10.180.0.2:80", false),
@@ -642,6 +644,7 @@ fn internal_external_masquerade() {
         ("pod to NodePort with iTP:Local", pod, tcp, node, 3003, all3, true),
         ("pod to LB with iTP:Local", pod, tcp, "9.10.11.12", 80, all3, true),
         ("node to ClusterIP with iTP:Local", node, tcp, "172.30.0.43", 80, "10.180.0.3:80", true),
+        ("node to NodePort with iTP:Local", node, tcp, node, 3003, all3, true),
         ("node to LB with iTP:Local", node, tcp, "9.10.11.12", 80, all3, true),
         ("external to ClusterIP with iTP:Local", ext, tcp, "172.30.0.43", 80, "10.180.0.3:80", true),
         ("external to NodePort with iTP:Local", ext, tcp, node, 3003, all3, true),
@@ -750,7 +753,7 @@ fn internal_external_masquerade() {
             wrong.join("\n")
         );
     }
-    assert_eq!((replayed, differ), (4 * 24, 3));
+    assert_eq!((replayed, differ), (4 * 27, 3));
 }
 
 /// One endpoint of the terminating-endpoint tests: address, ready, serving,

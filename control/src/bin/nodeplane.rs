@@ -41,6 +41,9 @@ fn main() -> ExitCode {
                         modes.join(", ")
                     );
                 }
+                for ifname in &r.tc_filters {
+                    println!("removed nodeplane's tc egress filter from {ifname}");
+                }
                 if r.host_interface {
                     println!(
                         "removed the host interface {} and its routes",
@@ -55,7 +58,11 @@ fn main() -> ExitCode {
                             .display()
                     );
                 }
-                if r.programs.is_empty() && !r.host_interface && !r.pod_cidr_file {
+                if r.programs.is_empty()
+                    && r.tc_filters.is_empty()
+                    && !r.host_interface
+                    && !r.pod_cidr_file
+                {
                     println!("nothing of nodeplane was left on this node");
                 }
                 ExitCode::SUCCESS

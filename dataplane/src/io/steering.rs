@@ -1,9 +1,10 @@
 //! The XDP steering program (bpf/steer.c, compiled by build.rs): loading it with
 //! libbpf (through libbpf-rs), attaching/detaching it per interface (driver mode, falling back to
 //! generic), and the maps the agent updates at run time (`SteeringParams`), the
-//! XSKMAP the workers insert their sockets into, and the per-CPU decision counters.
-//! It never touches an interface it was not asked to attach to, and only ever
-//! detaches its own program.
+//! XSKMAP the workers insert their sockets into, and the per-CPU decision counters;
+//! and the loopback's tc egress program (`nodeplane_local`) that hands the node's
+//! own NodePort connections to the host interface. It never touches an interface
+//! it was not asked to attach to, and only ever detaches its own programs.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -15,6 +16,7 @@ use libbpf_rs::{
     MapCore, MapFlags, MapHandle, Object, ObjectBuilder, Program, ProgramInput, ProgramMut, Xdp,
     XdpFlags,
 };
+use libbpf_rs::{TcHook, TcHookBuilder, TC_EGRESS};
 
 use shared::{Ipv4Cidr, L4Proto};
 
@@ -23,6 +25,12 @@ static STEER_OBJ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"
 
 /// The program's name (also what `bpftool prog` shows, ≤ 15 chars).
 pub const PROGRAM_NAME: &str = "nodeplane_steer";
+/// The loopback's tc egress program (steer.c's `nodeplane_local`).
+pub const LOCAL_PROGRAM_NAME: &str = "nodeplane_local";
+/// Its tc filter's handle and priority on `lo` egress ("NP"): its own, so it
+/// never replaces another filter there.
+const TC_HANDLE: u32 = 0x4e50;
+const TC_PRIORITY: u32 = 0x4e50;
 /// XSKMAP size (`XSK_SLOTS` in steer.c).
 pub const XSK_SLOTS: u32 = 8192;
 /// Queues reserved per interface in the XSKMAP: interface slot `s` owns XSKMAP
@@ -212,7 +220,10 @@ fn xdp_md(len: u32, ingress_ifindex: u32) -> [u8; 24] {
 /// The program's per-reason decisions (slots of the `stats` map). `redirect_*`
 /// count decisions to steer a frame; `pass_no_socket` counts those of them that
 /// found no socket at the queue's XSKMAP slot and were passed instead.
-pub const STAT_NAMES: [&str; 14] = [
+/// `local_nodeport*` count the loopback program's decisions (the node's own
+/// NodePort packets handed to the host interface, or dropped as too long for
+/// it); a handed packet is counted again by the XDP program on `nph1`.
+pub const STAT_NAMES: [&str; 16] = [
     "pass_not_ipv4",
     "pass_malformed",
     "pass_unknown_interface",
@@ -227,6 +238,8 @@ pub const STAT_NAMES: [&str; 14] = [
     "redirect_pod",
     "redirect_icmp_error",
     "redirect_fragment",
+    "local_nodeport_to_host_interface",
+    "local_nodeport_too_big",
 ];
 
 /// Decision counters summed over CPUs, indexed like `STAT_NAMES`.
@@ -296,7 +309,43 @@ struct Maps {
     frontend_ips: MapHandle,
     nodeports: MapHandle,
     service_cidrs: MapHandle,
+    local_redirect: MapHandle,
     stats: MapHandle,
+}
+
+/// Where the loopback program sends the node's NodePort packets: the host
+/// interface's kernel end (`nph0`), with the MACs the frames get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalRedirect {
+    pub ifindex: u32,
+    /// `nph0`'s MTU: a longer datagram (no GSO burst) is dropped, counted.
+    pub mtu: u32,
+    /// `nph1`'s MAC (where nodeplane receives).
+    pub dst_mac: [u8; 6],
+    /// `nph0`'s MAC.
+    pub src_mac: [u8; 6],
+}
+
+impl LocalRedirect {
+    /// `struct local_redirect` in steer.c: ifindex, mtu (u32), macs[12].
+    fn to_bytes(self) -> [u8; 20] {
+        let mut b = [0u8; 20];
+        b[0..4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.mtu.to_ne_bytes());
+        b[8..14].copy_from_slice(&self.dst_mac);
+        b[14..20].copy_from_slice(&self.src_mac);
+        b
+    }
+}
+
+/// The loopback program's filter on `ifindex`'s egress.
+fn local_hook(fd: BorrowedFd<'_>, ifindex: u32) -> TcHook {
+    TcHookBuilder::new(fd)
+        .ifindex(ifindex as i32)
+        .replace(true)
+        .handle(TC_HANDLE)
+        .priority(TC_PRIORITY)
+        .hook(TC_EGRESS)
 }
 
 /// The loaded steering program and its maps. Dropping it detaches it from every
@@ -305,6 +354,10 @@ pub struct Steering {
     obj: Object,
     /// The program's descriptor, for attaching.
     prog: OwnedFd,
+    /// The loopback program's.
+    local_prog: OwnedFd,
+    /// The interface (`lo`) the loopback program is attached to, if it is.
+    local_on: Mutex<Option<u32>>,
     maps: Maps,
     state: Mutex<AttachState>,
     /// The modes tried when attaching, in order.
@@ -332,6 +385,13 @@ impl Steering {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| bpf_err("the steering program's descriptor")(e.into()))?;
+        let local_prog = obj
+            .progs()
+            .find(|p| p.name() == LOCAL_PROGRAM_NAME)
+            .ok_or_else(|| not_found("finding the loopback program"))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| bpf_err("the loopback program's descriptor")(e.into()))?;
         let map = |name: &str| -> Result<MapHandle, SteeringError> {
             let m = obj
                 .maps()
@@ -347,11 +407,14 @@ impl Steering {
             frontend_ips: map("frontend_ips")?,
             nodeports: map("nodeports")?,
             service_cidrs: map("service_cidrs")?,
+            local_redirect: map("local_redirect")?,
             stats: map("stats")?,
         };
         let s = Steering {
             obj,
             prog,
+            local_prog,
+            local_on: Mutex::new(None),
             maps,
             state: Mutex::new(AttachState {
                 by_ifindex: HashMap::new(),
@@ -610,6 +673,124 @@ impl Steering {
         st.by_ifindex.get(&ifindex).copied()
     }
 
+    /// Attaches the loopback program to `lo_ifindex`'s tc egress (creating
+    /// its clsact qdisc if there is none; replacing a filter of ours a
+    /// previous agent left), sending the node's own NodePort packets to `to`.
+    pub fn redirect_local_nodeports(
+        &self,
+        lo_ifindex: u32,
+        to: LocalRedirect,
+    ) -> Result<(), SteeringError> {
+        map_update(
+            &self.maps.local_redirect,
+            &0u32.to_ne_bytes(),
+            &to.to_bytes(),
+            "local_redirect",
+        )?;
+        let attach_err = |source| SteeringError::Attach {
+            ifindex: lo_ifindex,
+            source,
+        };
+        let mut hook = local_hook(self.local_prog.as_fd(), lo_ifindex);
+        hook.create().map_err(attach_err)?;
+        hook.attach().map_err(attach_err)?;
+        *self.local_on.lock().unwrap_or_else(|e| e.into_inner()) = Some(lo_ifindex);
+        Ok(())
+    }
+
+    /// Stops the loopback program: it passes everything at once (its map
+    /// entry is cleared), then its filter is removed if it is still ours.
+    /// The clsact qdisc stays (another filter may use it; an empty one
+    /// changes nothing).
+    pub fn stop_local_nodeports(&self) {
+        let _ = self
+            .maps
+            .local_redirect
+            .update(&0u32.to_ne_bytes(), &[0u8; 20], MapFlags::ANY);
+        let Some(lo) = self
+            .local_on
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let ours = Program::id_from_fd(self.local_prog.as_fd()).ok();
+        let mut hook = local_hook(self.local_prog.as_fd(), lo);
+        if hook.query().ok().is_some_and(|id| Some(id) == ours) {
+            if let Err(e) = hook.detach() {
+                tracing::warn!(ifindex = lo, error = %e, "detaching the loopback program");
+            }
+        }
+    }
+
+    /// Removes a loopback program of ours from `ifindex`, whoever attached
+    /// it (a killed agent): `nodeplane cleanup`. True if one was removed.
+    pub fn detach_stale_local(&self, ifindex: u32) -> bool {
+        let mut hook = local_hook(self.local_prog.as_fd(), ifindex);
+        match hook.query() {
+            Ok(id) if id != 0 => {
+                prog_name_by_id(id).as_deref() == Some(LOCAL_PROGRAM_NAME) && hook.detach().is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// The program attached to `ifindex`'s egress at the loopback program's
+    /// handle and priority, if any (its id and name), for tests.
+    pub fn local_attached(&self, ifindex: u32) -> Option<(u32, String)> {
+        let mut hook = local_hook(self.local_prog.as_fd(), ifindex);
+        let id = hook.query().ok().filter(|id| *id != 0)?;
+        Some((id, prog_name_by_id(id).unwrap_or_default()))
+    }
+
+    /// Runs the loopback program once on `packet` (an Ethernet frame, as `lo`
+    /// sends it) with `to` as its target, attached nowhere
+    /// (BPF_PROG_TEST_RUN): its tc verdict (`TC_ACT_OK` 0, `TC_ACT_SHOT` 2,
+    /// `TC_ACT_REDIRECT` 7) and the frame as it left the program. Refused
+    /// while the program is attached (its target would change under it).
+    pub fn dry_run_local(
+        &self,
+        to: LocalRedirect,
+        packet: &[u8],
+    ) -> Result<(u32, Vec<u8>), SteeringError> {
+        if let Some(lo) = *self.local_on.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(SteeringError::AlreadyAttached(lo));
+        }
+        map_update(
+            &self.maps.local_redirect,
+            &0u32.to_ne_bytes(),
+            &to.to_bytes(),
+            "local_redirect",
+        )?;
+        let mut out = vec![0u8; packet.len() + 512];
+        let input = ProgramInput {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..ProgramInput::default()
+        };
+        let ran = self
+            .obj
+            .progs_mut()
+            .find(|p| p.name() == LOCAL_PROGRAM_NAME)
+            .ok_or_else(|| not_found("finding the loopback program"))
+            .and_then(|p| {
+                p.test_run(input)
+                    .map_err(bpf_err("test-running the loopback program"))
+                    .map(|o| (o.return_value, o.data.map(|d| d.len()).unwrap_or(0)))
+            });
+        map_update(
+            &self.maps.local_redirect,
+            &0u32.to_ne_bytes(),
+            &[0u8; 20],
+            "local_redirect",
+        )?;
+        let (verdict, len) = ran?;
+        out.truncate(len);
+        Ok((verdict, out))
+    }
+
     /// Inserts an AF_XDP socket at XSKMAP index `slot`.
     pub(crate) fn set_socket(&self, slot: u32, fd: RawFd) -> Result<(), SteeringError> {
         let v = fd as u32;
@@ -707,6 +888,7 @@ impl Steering {
 impl Drop for Steering {
     fn drop(&mut self) {
         // The object (program and maps) is closed after this, by its own Drop.
+        self.stop_local_nodeports();
         self.detach_all();
     }
 }
