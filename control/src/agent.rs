@@ -68,6 +68,7 @@ fn host_interface(
     uplink: &netif::Interface,
     state: &AgentState,
     pool: &Arc<Mutex<WorkerPool>>,
+    localhost_nodeports: bool,
 ) -> Option<Arc<crate::hostif::HostInterface>> {
     use crate::hostif::{HostInterface, NODEPLANE_END};
     let mtu = if uplink.mtu > 50 {
@@ -95,7 +96,7 @@ fn host_interface(
                 xdp_mode: mode,
                 queues,
             });
-            local_nodeports(&h, pool);
+            local_nodeports(&h, pool, localhost_nodeports);
             Some(Arc::new(h))
         }
         Err(e) => {
@@ -110,12 +111,17 @@ fn host_interface(
 /// `lo`, never routed) to the host interface: the steering's loopback program
 /// on `lo` egress. Without it those connections reach the node's own sockets
 /// on the NodePort, as before; a failure is logged.
-fn local_nodeports(h: &crate::hostif::HostInterface, pool: &Arc<Mutex<WorkerPool>>) {
+fn local_nodeports(
+    h: &crate::hostif::HostInterface,
+    pool: &Arc<Mutex<WorkerPool>>,
+    localhost: bool,
+) {
     let to = dataplane::io::steering::LocalRedirect {
         ifindex: h.kernel_ifindex,
         mtu: h.mtu,
         dst_mac: h.mac,
         src_mac: h.kernel_mac,
+        localhost,
     };
     let r = netif::ifindex("lo")
         .map_err(anyhow::Error::from)
@@ -152,7 +158,7 @@ fn run_with_pool(
         );
     }
     let host_if = if settings.host_interface {
-        host_interface(uplink, state, pool)
+        host_interface(uplink, state, pool, settings.localhost_nodeports)
     } else {
         // One a previous agent left (it crashed, or ran with it on).
         if let Err(e) = crate::hostif::HostInterface::remove() {
@@ -177,6 +183,7 @@ fn run_with_pool(
         proxy_name: "nodeplane".into(),
         masquerade: settings.masquerade.clone(),
         nodeport_addresses: settings.nodeport_addresses.clone(),
+        localhost_nodeports: settings.localhost_nodeports,
         host_if: host_if.as_ref().map(|h| shared::snapshot::PodHop {
             mac: h.kernel_mac,
             host_mac: h.mac,

@@ -149,6 +149,11 @@ pub struct RunArgs {
     /// then do not reach Services through nodeplane.
     #[arg(long)]
     pub no_host_interface: bool,
+    /// kube-proxy iptables mode's localhostNodePorts: the node's own
+    /// connections to 127.0.0.0/8 on a NodePort are proxied too (default off,
+    /// as nftables kube-proxy; needs the host interface).
+    #[arg(long)]
+    pub localhost_nodeports: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -198,6 +203,16 @@ pub struct FileConfig {
     pub node_port_addresses: Vec<String>,
     /// `false`: no host interface (`--no-host-interface`).
     pub host_interface: Option<bool>,
+    /// kube-proxy's `iptables: {localhostNodePorts}`.
+    pub iptables: Option<IptablesFile>,
+}
+
+/// The `iptables` block of the config file: of kube-proxy's, the setting
+/// that changes what is proxied.
+#[derive(serde::Deserialize, Debug, Default, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IptablesFile {
+    pub localhost_nodeports: Option<bool>,
 }
 
 /// The `detectLocal` block of the config file, as kube-proxy's.
@@ -282,6 +297,8 @@ pub struct Settings {
     /// Create the host interface (`hostif`) so the node's own processes reach
     /// Services (default true).
     pub host_interface: bool,
+    /// Proxy the node's connections to NodePorts on 127.0.0.0/8 (default false).
+    pub localhost_nodeports: bool,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -426,6 +443,13 @@ fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
         } else {
             file.host_interface
         },
+        iptables: if args.localhost_nodeports {
+            Some(IptablesFile {
+                localhost_nodeports: Some(true),
+            })
+        } else {
+            file.iptables
+        },
     }
 }
 
@@ -476,6 +500,19 @@ fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
     };
     let idle_sleep_us = check_idle_sleep(m.idle_sleep_us.unwrap_or(0))?;
     let xdp_mode = parse_xdp_mode(m.xdp_mode.as_deref())?;
+    let host_interface = m.host_interface.unwrap_or(true);
+    let localhost_nodeports = m
+        .iptables
+        .as_ref()
+        .and_then(|i| i.localhost_nodeports)
+        .unwrap_or(false);
+    if localhost_nodeports && !host_interface {
+        return Err(invalid(
+            "localhost NodePorts",
+            "true",
+            "the node's loopback connections come in through the host interface, which is off",
+        ));
+    }
     Ok(Settings {
         node_name,
         uplink,
@@ -496,7 +533,8 @@ fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
         frag,
         masquerade,
         nodeport_addresses,
-        host_interface: m.host_interface.unwrap_or(true),
+        host_interface,
+        localhost_nodeports,
     })
 }
 
@@ -998,6 +1036,44 @@ mod tests {
             resolve(&f).unwrap().nodeport_addresses,
             vec![NodePortAddress::Primary]
         );
+    }
+
+    #[test]
+    fn localhost_nodeports_as_kube_proxys_iptables_mode() {
+        assert!(!resolve(&args()).unwrap().localhost_nodeports);
+        let mut a = args();
+        a.localhost_nodeports = true;
+        assert!(resolve(&a).unwrap().localhost_nodeports);
+        a.no_host_interface = true;
+        let e = resolve(&a).unwrap_err().to_string();
+        assert!(e.contains("host interface"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        let file = |body: &str| {
+            std::fs::write(
+                &p,
+                format!("nodeName: n\nuplink: eth0\nmanifests: d\n{body}"),
+            )
+            .unwrap();
+            resolve(&RunArgs {
+                config: Some(p.clone()),
+                ..RunArgs::default()
+            })
+        };
+        assert!(
+            file("iptables: {localhostNodePorts: true}\n")
+                .unwrap()
+                .localhost_nodeports
+        );
+        assert!(
+            !file("iptables: {localhostNodePorts: false}\n")
+                .unwrap()
+                .localhost_nodeports
+        );
+        let e = file("iptables: {masqueradeBit: 14}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("masqueradeBit"), "{e}");
     }
 
     #[test]

@@ -125,6 +125,10 @@ impl HostInterface {
             // The replies to the node's connections to its own NodePorts come
             // from the node's own address.
             write_sysctl(&format!("net/ipv4/conf/{KERNEL_END}/accept_local"), "1")?;
+            // With localhost NodePorts, from 127.0.0.1 (only nodeplane sends
+            // on nph0's wire: the hole kube-proxy's iptables mode opens with
+            // route_localnet on every interface stays shut elsewhere).
+            write_sysctl(&format!("net/ipv4/conf/{KERNEL_END}/route_localnet"), "1")?;
             // What arrives on nph1 while no socket takes it (the agent was
             // killed) is dropped, never routed back out of nph0 in a loop.
             write_sysctl(&format!("net/ipv4/conf/{NODEPLANE_END}/forwarding"), "0")?;

@@ -58,6 +58,8 @@ pub struct LocalConfig {
     pub masquerade: MasqueradeConfig,
     /// kube-proxy's `nodePortAddresses` (empty: every node IP).
     pub nodeport_addresses: Vec<NodePortAddress>,
+    /// kube-proxy iptables mode's `localhostNodePorts`.
+    pub localhost_nodeports: bool,
     /// The host interface, when the agent made one (`hostif`).
     pub host_if: Option<PodHop>,
 }
@@ -78,6 +80,7 @@ impl Default for LocalConfig {
             proxy_name: PROXY_NAME.to_string(),
             masquerade: MasqueradeConfig::default(),
             nodeport_addresses: Vec::new(),
+            localhost_nodeports: false,
             host_if: None,
         }
     }
@@ -566,6 +569,7 @@ fn local_node(node: Option<&Node>, cfg: &LocalConfig, notes: &mut Notes) -> Node
         underlay_ip: cfg.uplink_ip,
         node_ips: cfg.uplink_ip.into_iter().collect(),
         nodeport_cidrs: nodeport_cidrs(&cfg.nodeport_addresses, cfg.uplink_ip),
+        localhost_nodeports: cfg.localhost_nodeports,
         host_if: cfg.host_if,
         pod_cidrs: Vec::new(),
         uplink_ifindex: cfg.uplink_ifindex,

@@ -658,6 +658,41 @@ fn lab_the_node_itself_reaches_its_own_nodeport() {
     );
 }
 
+/// kube-proxy iptables mode's localhostNodePorts (`--localhost-nodeports`):
+/// `curl 127.0.0.1:NODEPORT` on node-a reaches every backend, masqueraded;
+/// without it (the default, as nftables kube-proxy) such a connection stays
+/// the node's own (nothing listens: refused).
+#[test]
+fn lab_localhost_nodeports_as_iptables_kube_proxy() {
+    let Some(mut lab) = Lab::up("l") else { return };
+    lab.start_agent("b", &[]);
+    lab.start_agent("a", &[]);
+    let port: u16 = lab.var("NP_WEB_NODEPORT").parse().unwrap();
+    let localhost = sa(std::net::Ipv4Addr::LOCALHOST, port);
+    let refused = tcp_line(&lab.ns("a"), localhost, "off");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("refused")),
+        "localhost NodePorts are off by default: {refused:?}"
+    );
+    assert!(lab.stop_agent("a"), "{}", lab.agent_log("a"));
+    lab.start_agent("a", &["--localhost-nodeports"]);
+    let mut pods = BTreeSet::new();
+    for i in 0..40 {
+        let answer = eventually(5, || tcp_line(&lab.ns("a"), localhost, &format!("lo{i}")))
+            .unwrap_or_else(|e| panic!("127.0.0.1:{port} {i}: {e}\n{}", lab.agent_log("a")));
+        assert!(
+            client_of(&answer).starts_with("198.19.1.0:"),
+            "masqueraded to node-a's overlay address: {answer}"
+        );
+        pods.insert(pod_of(&answer));
+    }
+    assert_eq!(
+        pods,
+        BTreeSet::from(["a1".to_string(), "b1".to_string(), "k1".to_string()]),
+        "every backend"
+    );
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(

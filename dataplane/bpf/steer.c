@@ -28,8 +28,9 @@
  * hook, so a TCP/UDP/SCTP packet to a node IP NodePorts answer on
  * (nodePortAddresses) whose destination port is a NodePort gets the host
  * interface's MACs and is redirected out of its kernel end (nph0); nodeplane
- * receives it on nph1 like the node's ClusterIP connections. Everything else
- * on `lo` goes on untouched.
+ * receives it on nph1 like the node's ClusterIP connections. With localhost
+ * NodePorts on (kube-proxy iptables mode's localhostNodePorts), so is one
+ * from 127.0.0.0/8 to 127.0.0.0/8. Everything else on `lo` goes on untouched.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -118,6 +119,7 @@ struct local_redirect {
 	__u32 ifindex; /* nph0 */
 	__u32 mtu;     /* nph0's: a longer packet that is no GSO burst is dropped */
 	__u8 macs[12]; /* destination (nph1), then source (nph0) */
+	__u32 localhost; /* 1: NodePorts on 127.0.0.0/8 too */
 };
 
 #define XSK_SLOTS 8192
@@ -404,9 +406,14 @@ int nodeplane_local(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u32 daddr;
 	__builtin_memcpy(&daddr, ip + 16, 4);
-	__u8 *node_ip = bpf_map_lookup_elem(&node_ips, &daddr);
-	if (!node_ip || !(*node_ip & NODE_IP_NODEPORTS))
-		return TC_ACT_OK;
+	if (ip[16] == 127) {
+		if (!to->localhost || ip[12] != 127)
+			return TC_ACT_OK;
+	} else {
+		__u8 *node_ip = bpf_map_lookup_elem(&node_ips, &daddr);
+		if (!node_ip || !(*node_ip & NODE_IP_NODEPORTS))
+			return TC_ACT_OK;
+	}
 	__u8 ports[4];
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + ihl, ports, sizeof(ports)) < 0)
 		return TC_ACT_OK;

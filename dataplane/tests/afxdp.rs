@@ -143,6 +143,7 @@ impl PodLab {
                 name: "node-a".into(),
                 node_ips: vec![NODE_IP],
                 nodeport_cidrs: Vec::new(),
+                localhost_nodeports: false,
                 host_if: None,
                 pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 19, 1, 0), 24).unwrap()],
                 ..NodeInfo::default()
@@ -617,6 +618,7 @@ fn overlay_to_and_from_a_kernel_vxlan_node() {
                 underlay_ip: Some(NODE_IP),
                 node_ips: vec![NODE_IP],
                 nodeport_cidrs: Vec::new(),
+                localhost_nodeports: false,
                 host_if: None,
                 pod_cidrs: vec![Ipv4Cidr::new(Ipv4Addr::new(198, 19, 1, 0), 24).unwrap()],
                 uplink_ifindex: up.ifindex,
@@ -1311,6 +1313,7 @@ fn loopback_program_hands_only_the_nodes_own_nodeport_packets_over() {
             mtu: 1450,
             dst_mac: [2, 0xee, 0, 0, 0, 2],
             src_mac: [2, 0xee, 0, 0, 0, 1],
+            localhost: false,
         };
         const OK: u32 = 0;
         const SHOT: u32 = 2;
@@ -1376,6 +1379,56 @@ fn loopback_program_hands_only_the_nodes_own_nodeport_packets_over() {
         // Not counted as XDP decisions.
         assert_eq!(st.decided_redirect(), 0);
         assert_eq!(st.passed(), 0);
+        // Localhost NodePorts (kube-proxy iptables mode's setting): from
+        // 127.0.0.0/8 to 127.0.0.0/8 on a NodePort only.
+        let lo_frame = |src: [u8; 4], dst: [u8; 4], dport: u16| {
+            let mut v = Vec::new();
+            etherparse::PacketBuilder::ethernet2([0; 6], [0; 6])
+                .ipv4(src, dst, 64)
+                .tcp(40000, dport, 1, 1024)
+                .write(&mut v, b"")
+                .unwrap();
+            v
+        };
+        let localhost = dataplane::io::steering::LocalRedirect {
+            localhost: true,
+            ..to
+        };
+        for (what, l, pkt, want) in [
+            (
+                "localhost off",
+                to,
+                lo_frame([127, 0, 0, 1], [127, 0, 0, 1], 30080),
+                OK,
+            ),
+            (
+                "localhost on",
+                localhost,
+                lo_frame([127, 0, 0, 1], [127, 0, 0, 1], 30080),
+                REDIRECT,
+            ),
+            (
+                "127.0.0.2 on",
+                localhost,
+                lo_frame([127, 0, 0, 1], [127, 0, 0, 2], 30080),
+                REDIRECT,
+            ),
+            (
+                "from the node IP",
+                localhost,
+                lo_frame(node.octets(), [127, 0, 0, 1], 30080),
+                OK,
+            ),
+            (
+                "no NodePort",
+                localhost,
+                lo_frame([127, 0, 0, 1], [127, 0, 0, 1], 22),
+                OK,
+            ),
+        ] {
+            let (verdict, _) = s.dry_run_local(l, &pkt).unwrap();
+            assert_eq!(verdict, want, "{what}");
+        }
         // No target (a stopped agent): everything passes.
         let off = dataplane::io::steering::LocalRedirect { ifindex: 0, ..to };
         let (verdict, _) = s.dry_run_local(off, &frame(node, "tcp", 30080)).unwrap();

@@ -126,6 +126,16 @@ fn replay(snap: &Snapshot, map: &Remap, host_srcs: &[Ipv4Addr], flows: &[Flow]) 
     let mut wrong = Vec::new();
     for &(name, src, proto, dst, dport, output, masq) in flows {
         let (src, dst) = (map.ip(src), map.ip(dst));
+        if src.is_loopback() && !host_srcs.contains(&src) {
+            // The loopback program leaves it to the kernel (localhost
+            // NodePorts off; dataplane/tests/afxdp.rs): never proxied.
+            if !output.is_empty() {
+                wrong.push(format!(
+                    "{name}: expected {output:?}, nodeplane never sees it"
+                ));
+            }
+            continue;
+        }
         let (ifindex, smac, dmac) = ingress(src, host_srcs);
         let mut reached = BTreeSet::new();
         let mut problem = None;
@@ -418,6 +428,11 @@ fn node_ports() {
     ] {
         let mut spec = world(vec![svc.clone()]);
         spec.node.name = "test-node".into();
+        spec.node.host_if = Some(PodHop {
+            mac: KERNEL_MAC,
+            host_mac: HOST_MAC,
+            host_ifindex: HOST_IF,
+        });
         spec.node.node_ips = vec![m.ip("192.168.0.2"), m.ip("192.168.1.2")];
         spec.node.nodeport_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
         spec.masquerade.local = LocalTraffic::Cidrs(vec!["198.19.0.0/16".parse().unwrap()]);
@@ -433,6 +448,195 @@ fn node_ports() {
             !alt.1.is_empty(),
         ));
         let wrong = replay(&s, &m, &[NODE_A], &flows);
+        assert!(
+            wrong.is_empty(),
+            "{case}: {} of {} flows differ from kube-proxy:\n{}",
+            wrong.len(),
+            flows.len(),
+            wrong.join("\n")
+        );
+    }
+}
+
+/// TestNodePorts of `pkg/proxy/iptables/proxier_test.go` (same version), its
+/// four IPv4 cases: iptables kube-proxy's `localhostNodePorts` (nodeplane's
+/// `--localhost-nodeports`) with and without nodePortAddresses. Localhost
+/// sources come in through the host interface, as the loopback program
+/// hands them over when the setting is on; when it is off the program
+/// leaves them to the kernel (dataplane/tests/afxdp.rs), which is what the
+/// "is ignored" rows expect, and the pipeline must not proxy them either.
+#[test]
+fn iptables_node_ports() {
+    let m = Remap::new(&[
+        ("172.30.0.41", "198.18.96.41"),
+        ("10.180.0.1", "198.19.3.10"),
+        ("10.180.2.1", "198.19.1.10"),
+        ("10.0.0.2", "198.19.1.11"),
+        ("203.0.113.2", "198.18.200.10"),
+        ("192.168.0.2", "198.18.0.2"),
+        ("192.168.1.2", "198.18.1.2"),
+        ("127.0.0.1", "127.0.0.1"),
+    ]);
+    let tcp = L4Proto::Tcp;
+    let svc = service(
+        "ns1",
+        "svc1",
+        m.ip("172.30.0.41"),
+        vec![port(
+            "p80",
+            tcp,
+            80,
+            Some(3001),
+            &[
+                (m.ip("10.180.0.1"), 80, ""),
+                (m.ip("10.180.2.1"), 80, "test-node"),
+            ],
+        )],
+    );
+    let out = "10.180.0.1:80, 10.180.2.1:80";
+    #[rustfmt::skip]
+    let basic: &[Flow] = &[
+        ("pod to cluster IP", "10.0.0.2", tcp, "172.30.0.41", 80, out, false),
+        ("external to nodePort", "203.0.113.2", tcp, "192.168.0.2", 3001, out, true),
+        ("node to nodePort", "192.168.0.2", tcp, "192.168.0.2", 3001, out, true),
+    ];
+    // (name, localhostNodePorts, nodePortAddresses (IPv4, remapped), allowAltNodeIP)
+    let cases: [(&str, bool, &[&str], bool); 4] = [
+        ("ipv4, localhost-nodeports enabled", true, &[], true),
+        ("ipv4, localhost-nodeports disabled", false, &[], true),
+        (
+            "ipv4, localhost-nodeports disabled, localhost in nodeport-addresses",
+            false,
+            &["198.18.0.0/24", "127.0.0.1/32"],
+            false,
+        ),
+        (
+            "ipv4, localhost-nodeports enabled, multiple nodeport-addresses",
+            false,
+            &["198.18.0.0/24", "198.18.1.0/24"],
+            true,
+        ),
+    ];
+    for (case, localhost, cidrs, alt) in cases {
+        let mut spec = world(vec![svc.clone()]);
+        spec.node.name = "test-node".into();
+        spec.node.host_if = Some(PodHop {
+            mac: KERNEL_MAC,
+            host_mac: HOST_MAC,
+            host_ifindex: HOST_IF,
+        });
+        spec.node.node_ips = vec![m.ip("192.168.0.2"), m.ip("192.168.1.2")];
+        spec.node.nodeport_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        spec.node.localhost_nodeports = localhost;
+        spec.masquerade.local = LocalTraffic::Cidrs(vec!["198.19.0.0/16".parse().unwrap()]);
+        let s = snap(spec, 1);
+        let mut flows = basic.to_vec();
+        flows.push(if localhost {
+            (
+                "localhost to nodePort gets masqueraded",
+                "127.0.0.1",
+                tcp,
+                "127.0.0.1",
+                3001,
+                out,
+                true,
+            )
+        } else {
+            (
+                "localhost to nodePort is ignored",
+                "127.0.0.1",
+                tcp,
+                "127.0.0.1",
+                3001,
+                "",
+                false,
+            )
+        });
+        flows.push(if alt {
+            (
+                "external to nodePort on secondary IP",
+                "203.0.113.2",
+                tcp,
+                "192.168.1.2",
+                3001,
+                out,
+                true,
+            )
+        } else {
+            (
+                "secondary nodeIP ignores NodePorts",
+                "203.0.113.2",
+                tcp,
+                "192.168.1.2",
+                3001,
+                "",
+                false,
+            )
+        });
+        // The loopback program hands localhost connections over only with
+        // the setting on.
+        let host_srcs: &[Ipv4Addr] = if localhost {
+            &[NODE_A, Ipv4Addr::LOCALHOST]
+        } else {
+            &[NODE_A]
+        };
+        let wrong = replay(&s, &m, host_srcs, &flows);
+        if localhost {
+            // A localhost connection's reply from the local endpoint comes
+            // back to the kernel's end of the host interface, restored.
+            let local = m.ip("10.180.2.1");
+            let mut w = Worker::default();
+            let (sport, fwd) = (40000..40040)
+                .map(|p| {
+                    let f = packet(
+                        KERNEL_MAC,
+                        HOST_MAC,
+                        Ipv4Addr::LOCALHOST,
+                        Ipv4Addr::LOCALHOST,
+                        tcp,
+                        p,
+                        3001,
+                    );
+                    (p, w.run(&s, HOST_IF, &f))
+                })
+                .find(|(_, o)| o.verdict == tx(A1_IF))
+                .expect("some localhost connection reaches the local endpoint");
+            let f = seen(&fwd.bytes);
+            assert_eq!((f.src, f.dst, f.dport), (OVERLAY_A, local, 80));
+            let reply = frame(
+                A1_MAC,
+                A1_HOST_MAC,
+                local,
+                OVERLAY_A,
+                support::tcp(80, f.sport, SYN | ACK),
+                64,
+            );
+            let back = w.run(&s, A1_IF, &reply);
+            assert_eq!(back.verdict, tx(HOST_IF), "the reply goes to the kernel");
+            let b = seen(&back.bytes);
+            assert_eq!(
+                (b.src, b.sport, b.dst, b.dport),
+                (Ipv4Addr::LOCALHOST, 3001, Ipv4Addr::LOCALHOST, sport)
+            );
+            verify_checksums(&back.bytes);
+            // Only the node's own loopback connections: a pod's frame to
+            // 127.0.0.1 on a NodePort, or one from the node's address, is dropped.
+            for (ifindex, smac, dmac, src) in [
+                (A2_IF, A2_MAC, A2_HOST_MAC, A2),
+                (HOST_IF, KERNEL_MAC, HOST_MAC, NODE_A),
+            ] {
+                let out = Worker::default().run(
+                    &s,
+                    ifindex,
+                    &packet(smac, dmac, src, Ipv4Addr::LOCALHOST, tcp, 40000, 3001),
+                );
+                assert_eq!(
+                    out.verdict,
+                    Verdict::Drop(shared::counters::DropReason::LoopbackNotFromNode),
+                    "{src} → 127.0.0.1:3001"
+                );
+            }
+        }
         assert!(
             wrong.is_empty(),
             "{case}: {} of {} flows differ from kube-proxy:\n{}",

@@ -175,6 +175,7 @@ pub fn build_snapshot(services: usize) -> Snapshot {
             underlay_ip: Some(Ipv4Addr::new(198, 18, 0, 2)),
             node_ips: vec![Ipv4Addr::new(198, 18, 0, 2)],
             nodeport_cidrs: Vec::new(),
+            localhost_nodeports: false,
             host_if: None,
             pod_cidrs: vec!["198.19.1.0/24".parse().expect("static CIDR")],
             uplink_ifindex: 2,

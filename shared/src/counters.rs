@@ -76,6 +76,8 @@ drop_reasons! {
         "The L4 header is truncated or inconsistent.";
     HostLinkSpoofed => "host_link_spoofed",
         "A reply to the host interface's link address (169.254.42.1) that did not come from the kernel through the host interface.";
+    LoopbackNotFromNode => "loopback_not_from_node",
+        "A frame to a NodePort on 127.0.0.0/8 that is not the node's own localhost connection (from 127.0.0.0/8, through the host interface).";
     SctpFragment => "sctp_fragment",
         "An IPv4 fragment of an SCTP packet whose ports a Service translates: SCTP's CRC32c covers the whole packet, so it cannot be fixed in one fragment.";
     VxlanBadFlags => "vxlan_bad_flags",

@@ -32,6 +32,12 @@ pub struct NodeInfo {
     /// the node IPs inside these CIDRs ("primary": the primary IP as a /32).
     /// Empty: on every node IP.
     pub nodeport_cidrs: Vec<Ipv4Cidr>,
+    /// kube-proxy iptables mode's `localhostNodePorts`: the node's own
+    /// connections to a NodePort on 127.0.0.0/8 are proxied too (they come
+    /// through the host interface; nftables kube-proxy never serves them).
+    /// As kube-proxy's, only if `nodeport_cidrs` is empty or has a loopback
+    /// CIDR, and then only on the loopback addresses inside it.
+    pub localhost_nodeports: bool,
     /// This node's pod CIDR(s).
     pub pod_cidrs: Vec<Ipv4Cidr>,
     /// The uplink interface and its MAC (outer source MAC of encapsulated frames).
@@ -436,6 +442,9 @@ pub struct Snapshot {
     node_ports: HashMap<(u8, u16), u32>,
     /// The node IPs NodePorts answer on (`NodeInfo::nodeport_cidrs` applied).
     node_ips: Vec<u32>,
+    /// NodePorts answer on 127.0.0.0/8 too (`NodeInfo::localhost_nodeports`,
+    /// with a host interface to bring the node's connections in).
+    localhost_nodeports: bool,
     /// The node's own addresses: node IPs and the underlay IP.
     own_ips: Vec<u32>,
     pod_hops: PodTable,
@@ -476,6 +485,13 @@ impl Snapshot {
         let plans = PortPlan::all(&spec, prev);
         let services = ServiceTables::build(&spec, plans, prev);
         let (node_ips, own_ips) = node_addresses(&spec.node);
+        let localhost_nodeports =
+            spec.node.localhost_nodeports
+                && spec.node.host_if.is_some()
+                && (spec.node.nodeport_cidrs.is_empty()
+                    || spec.node.nodeport_cidrs.iter().any(|c| {
+                        is_loopback(u32::from(c.network())) || c.contains_u32(0x7f00_0000)
+                    }));
         let mut services = services;
         for sp in &mut services.service_ports {
             sp.backend_on_node = sp
@@ -524,6 +540,7 @@ impl Snapshot {
             maglev_tables_built: services.built,
             frontends: services.frontends,
             node_ports: services.node_ports,
+            localhost_nodeports,
             node_ips,
             own_ips,
             pod_hops,
@@ -570,6 +587,15 @@ impl Snapshot {
     #[inline]
     pub fn is_nodeport_ip(&self, ip: u32) -> bool {
         self.node_ips.contains(&ip)
+            || (self.localhost_nodeports && self.is_localhost_nodeport_ip(ip))
+    }
+
+    /// A loopback address NodePorts answer on: with localhostNodePorts, every
+    /// one of 127.0.0.0/8, or those inside nodePortAddresses when it is set.
+    #[cold]
+    fn is_localhost_nodeport_ip(&self, ip: u32) -> bool {
+        let cidrs = &self.spec.node.nodeport_cidrs;
+        is_loopback(ip) && (cidrs.is_empty() || cidrs.iter().any(|c| c.contains_u32(ip)))
     }
 
     /// The node IPs NodePorts answer on (for the XDP program's steering).
@@ -897,6 +923,12 @@ impl ServiceTables {
             live_backends,
         }
     }
+}
+
+/// 127.0.0.0/8 (`ip` in host order).
+#[inline]
+pub fn is_loopback(ip: u32) -> bool {
+    ip >> 24 == 127
 }
 
 /// The node's IPs NodePorts answer on (never loopback; those inside

@@ -324,16 +324,24 @@ pub struct LocalRedirect {
     pub dst_mac: [u8; 6],
     /// `nph0`'s MAC.
     pub src_mac: [u8; 6],
+    /// NodePorts on 127.0.0.0/8 too, from 127.0.0.0/8 (kube-proxy iptables
+    /// mode's localhostNodePorts).
+    pub localhost: bool,
 }
 
+/// `struct local_redirect`'s size in steer.c.
+const LOCAL_REDIRECT_LEN: usize = 24;
+
 impl LocalRedirect {
-    /// `struct local_redirect` in steer.c: ifindex, mtu (u32), macs[12].
-    fn to_bytes(self) -> [u8; 20] {
-        let mut b = [0u8; 20];
+    /// `struct local_redirect` in steer.c: ifindex, mtu (u32), macs[12],
+    /// localhost (u32).
+    fn to_bytes(self) -> [u8; LOCAL_REDIRECT_LEN] {
+        let mut b = [0u8; LOCAL_REDIRECT_LEN];
         b[0..4].copy_from_slice(&self.ifindex.to_ne_bytes());
         b[4..8].copy_from_slice(&self.mtu.to_ne_bytes());
         b[8..14].copy_from_slice(&self.dst_mac);
         b[14..20].copy_from_slice(&self.src_mac);
+        b[20..24].copy_from_slice(&u32::from(self.localhost).to_ne_bytes());
         b
     }
 }
@@ -703,10 +711,11 @@ impl Steering {
     /// The clsact qdisc stays (another filter may use it; an empty one
     /// changes nothing).
     pub fn stop_local_nodeports(&self) {
-        let _ = self
-            .maps
-            .local_redirect
-            .update(&0u32.to_ne_bytes(), &[0u8; 20], MapFlags::ANY);
+        let _ = self.maps.local_redirect.update(
+            &0u32.to_ne_bytes(),
+            &[0u8; LOCAL_REDIRECT_LEN],
+            MapFlags::ANY,
+        );
         let Some(lo) = self
             .local_on
             .lock()
@@ -783,7 +792,7 @@ impl Steering {
         map_update(
             &self.maps.local_redirect,
             &0u32.to_ne_bytes(),
-            &[0u8; 20],
+            &[0u8; LOCAL_REDIRECT_LEN],
             "local_redirect",
         )?;
         let (verdict, len) = ran?;

@@ -46,9 +46,13 @@ pub(super) fn route(
         return encap(cx, f, p, out, remote);
     }
     let own = snap.node();
-    if snap.is_own_ip(dst) || own.overlay_ip().is_some_and(|o| u32::from(o) == dst) {
+    if snap.is_own_ip(dst)
+        || own.overlay_ip().is_some_and(|o| u32::from(o) == dst)
+        || shared::snapshot::is_loopback(dst)
+    {
         // A reply to the node's own connection to a Service, restored (its
-        // flow's client MAC is the host interface's kernel end), or a
+        // flow's client MAC is the host interface's kernel end; 127.0.0.0/8
+        // for a localhost NodePort's), or a
         // connection to an endpoint on the node's own address (masqueraded
         // to the host link address): out of the host interface, to the
         // kernel. Anything else to the node's addresses is the kernel's,

@@ -74,12 +74,19 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     {
         return Decision::Done(Verdict::Drop(DropReason::SourceRangeDenied));
     }
+    let from_host = from_host(snap, f);
+    if kind == FrontendKind::NodePort
+        && shared::snapshot::is_loopback(key.dst)
+        && !(from_host && shared::snapshot::is_loopback(key.src))
+    {
+        // localhostNodePorts serve the node's own loopback connections only.
+        return Decision::Done(Verdict::Drop(DropReason::LoopbackNotFromNode));
+    }
     if sp.backends.is_empty() {
         return Decision::Done(reject(cx, f, p));
     }
     let rules = &snap.spec.masquerade;
     let from_cluster = rules.local.is_local(key.src, f.ifindex);
-    let from_host = from_host(snap, f);
     // eTP=Local applies to traffic from outside; the cluster's pods (as the
     // local-traffic detector tells them) reaching an external frontend use the
     // cluster-wide set, unmasqueraded, as kube-proxy does.

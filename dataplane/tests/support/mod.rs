@@ -86,6 +86,7 @@ pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
             underlay_ip: Some(NODE_A),
             node_ips: vec![NODE_A],
             nodeport_cidrs: Vec::new(),
+            localhost_nodeports: false,
             host_if: None,
             pod_cidrs: vec!["198.19.1.0/24".parse().unwrap()],
             uplink_ifindex: UPLINK,
