@@ -212,6 +212,7 @@ pub struct FileConfig {
 #[derive(serde::Deserialize, Debug, Default, Clone)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IptablesFile {
+    #[serde(rename = "localhostNodePorts")]
     pub localhost_nodeports: Option<bool>,
 }
 

@@ -576,6 +576,9 @@ fn lab_the_node_itself_reaches_its_own_nodeport() {
     .unwrap();
     let accept = std::thread::spawn(move || {
         if let Some(Ok(mut c)) = listener.incoming().next() {
+            // The line first (closing before it arrives would reset it).
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&c), &mut line);
             let _ = std::io::Write::write_all(&mut c, b"node\n");
         }
     });
