@@ -647,6 +647,89 @@ fn iptables_node_ports() {
     }
 }
 
+/// TestNoEndpointsReject: a LoadBalancer Service (externalIP, LB IP,
+/// NodePort) without endpoints rejects on every frontend, from a pod and from
+/// outside.
+#[test]
+fn no_endpoints_reject() {
+    let m = Remap::new(&[
+        ("172.30.0.41", "198.18.96.41"),
+        ("192.168.99.11", "198.18.152.11"),
+        ("1.2.3.4", "198.18.151.1"),
+        ("10.0.0.2", "198.19.1.11"),
+        ("203.0.113.2", "198.18.200.10"),
+        ("192.168.0.2", "198.18.0.2"),
+    ]);
+    let tcp = L4Proto::Tcp;
+    let mut svc = service(
+        "ns1",
+        "svc1",
+        m.ip("172.30.0.41"),
+        vec![port("p80", tcp, 80, Some(3001), &[])],
+    );
+    svc.external_ips = vec![m.ip("192.168.99.11")];
+    svc.load_balancer_ips = vec![m.ip("1.2.3.4")];
+    let s = tables(vec![svc]);
+    let (pod, ext, node) = ("10.0.0.2", "203.0.113.2", "192.168.0.2");
+    #[rustfmt::skip]
+    let flows: &[Flow] = &[
+        ("pod to cluster IP with no endpoints", pod, tcp, "172.30.0.41", 80, "REJECT", false),
+        ("external to external IP with no endpoints", ext, tcp, "192.168.99.11", 80, "REJECT", false),
+        ("pod to NodePort with no endpoints", pod, tcp, node, 3001, "REJECT", false),
+        ("external to NodePort with no endpoints", ext, tcp, node, 3001, "REJECT", false),
+        ("pod to LoadBalancer IP with no endpoints", pod, tcp, "1.2.3.4", 80, "REJECT", false),
+        ("external to LoadBalancer IP with no endpoints", ext, tcp, "1.2.3.4", 80, "REJECT", false),
+    ];
+    let wrong = replay(&s, &m, &[NODE_A], flows);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} flows differ from kube-proxy:\n{}",
+        wrong.len(),
+        flows.len(),
+        wrong.join("\n")
+    );
+}
+
+/// TestHealthCheckNodePort of the iptables proxier tests: an eTP=Local
+/// LoadBalancer's healthCheckNodePort on the node IP is the node's (the
+/// agent's own health-check listener answers it; kube-proxy's firewall
+/// accepts it: "ACCEPT"), before and after the Service is deleted; never
+/// proxied. nodePortAddresses 127.0.0.0/8, as the Go test sets it.
+#[test]
+fn iptables_health_check_node_port() {
+    let m = Remap::new(&[
+        ("172.30.0.42", "198.18.96.42"),
+        ("1.2.3.4", "198.18.200.20"),
+        ("192.168.0.2", "198.18.0.2"),
+    ]);
+    let tcp = L4Proto::Tcp;
+    let mut svc = service(
+        "ns1",
+        "svc1",
+        m.ip("172.30.0.42"),
+        vec![port("p80", tcp, 80, Some(3001), &[])],
+    );
+    svc.external_local = true;
+    svc.health_check_node_port = Some(30000);
+    for (name, services) in [
+        ("firewall accepts HealthCheckNodePort", vec![svc.clone()]),
+        ("HealthCheckNodePort no longer has any rule", vec![]),
+    ] {
+        let mut spec = world(services);
+        spec.node.name = "test-node".into();
+        spec.node.host_if = Some(PodHop {
+            mac: KERNEL_MAC,
+            host_mac: HOST_MAC,
+            host_ifindex: HOST_IF,
+        });
+        spec.node.nodeport_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+        let s = snap(spec, 1);
+        let flows: &[Flow] = &[(name, "1.2.3.4", tcp, "192.168.0.2", 30000, "", false)];
+        let wrong = replay(&s, &m, &[NODE_A], flows);
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+}
+
 /// The Service of TestExternalTrafficPolicyLocal and ...Cluster: a
 /// LoadBalancer with an externalIP, a NodePort, one endpoint elsewhere
 /// (10.180.0.1) and one on this node (10.180.2.1).

@@ -1,5 +1,6 @@
 //! Fuzz target: arbitrary bytes, split into up to 64 frames on 0xff 0xfe
-//! separators, go through the pipeline on a lab-like snapshot. Each frame must
+//! separators, go through the pipeline on a lab-like snapshot (the uplink,
+//! two pods and the host interface in turn). Each frame must
 //! end in a verdict, the counters must add up, and transmitted frames must fit
 //! their buffer. Run with `cargo fuzz run pipeline` (see fuzz/README.md).
 #![no_main]
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
         .iter_mut()
         .zip(&pieces)
         .enumerate()
-        .map(|(i, (b, p))| Frame::new(b, 128, p.len(), [2, 10, 11][i % 3]))
+        .map(|(i, (b, p))| Frame::new(b, 128, p.len(), [2, 10, 11, 30][i % 4]))
         .collect();
     let sentinel = Verdict::Tx { ifindex: u32::MAX };
     let mut verdicts = vec![sentinel; frames.len()];

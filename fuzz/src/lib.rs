@@ -29,8 +29,9 @@ pub fn snapshot() -> &'static Snapshot {
                 underlay_ip: Some(Ipv4Addr::new(198, 18, 0, 2)),
                 node_ips: vec![Ipv4Addr::new(198, 18, 0, 2)],
                 nodeport_cidrs: Vec::new(),
-                localhost_nodeports: false,
-                host_if: None,
+                localhost_nodeports: true,
+                // The host interface (ifindex 30): the node's own traffic.
+                host_if: Some(shared::snapshot::PodHop { mac: [2, 0xee, 0, 0, 0, 1], host_mac: [2, 0xee, 0, 0, 0, 2], host_ifindex: 30 }),
                 pod_cidrs: vec!["198.19.1.0/24".parse().unwrap()],
                 uplink_ifindex: 2,
                 uplink_mtu: 1500,
