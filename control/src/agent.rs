@@ -184,6 +184,7 @@ fn run_with_pool(
         masquerade: settings.masquerade.clone(),
         nodeport_addresses: settings.nodeport_addresses.clone(),
         localhost_nodeports: settings.localhost_nodeports,
+        derive_endpoints: matches!(settings.source, Source::Manifests(_)),
         host_if: host_if.as_ref().map(|h| shared::snapshot::PodHop {
             mac: h.kernel_mac,
             host_mac: h.mac,

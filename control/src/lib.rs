@@ -17,6 +17,7 @@ pub mod apiserver;
 pub mod cleanup;
 pub mod cni;
 pub mod config;
+pub mod endpoints;
 pub mod hostif;
 pub mod manifests;
 pub mod podstate;

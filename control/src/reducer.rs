@@ -60,6 +60,9 @@ pub struct LocalConfig {
     pub nodeport_addresses: Vec<NodePortAddress>,
     /// kube-proxy iptables mode's `localhostNodePorts`.
     pub localhost_nodeports: bool,
+    /// Compute the EndpointSlices of Services with a selector from the Pods
+    /// (`endpoints`): the manifest directory, which has no controller.
+    pub derive_endpoints: bool,
     /// The host interface, when the agent made one (`hostif`).
     pub host_if: Option<PodHop>,
 }
@@ -81,6 +84,7 @@ impl Default for LocalConfig {
             masquerade: MasqueradeConfig::default(),
             nodeport_addresses: Vec::new(),
             localhost_nodeports: false,
+            derive_endpoints: false,
             host_if: None,
         }
     }
@@ -116,7 +120,7 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
     let node = local_node(this_node, cfg, &mut notes);
     let remote_nodes = remote_nodes(&nodes, cfg, &mut notes);
     let services = if synced(store) {
-        services(store, cfg, &mut notes)
+        services(store, cfg, facts, &mut notes)
     } else {
         Vec::new()
     };
@@ -230,9 +234,53 @@ fn other_proxy(labels: Option<&BTreeMap<String, String>>, cfg: &LocalConfig) -> 
         .is_some_and(|v| *v != cfg.proxy_name)
 }
 
-fn services(store: &ObjectStore, cfg: &LocalConfig, notes: &mut Notes) -> Vec<ServiceSpec> {
+fn services(
+    store: &ObjectStore,
+    cfg: &LocalConfig,
+    facts: &LocalFacts,
+    notes: &mut Notes,
+) -> Vec<ServiceSpec> {
+    let services = store.services();
+    // Manifest mode: the slices of Services with a selector, computed from
+    // the Pods (they replace slices a controller wrote for them; other
+    // hand-written ones stay).
+    let mut derived: BTreeMap<(String, String), Vec<EndpointSlice>> = BTreeMap::new();
+    if cfg.derive_endpoints {
+        let pods = store.pods();
+        let registered: BTreeMap<String, Ipv4Addr> = facts
+            .pods
+            .iter()
+            .filter(|p| p.name.contains('/'))
+            .map(|p| (p.name.clone(), p.ip))
+            .collect();
+        for svc in services
+            .iter()
+            .filter(|s| crate::endpoints::selector(s).is_some())
+        {
+            let ns = svc.metadata.namespace.clone().unwrap_or_default();
+            let name = svc.metadata.name.clone().unwrap_or_default();
+            let (sl, skipped) = crate::endpoints::derive(svc, &pods, &registered);
+            for p in &skipped.no_address {
+                notes.warn(format!(
+                    "service {ns}/{name}: pod {p} matches its selector but has no IPv4 address yet (no status.podIPs, no CNI registration here)"
+                ));
+            }
+            for (p, port) in &skipped.no_port {
+                notes.warn(format!(
+                    "service {ns}/{name}: pod {p} has no container port for targetPort of port '{port}'"
+                ));
+            }
+            derived.insert((ns, name), sl);
+        }
+    }
     // EndpointSlices by (namespace, service name).
     let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for ((ns, name), sl) in &derived {
+        slices
+            .entry((ns.as_str(), name.as_str()))
+            .or_default()
+            .extend(sl.iter());
+    }
     for s in store.endpoint_slices() {
         if s.address_type != "IPv4" || other_proxy(s.metadata.labels.as_ref(), cfg) {
             continue;
@@ -246,10 +294,18 @@ fn services(store: &ObjectStore, cfg: &LocalConfig, notes: &mut Notes) -> Vec<Se
             continue;
         };
         let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+        let controllers = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::endpoints::LABEL_MANAGED_BY))
+            .is_some_and(|m| m == crate::endpoints::MANAGED_BY_CONTROLLER);
+        if controllers && derived.contains_key(&(ns.to_string(), svc.clone())) {
+            continue;
+        }
         slices.entry((ns, svc.as_str())).or_default().push(s);
     }
-    let mut out: Vec<ServiceSpec> = store
-        .services()
+    let mut out: Vec<ServiceSpec> = services
         .into_iter()
         .filter_map(|svc| {
             let ns = svc.metadata.namespace.as_deref().unwrap_or_default();

@@ -696,6 +696,53 @@ fn lab_localhost_nodeports_as_iptables_kube_proxy() {
     );
 }
 
+/// Selectors → endpoints in manifest mode with a Pod whose address only the
+/// CNI plugin knows (no `status.podIPs`): a1's manifest loses its addresses, and
+/// node-a still gives it as a web endpoint from the CNI plugin's registration
+/// of default/a1 (CNI_ARGS K8S_POD_NAMESPACE/K8S_POD_NAME); node-b, which has
+/// no such registration, leaves it out (and says so in its log).
+#[test]
+fn lab_selector_endpoints_from_cni_registrations() {
+    let Some(mut lab) = Lab::up("e") else { return };
+    let dir = PathBuf::from(lab.var("NP_LAB_DIR")).join("manifests");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(repo().join("configs/demo")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    edit_manifest(&dir.join("pods.yaml"), |v| {
+        if named(v, "Pod", "a1") {
+            // Its readiness stays stated (no kubelet writes it here); its
+            // address is the CNI plugin's.
+            let st = v["status"].as_object_mut().unwrap();
+            st.remove("podIP");
+            st.remove("podIPs");
+        }
+    });
+    lab.start_agent_with_manifests("a", &dir);
+    lab.start_agent_with_manifests("b", &dir);
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    let from_a = new_connections(&lab.ns("a2"), sa(web, 80), 40);
+    assert_eq!(
+        from_a,
+        BTreeSet::from(["a1".to_string(), "b1".to_string(), "k1".to_string()]),
+        "node-a knows a1 from its CNI registration\n{}",
+        lab.agent_log("a")
+    );
+    let from_b = new_connections(&lab.ns("b2"), sa(web, 80), 40);
+    assert_eq!(
+        from_b,
+        BTreeSet::from(["b1".to_string(), "k1".to_string()]),
+        "node-b has no address for a1"
+    );
+    assert!(
+        lab.agent_log("b")
+            .contains("pod default/a1 matches its selector but has no IPv4 address yet"),
+        "{}",
+        lab.agent_log("b")
+    );
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(
@@ -1138,19 +1185,16 @@ fn lab_live_manifest_edits_keep_established_flows() {
             .recv_timeout(std::time::Duration::from_secs(3))
             .expect("the held connection answers"),
     );
-    let slices = dir.join("endpointslices.yaml");
+    let pods = dir.join("pods.yaml");
     let services = dir.join("services.yaml");
     let mut latencies = Vec::new();
 
-    // 1. Add a backend: b2 joins web.
+    // 1. Add a backend: b2 gets web's label (its endpoints follow the
+    // selector, as the endpointslice controller's would).
     let g = generations(&lab);
-    edit_manifest(&slices, |v| {
-        if named(v, "EndpointSlice", "web-7xk2p") {
-            let eps = v["endpoints"].as_array_mut().unwrap();
-            let mut b2 = eps[1].clone();
-            b2["addresses"][0] = serde_json::Value::from(lab.ip("b2").to_string());
-            b2["targetRef"]["name"] = serde_json::Value::from("b2");
-            eps.push(b2);
+    edit_manifest(&pods, |v| {
+        if named(v, "Pod", "b2") {
+            v["metadata"]["labels"]["app"] = serde_json::Value::from("backend");
         }
     });
     let t = wait_generation(&lab, g);
@@ -1167,14 +1211,10 @@ fn lab_live_manifest_edits_keep_established_flows() {
         .into_iter()
         .find(|p| *p != held_pod)
         .unwrap();
-    let victim_ip = lab.ip(victim).to_string();
     let g = generations(&lab);
-    edit_manifest(&slices, |v| {
-        if named(v, "EndpointSlice", "web-7xk2p") {
-            v["endpoints"]
-                .as_array_mut()
-                .unwrap()
-                .retain(|e| e["addresses"][0].as_str() != Some(victim_ip.as_str()));
+    edit_manifest(&pods, |v| {
+        if named(v, "Pod", victim) {
+            v["metadata"]["labels"]["app"] = serde_json::Value::from("retired");
         }
     });
     let t = wait_generation(&lab, g);

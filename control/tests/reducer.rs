@@ -1152,3 +1152,406 @@ status:
     )]);
     assert_eq!(n.nodeport_cidrs, vec!["198.18.5.0/24".parse().unwrap()]);
 }
+
+// ------------------------------------------------ selectors → endpoints
+
+/// A Pod in `ns` with `labels` ("k=v,k2=v2"), on `node`, with its IP in the
+/// status (or none), its Ready condition, deletionTimestamp, phase and a
+/// container port "http" 8080/TCP and "dns" 5353/UDP.
+fn pod_yaml(
+    ns: &str,
+    name: &str,
+    labels: &str,
+    node: &str,
+    ip: Option<&str>,
+    (ready, deleting, phase): (bool, bool, &str),
+) -> String {
+    let labels: Vec<String> = labels
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            format!("{k}: {v}")
+        })
+        .collect();
+    let del = if deleting {
+        "\n  deletionTimestamp: \"2026-12-04T00:00:00Z\""
+    } else {
+        ""
+    };
+    let ips = ip.map_or(String::new(), |ip| {
+        format!("\n  podIP: {ip}\n  podIPs: [{{ip: {ip}}}]")
+    });
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  uid: uid-{name}{del}\n  labels: {{{}}}\n\
+         spec:\n  nodeName: {node}\n  containers:\n  - name: c\n    ports:\n    - {{name: http, containerPort: 8080, protocol: TCP}}\n    - {{name: dns, containerPort: 5353, protocol: UDP}}\n\
+         status:\n  phase: {phase}{ips}\n  conditions: [{{type: Ready, status: \"{}\"}}]\n",
+        labels.join(", "),
+        if ready { "True" } else { "False" }
+    )
+}
+
+fn svc_yaml(ns: &str, name: &str, ip: &str, selector: &str, ports: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  clusterIP: {ip}\n  selector: {{{selector}}}\n  ports:\n{ports}"
+    )
+}
+
+fn derive_cfg() -> LocalConfig {
+    LocalConfig {
+        derive_endpoints: true,
+        ..cfg()
+    }
+}
+
+fn reduce_derived(yaml: &str, facts: &LocalFacts) -> TableSpec {
+    let mut store = ObjectStore::new();
+    store.replace_all("test", objects(yaml));
+    reduce(&store, &derive_cfg(), facts)
+}
+
+fn endpoint_set(p: &ServicePortSpec) -> Vec<(Ipv4Addr, u16, bool, bool, bool, Option<String>)> {
+    let mut v: Vec<_> = p
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.ip,
+                e.port,
+                e.ready,
+                e.serving,
+                e.terminating,
+                e.node_name.clone(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn selectors_give_endpoints_as_the_endpointslice_controller() {
+    let http = "  - {name: http, port: 80, targetPort: http}\n  - {name: dns, port: 53, protocol: UDP, targetPort: dns}\n  - {name: raw, port: 81, targetPort: 9000}\n";
+    let pods = [
+        // Matches: ready, on node-a.
+        pod_yaml(
+            "default",
+            "p1",
+            "app=web,tier=fe",
+            "node-a",
+            Some("10.244.1.5"),
+            (true, false, "Running"),
+        ),
+        // Matches: not ready (serving false, ready false).
+        pod_yaml(
+            "default",
+            "p2",
+            "app=web",
+            "node-b",
+            Some("10.244.2.5"),
+            (false, false, "Running"),
+        ),
+        // Matches: ready but terminating (serving, not ready).
+        pod_yaml(
+            "default",
+            "p3",
+            "app=web",
+            "node-b",
+            Some("10.244.2.6"),
+            (true, true, "Running"),
+        ),
+        // Terminal phases: left out.
+        pod_yaml(
+            "default",
+            "p4",
+            "app=web",
+            "node-b",
+            Some("10.244.2.7"),
+            (false, false, "Succeeded"),
+        ),
+        pod_yaml(
+            "default",
+            "p5",
+            "app=web",
+            "node-b",
+            Some("10.244.2.8"),
+            (false, false, "Failed"),
+        ),
+        // Another namespace, another label value, a missing label: left out.
+        pod_yaml(
+            "other",
+            "p6",
+            "app=web",
+            "node-a",
+            Some("10.244.1.6"),
+            (true, false, "Running"),
+        ),
+        pod_yaml(
+            "default",
+            "p7",
+            "app=db",
+            "node-a",
+            Some("10.244.1.7"),
+            (true, false, "Running"),
+        ),
+        pod_yaml(
+            "default",
+            "p8",
+            "tier=fe",
+            "node-a",
+            Some("10.244.1.8"),
+            (true, false, "Running"),
+        ),
+        // No address anywhere: left out (a note in the log).
+        pod_yaml(
+            "default",
+            "p9",
+            "app=web",
+            "node-b",
+            None,
+            (true, false, "Pending"),
+        ),
+    ];
+    let yaml = format!(
+        "{}\n---\n{}\n---\n{}",
+        svc_yaml("default", "web", "198.19.128.10", "app: web", http),
+        svc_yaml(
+            "default",
+            "fe",
+            "198.19.128.11",
+            "app: web, tier: fe",
+            "  - {name: http, port: 80, targetPort: http}\n"
+        ),
+        pods.join("\n---\n")
+    );
+    let t = reduce_derived(&yaml, &LocalFacts::default());
+    let web = service(&t, "web");
+    let want = |port: u16| {
+        vec![
+            (
+                ip("10.244.1.5"),
+                port,
+                true,
+                true,
+                false,
+                Some("node-a".to_string()),
+            ),
+            (
+                ip("10.244.2.5"),
+                port,
+                false,
+                false,
+                false,
+                Some("node-b".to_string()),
+            ),
+            (
+                ip("10.244.2.6"),
+                port,
+                false,
+                true,
+                true,
+                Some("node-b".to_string()),
+            ),
+        ]
+    };
+    // Named targetPorts resolve per protocol; numbers pass through.
+    assert_eq!(endpoint_set(port(web, "http")), want(8080));
+    assert_eq!(endpoint_set(port(web, "dns")), want(5353));
+    assert_eq!(endpoint_set(port(web, "raw")), want(9000));
+    // Two labels: both must match.
+    let fe = service(&t, "fe");
+    assert_eq!(
+        endpoint_set(port(fe, "http")),
+        vec![(
+            ip("10.244.1.5"),
+            8080,
+            true,
+            true,
+            false,
+            Some("node-a".to_string())
+        )]
+    );
+}
+
+#[test]
+fn named_ports_publish_not_ready_and_cni_addresses() {
+    // A named targetPort a pod lacks leaves that pod out of that port only.
+    let mut nohttp = pod_yaml(
+        "default",
+        "q1",
+        "app=web",
+        "node-a",
+        Some("10.244.1.9"),
+        (true, false, "Running"),
+    );
+    nohttp = nohttp.replace(
+        "    - {name: http, containerPort: 8080, protocol: TCP}\n",
+        "",
+    );
+    // No status IP, but the CNI plugin registered default/q2 on this node.
+    let cni = pod_yaml(
+        "default",
+        "q2",
+        "app=web",
+        "node-a",
+        None,
+        (true, false, "Running"),
+    );
+    let ports = "  - {name: http, port: 80, targetPort: http}\n  - {name: dns, port: 53, protocol: UDP, targetPort: dns}\n";
+    let mut pnr = svc_yaml("default", "pnr", "198.19.128.12", "app: web", ports);
+    pnr = pnr.replace("spec:\n", "spec:\n  publishNotReadyAddresses: true\n");
+    let notready = pod_yaml(
+        "default",
+        "q3",
+        "app=web",
+        "node-b",
+        Some("10.244.2.9"),
+        (false, true, "Running"),
+    );
+    let yaml = format!(
+        "{}\n---\n{pnr}\n---\n{nohttp}\n---\n{cni}\n---\n{notready}",
+        svc_yaml("default", "web", "198.19.128.10", "app: web", ports)
+    );
+    let facts = LocalFacts {
+        pods: vec![PodRoute {
+            name: "default/q2".into(),
+            ..pod_route(44, "")
+        }],
+        ..LocalFacts::default()
+    };
+    let t = reduce_derived(&yaml, &facts);
+    let web = service(&t, "web");
+    let q2 = pod_route(44, "").ip;
+    let http: Vec<Ipv4Addr> = endpoint_set(port(web, "http"))
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    let dns: Vec<Ipv4Addr> = endpoint_set(port(web, "dns")).iter().map(|e| e.0).collect();
+    let mut want_http = vec![q2, ip("10.244.2.9")];
+    want_http.sort();
+    assert_eq!(http, want_http, "q1 has no port named http");
+    let mut want_dns = vec![ip("10.244.1.9"), q2, ip("10.244.2.9")];
+    want_dns.sort();
+    assert_eq!(dns, want_dns);
+    // publishNotReadyAddresses: ready even while not ready and terminating.
+    let pnr = service(&t, "pnr");
+    let q3 = endpoint_set(port(pnr, "dns"))
+        .into_iter()
+        .find(|e| e.0 == ip("10.244.2.9"))
+        .unwrap();
+    assert_eq!((q3.2, q3.3, q3.4), (true, false, true));
+}
+
+#[test]
+fn hand_written_slices_win_without_a_selector_and_controllers_are_replaced() {
+    let ports = "  - {name: http, port: 80, targetPort: 8080}\n";
+    let pod = pod_yaml(
+        "default",
+        "r1",
+        "app=web",
+        "node-a",
+        Some("10.244.1.20"),
+        (true, false, "Running"),
+    );
+    let slice = |svc: &str, name: &str, managed: &str, addr: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {svc}{managed}}}\n\
+             addressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\nendpoints: [{{addresses: [\"{addr}\"]}}]\n"
+        )
+    };
+    let ctrl = ", endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io";
+    let plain = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: plain, namespace: default}}\nspec:\n  clusterIP: 198.19.128.20\n  ports:\n{ports}"
+    );
+    let yaml = [
+        svc_yaml("default", "web", "198.19.128.10", "app: web", ports),
+        plain,
+        pod,
+        // A controller's slice for a selector Service: replaced.
+        slice("web", "web-old", ctrl, "10.244.9.9"),
+        // Someone else's slice for it: kept next to the derived one.
+        slice("web", "web-extra", "", "10.244.9.10"),
+        // A Service without a selector: its hand-written slices only.
+        slice("plain", "plain-1", "", "10.244.9.11"),
+    ]
+    .join("\n---\n");
+    let t = reduce_derived(&yaml, &LocalFacts::default());
+    let web: Vec<Ipv4Addr> = endpoint_set(port(service(&t, "web"), "http"))
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(web, vec![ip("10.244.1.20"), ip("10.244.9.10")]);
+    let plain: Vec<Ipv4Addr> = endpoint_set(port(service(&t, "plain"), "http"))
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(plain, vec![ip("10.244.9.11")]);
+    // Without derivation (the API server: its controller writes slices), the
+    // store's slices only.
+    let mut store = ObjectStore::new();
+    store.replace_all("test", objects(&yaml));
+    let t = reduce(&store, &cfg(), &LocalFacts::default());
+    let web: Vec<Ipv4Addr> = endpoint_set(port(service(&t, "web"), "http"))
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(web, vec![ip("10.244.9.9"), ip("10.244.9.10")]);
+}
+
+#[test]
+fn endpoints_follow_pods_added_relabelled_and_removed() {
+    let ports = "  - {name: http, port: 80, targetPort: http}\n";
+    let svc = svc_yaml("default", "web", "198.19.128.10", "app: web", ports);
+    let p = |name: &str, labels: &str, last: u8| {
+        pod_yaml(
+            "default",
+            name,
+            labels,
+            "node-a",
+            Some(&format!("10.244.1.{last}")),
+            (true, false, "Running"),
+        )
+    };
+    let mut store = ObjectStore::new();
+    let eps = |store: &ObjectStore| -> Vec<Ipv4Addr> {
+        let t = reduce(store, &derive_cfg(), &LocalFacts::default());
+        endpoint_set(port(service(&t, "web"), "http"))
+            .iter()
+            .map(|e| e.0)
+            .collect()
+    };
+    store.replace_all(
+        "test",
+        objects(&format!("{svc}\n---\n{}", p("a", "app=web", 1))),
+    );
+    assert_eq!(eps(&store), vec![ip("10.244.1.1")]);
+    store.replace_all(
+        "test",
+        objects(&format!(
+            "{svc}\n---\n{}\n---\n{}",
+            p("a", "app=web", 1),
+            p("b", "app=web", 2)
+        )),
+    );
+    assert_eq!(eps(&store), vec![ip("10.244.1.1"), ip("10.244.1.2")]);
+    store.replace_all(
+        "test",
+        objects(&format!(
+            "{svc}\n---\n{}\n---\n{}",
+            p("a", "app=old", 1),
+            p("b", "app=web", 2)
+        )),
+    );
+    assert_eq!(eps(&store), vec![ip("10.244.1.2")]);
+    // Every pod gone: no endpoints, the Service rejects.
+    store.replace_all("test", objects(&svc));
+    assert!(eps(&store).is_empty());
+    assert!(service(
+        &reduce(&store, &derive_cfg(), &LocalFacts::default()),
+        "web"
+    )
+    .ports
+    .iter()
+    .all(|p| p.endpoints.is_empty()));
+}

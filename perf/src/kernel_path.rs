@@ -34,6 +34,9 @@ pub fn spec_for(manifests: &Path, node: &str) -> anyhow::Result<TableSpec> {
             s,
             &LocalConfig {
                 node_name: node.to_string(),
+                // A manifest directory: Services with a selector get their
+                // endpoints from its Pods, as the agent computes them.
+                derive_endpoints: true,
                 ..LocalConfig::default()
             },
             &LocalFacts::default(),
