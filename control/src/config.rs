@@ -30,6 +30,29 @@ pub enum Command {
     /// host interface (nph0/nph1) and its routes, the pod-CIDR file in the
     /// state directory. Never run it while an agent runs.
     Cleanup(CleanupArgs),
+    /// Print the environment variables the kubelet gives a pod's containers
+    /// for the Services of its namespace ({SVC}_SERVICE_HOST,
+    /// {SVC}_SERVICE_PORT, {SVC}_PORT_{PORT}_{PROTO}_ADDR, ...), from a
+    /// manifest directory: for runtimes and scripts without a kubelet.
+    ServiceEnv(ServiceEnvArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServiceEnvArgs {
+    /// The pod's namespace.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// The manifest directory the Services come from.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: PathBuf,
+    /// The pod has `enableServiceLinks: false`: only the `kubernetes`
+    /// Service's variables.
+    #[arg(long)]
+    pub no_service_links: bool,
+    /// `env` (NAME=value lines, as an env file) or `shell` (export
+    /// NAME='value', for eval).
+    #[arg(long, default_value = "env", value_parser = ["env", "shell"])]
+    pub format: String,
 }
 
 #[derive(Args, Debug, Clone)]

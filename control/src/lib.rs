@@ -23,6 +23,7 @@ pub mod manifests;
 pub mod podstate;
 pub mod publish;
 pub mod reducer;
+pub mod serviceenv;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -72,6 +72,35 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ServiceEnv(args) => {
+            let store = control::store::StoreHandle::new();
+            let dir = match control::manifests::load(&args.manifests, &store) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("nodeplane service-env: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // A broken manifest is reported; the others still count.
+            for e in dir.errors() {
+                eprintln!("nodeplane service-env: {e}");
+            }
+            let vars = store.read(|s| {
+                control::serviceenv::for_namespace(
+                    &s.services(),
+                    &args.namespace,
+                    !args.no_service_links,
+                )
+            });
+            for (k, v) in &vars {
+                if args.format == "shell" {
+                    println!("export {}", control::serviceenv::shell_line(k, v));
+                } else {
+                    println!("{k}={v}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Status(args) => {
             let json = match args.output.as_str() {
                 "json" => true,
