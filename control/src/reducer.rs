@@ -146,6 +146,7 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
             local,
         },
         maglev_size: cfg.maglev_size,
+        dns: None,
     }
 }
 

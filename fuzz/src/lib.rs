@@ -61,6 +61,7 @@ pub fn snapshot() -> &'static Snapshot {
             masquerade_ports: (61000, 65535),
             masquerade: Default::default(),
             maglev_size: 251,
+            dns: None,
         };
         Snapshot::build(spec, 1)
     })

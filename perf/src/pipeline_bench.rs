@@ -198,6 +198,7 @@ pub fn build_snapshot(services: usize) -> Snapshot {
         masquerade_ports: (61000, 65535),
         masquerade: Default::default(),
         maglev_size: 0,
+        dns: None,
     };
     Snapshot::build(spec, 1)
 }

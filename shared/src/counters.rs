@@ -180,6 +180,10 @@ counters! {
     tuple_reuses => "tuple_reuses", "New flows that took the reply tuple of a closed or expired flow.";
     handed_off => "handed_off", "Frames the pipeline handed to the worker that owns their flow.";
     handed_in => "handed_in", "Frames received from another worker (also counted in rx_packets).";
+    dns_answered => "dns_answers", "Cluster DNS queries the workers answered with records (A, SRV, PTR, SOA).";
+    dns_nodata => "dns_nodata", "Cluster DNS queries the workers answered NOERROR without records (the name exists, not with that type).";
+    dns_nxdomain => "dns_nxdomain", "Cluster DNS queries the workers answered NXDOMAIN (a name under the cluster domain that does not exist).";
+    dns_forwarded => "dns_forwarded", "Queries to the cluster DNS address the workers did not answer: sent on to the DNS Service's backends.";
 }
 
 impl Counters {

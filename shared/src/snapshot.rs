@@ -181,6 +181,9 @@ pub struct TableSpec {
     pub masquerade: MasqueradeRules,
     /// Maglev table size (prime); 0 means the default.
     pub maglev_size: u32,
+    /// Cluster DNS answered by the workers (None: every query goes to the
+    /// DNS Service's backends).
+    pub dns: Option<crate::dns::DnsSpec>,
 }
 
 /// Which new Service flows get the node's address as their source, as
@@ -447,6 +450,8 @@ pub struct Snapshot {
     localhost_nodeports: bool,
     /// The node's own addresses: node IPs and the underlay IP.
     own_ips: Vec<u32>,
+    /// The cluster DNS name table (`TableSpec::dns`).
+    pub dns: Option<crate::dns::DnsTable>,
     pod_hops: PodTable,
     /// Remote pod CIDRs grouped by prefix length, longest first: (mask,
     /// network → index into spec.remote_nodes).
@@ -485,6 +490,21 @@ impl Snapshot {
         let plans = PortPlan::all(&spec, prev);
         let services = ServiceTables::build(&spec, plans, prev);
         let (node_ips, own_ips) = node_addresses(&spec.node);
+        let dns = spec.dns.as_ref().map(|d| {
+            crate::dns::DnsTable::build(
+                d,
+                spec.services.iter().map(|s| crate::dns::DnsService {
+                    namespace: &s.namespace,
+                    name: &s.name,
+                    cluster_ips: &s.cluster_ips,
+                    ports: s
+                        .ports
+                        .iter()
+                        .map(|p| (p.name.as_str(), p.proto, p.port))
+                        .collect(),
+                }),
+            )
+        });
         let localhost_nodeports =
             spec.node.localhost_nodeports
                 && spec.node.host_if.is_some()
@@ -541,6 +561,7 @@ impl Snapshot {
             frontends: services.frontends,
             node_ports: services.node_ports,
             localhost_nodeports,
+            dns,
             node_ips,
             own_ips,
             pod_hops,

@@ -35,6 +35,7 @@
 
 mod classify;
 mod conntrack;
+mod dns;
 mod fragment;
 mod icmp;
 mod nat;

@@ -9,7 +9,7 @@
 
 use shared::counters::DropReason;
 use shared::snapshot::{Frontend, FrontendKind, MasqueradeMode, Snapshot};
-use shared::wire::ipv4::{PROTO_SCTP, PROTO_TCP};
+use shared::wire::ipv4::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use shared::wire::l4::ICMP_DST_UNREACHABLE;
 use shared::wire::{
     EthernetHeader, IpAddress, IpProtocol, TcpControl, TcpHeader, TcpPacket, TcpRepr, TcpSeqNumber,
@@ -63,6 +63,17 @@ pub(super) fn decide(cx: &mut Ctx<'_>, f: &mut Frame<'_>, p: &Parsed, fe: Fronte
     let Some(sp) = snap.service_port(fe.service_port) else {
         return Decision::Done(Verdict::Drop(DropReason::NoRoute));
     };
+    if key.proto == PROTO_UDP
+        && key.dport == super::dns::DNS_PORT
+        && kind == FrontendKind::ClusterIp
+    {
+        if let Some(t) = snap.dns.as_ref().filter(|t| t.server == key.dst) {
+            if let Some(v) = super::dns::answer(cx, f, p, t) {
+                return Decision::Done(v);
+            }
+            cx.c.dns_forwarded += 1;
+        }
+    }
     if kind == FrontendKind::LoadBalancer
         && !sp.source_ranges.is_empty()
         && !sp.source_ranges.iter().any(|r| r.contains_u32(key.src))

@@ -144,6 +144,7 @@ pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
             ..Default::default()
         },
         maglev_size: 251,
+        dns: None,
     }
 }
 
