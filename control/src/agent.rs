@@ -185,6 +185,7 @@ fn run_with_pool(
         nodeport_addresses: settings.nodeport_addresses.clone(),
         localhost_nodeports: settings.localhost_nodeports,
         derive_endpoints: matches!(settings.source, Source::Manifests(_)),
+        dns: settings.dns.clone(),
         host_if: host_if.as_ref().map(|h| shared::snapshot::PodHop {
             mac: h.kernel_mac,
             host_mac: h.mac,

@@ -177,6 +177,22 @@ pub struct RunArgs {
     /// as nftables kube-proxy; needs the host interface).
     #[arg(long)]
     pub localhost_nodeports: bool,
+    /// The cluster DNS address (the kubelet's clusterDNS; default: the
+    /// ClusterIP of kube-system/kube-dns): the workers answer UDP queries
+    /// to it for names under the cluster domain themselves.
+    #[arg(long, value_name = "IP")]
+    pub cluster_dns: Option<String>,
+    /// The cluster domain (the kubelet's clusterDomain; default cluster.local).
+    #[arg(long, value_name = "DOMAIN")]
+    pub cluster_domain: Option<String>,
+    /// The TTL of the workers' DNS answers, in seconds (default 5, as
+    /// CoreDNS's kubernetes plugin).
+    #[arg(long, value_name = "SECS")]
+    pub dns_ttl: Option<u32>,
+    /// Do not answer cluster DNS in the workers: every query goes to the
+    /// DNS Service's backends.
+    #[arg(long)]
+    pub no_dns_answers: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -228,6 +244,14 @@ pub struct FileConfig {
     pub host_interface: Option<bool>,
     /// kube-proxy's `iptables: {localhostNodePorts}`.
     pub iptables: Option<IptablesFile>,
+    /// The kubelet's spelling: `clusterDNS: [IP, ...]` (the first IPv4).
+    #[serde(rename = "clusterDNS", default)]
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: Option<String>,
+    #[serde(rename = "dnsTTL")]
+    pub dns_ttl: Option<u32>,
+    /// `false`: `--no-dns-answers`.
+    pub dns_answers: Option<bool>,
 }
 
 /// The `iptables` block of the config file: of kube-proxy's, the setting
@@ -323,6 +347,17 @@ pub struct Settings {
     pub host_interface: bool,
     /// Proxy the node's connections to NodePorts on 127.0.0.0/8 (default false).
     pub localhost_nodeports: bool,
+    /// Cluster DNS answered by the workers (None: off).
+    pub dns: Option<DnsConfig>,
+}
+
+/// Cluster DNS as the workers answer it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// None: the ClusterIP of kube-system/kube-dns, when there is one.
+    pub server: Option<Ipv4Addr>,
+    pub domain: String,
+    pub ttl: u32,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/run/nodeplane/pods";
@@ -474,6 +509,17 @@ fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
         } else {
             file.iptables
         },
+        cluster_dns: match args.cluster_dns {
+            Some(ip) => vec![ip],
+            None => file.cluster_dns,
+        },
+        cluster_domain: args.cluster_domain.or(file.cluster_domain),
+        dns_ttl: args.dns_ttl.or(file.dns_ttl),
+        dns_answers: if args.no_dns_answers {
+            Some(false)
+        } else {
+            file.dns_answers
+        },
     }
 }
 
@@ -484,6 +530,7 @@ fn merge(args: &RunArgs, file: FileConfig) -> FileConfig {
 fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
     let frag = frag_config(&m)?;
     let masquerade = masquerade_config(&m)?;
+    let dns = dns_config(&m)?;
     let nodeport_addresses = parse_nodeport_addresses(&m.node_port_addresses)?;
     let node_name = required(
         m.node_name,
@@ -559,7 +606,49 @@ fn validate(m: FileConfig) -> Result<Settings, ConfigError> {
         nodeport_addresses,
         host_interface,
         localhost_nodeports,
+        dns,
     })
+}
+
+/// `--cluster-dns`, `--cluster-domain`, `--dns-ttl`, `--no-dns-answers`.
+fn dns_config(m: &FileConfig) -> Result<Option<DnsConfig>, ConfigError> {
+    if m.dns_answers == Some(false) {
+        return Ok(None);
+    }
+    let mut server = None;
+    for ip in &m.cluster_dns {
+        if ip.contains(':') {
+            tracing::warn!(ip = %ip, "IPv6 cluster DNS address ignored: nodeplane serves IPv4 only");
+            continue;
+        }
+        let v: Ipv4Addr = ip
+            .trim()
+            .parse()
+            .map_err(|e| invalid("cluster DNS address", ip, e))?;
+        server.get_or_insert(v);
+    }
+    let domain = m
+        .cluster_domain
+        .as_deref()
+        .unwrap_or("cluster.local")
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    if shared::dns::to_wire(&domain).is_none() {
+        return Err(invalid(
+            "cluster domain",
+            &domain,
+            "want a DNS name (labels of 1-63 characters)",
+        ));
+    }
+    let ttl = m.dns_ttl.unwrap_or(5);
+    if ttl > 86_400 {
+        return Err(invalid("DNS TTL", ttl, "want 0-86400 seconds"));
+    }
+    Ok(Some(DnsConfig {
+        server,
+        domain,
+        ttl,
+    }))
 }
 
 /// `--nodeport-addresses` / `nodePortAddresses`: CIDRs and `primary`, each
@@ -1059,6 +1148,60 @@ mod tests {
         assert_eq!(
             resolve(&f).unwrap().nodeport_addresses,
             vec![NodePortAddress::Primary]
+        );
+    }
+
+    #[test]
+    fn cluster_dns_settings() {
+        let d = resolve(&args()).unwrap().dns.unwrap();
+        assert_eq!(
+            d,
+            DnsConfig {
+                server: None,
+                domain: "cluster.local".into(),
+                ttl: 5
+            }
+        );
+        let mut a = args();
+        a.cluster_dns = Some("198.18.96.53".into());
+        a.cluster_domain = Some("Corp.Example.".into());
+        a.dns_ttl = Some(30);
+        let d = resolve(&a).unwrap().dns.unwrap();
+        assert_eq!(d.server, Some(Ipv4Addr::new(198, 18, 96, 53)));
+        assert_eq!((d.domain.as_str(), d.ttl), ("corp.example", 30));
+        a.no_dns_answers = true;
+        assert!(resolve(&a).unwrap().dns.is_none());
+        for (field, value) in [
+            ("cluster_dns", "198.18.96.300"),
+            ("cluster_domain", "a..b"),
+            ("dns_ttl", "100000"),
+        ] {
+            let mut a = args();
+            match field {
+                "cluster_dns" => a.cluster_dns = Some(value.into()),
+                "cluster_domain" => a.cluster_domain = Some(value.into()),
+                _ => a.dns_ttl = Some(value.parse().unwrap()),
+            }
+            let e = resolve(&a).unwrap_err().to_string();
+            assert!(e.contains(value), "{field}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            "nodeName: n\nuplink: eth0\nmanifests: d\nclusterDNS: [\"2001:db8::a\", 198.18.96.53]\nclusterDomain: cluster.local\ndnsTTL: 10\n",
+        )
+        .unwrap();
+        let d = resolve(&RunArgs {
+            config: Some(p),
+            ..RunArgs::default()
+        })
+        .unwrap()
+        .dns
+        .unwrap();
+        assert_eq!(
+            (d.server, d.ttl),
+            (Some(Ipv4Addr::new(198, 18, 96, 53)), 10)
         );
     }
 

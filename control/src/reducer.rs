@@ -63,6 +63,8 @@ pub struct LocalConfig {
     /// Compute the EndpointSlices of Services with a selector from the Pods
     /// (`endpoints`): the manifest directory, which has no controller.
     pub derive_endpoints: bool,
+    /// Cluster DNS answered by the workers (None: off).
+    pub dns: Option<crate::config::DnsConfig>,
     /// The host interface, when the agent made one (`hostif`).
     pub host_if: Option<PodHop>,
 }
@@ -85,6 +87,7 @@ impl Default for LocalConfig {
             nodeport_addresses: Vec::new(),
             localhost_nodeports: false,
             derive_endpoints: false,
+            dns: None,
             host_if: None,
         }
     }
@@ -130,6 +133,7 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
     neighbors.dedup_by_key(|n| n.0);
     notes.flush();
     let local = local_traffic(&cfg.masquerade.detect_local, &node, &remote_nodes, facts);
+    let dns = cluster_dns(cfg, &services);
     TableSpec {
         node,
         overlay: cfg.overlay,
@@ -146,8 +150,26 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
             local,
         },
         maglev_size: cfg.maglev_size,
-        dns: None,
+        dns,
     }
+}
+
+/// The cluster DNS the workers answer: the configured address, else the
+/// ClusterIP of kube-system/kube-dns (the Service every cluster DNS runs
+/// behind); none when neither is there.
+fn cluster_dns(cfg: &LocalConfig, services: &[ServiceSpec]) -> Option<shared::dns::DnsSpec> {
+    let d = cfg.dns.as_ref()?;
+    let server = d.server.or_else(|| {
+        services
+            .iter()
+            .find(|s| s.namespace == "kube-system" && s.name == "kube-dns")
+            .and_then(|s| s.cluster_ips.first().copied())
+    })?;
+    Some(shared::dns::DnsSpec {
+        domain: d.domain.clone(),
+        server,
+        ttl: d.ttl,
+    })
 }
 
 /// kube-proxy's local-traffic detector for this node's tables. ClusterCIDR

@@ -1,6 +1,7 @@
 //! What the fuzz targets share: a lab-like node-a snapshot (Services with
 //! local and remote backends, a NodePort, ClientIP affinity, one without
-//! endpoints; two local pods, node-b across the overlay).
+//! endpoints, the cluster DNS Service with its name table; two local pods,
+//! node-b across the overlay, the host interface).
 
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
@@ -45,6 +46,14 @@ pub fn snapshot() -> &'static Snapshot {
                 svc("dns", [198, 18, 96, 11], L4Proto::Udp, vec![ep([198, 19, 1, 10], "node-a")], None),
                 svc("aff", [198, 18, 96, 13], L4Proto::Tcp, vec![ep([198, 19, 1, 11], "node-a")], None),
                 svc("empty", [198, 18, 96, 12], L4Proto::Udp, vec![], None),
+                // The cluster DNS Service (its questions answered by the workers).
+                ServiceSpec {
+                    namespace: "kube-system".into(),
+                    name: "kube-dns".into(),
+                    cluster_ips: vec![Ipv4Addr::new(198, 18, 96, 53)],
+                    ports: vec![ServicePortSpec { name: "dns".into(), proto: L4Proto::Udp, port: 53, node_port: None, endpoints: vec![ep([198, 19, 3, 10], "node-b")] }],
+                    ..ServiceSpec::default()
+                },
             ],
             local_pods: vec![
                 PodRoute { ip: Ipv4Addr::new(198, 19, 1, 10), mac: [2, 1, 0, 0, 0, 1], host_ifindex: 10, host_mac: [2, 1, 0, 0, 0, 2], name: String::new() },
@@ -61,7 +70,7 @@ pub fn snapshot() -> &'static Snapshot {
             masquerade_ports: (61000, 65535),
             masquerade: Default::default(),
             maglev_size: 251,
-            dns: None,
+            dns: Some(shared::dns::DnsSpec { domain: "cluster.local".into(), server: Ipv4Addr::new(198, 18, 96, 53), ttl: 5 }),
         };
         Snapshot::build(spec, 1)
     })

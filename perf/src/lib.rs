@@ -3,6 +3,7 @@
 //! (frames from `traffic`), `sink` the receiver that measures loss, reordering
 //! and latency.
 
+pub mod dns_bench;
 pub mod gen;
 pub mod kernel_path;
 pub mod pipeline_bench;

@@ -18,7 +18,8 @@ np_install() {
         iptables:iptables tcpdump:tcpdump python3-scapy:/usr/lib/python3/dist-packages/scapy \
         netsniff-ng:trafgen sockperf:sockperf containernetworking-plugins:/usr/lib/cni/host-local \
         libbpf-dev:/usr/include/bpf/libbpf.h gcc-multilib:/usr/include/x86_64-linux-gnu/gnu/stubs-32.h \
-        util-linux:nsenter valgrind:valgrind; do
+        util-linux:nsenter valgrind:valgrind dnsutils:dig \
+        python3-dnspython:/usr/lib/python3/dist-packages/dns/resolver.py; do
         pkg=${pair%%:*}
         cmd=${pair#*:}
         if [[ "$cmd" == /* ]]; then

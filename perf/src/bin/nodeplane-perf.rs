@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// In-memory pipeline micro-benchmark (no I/O, one core).
     Pipeline(perf::pipeline_bench::PipelineArgs),
+    /// In-memory cluster DNS answers per second (no I/O, one core).
+    Dns(perf::dns_bench::DnsArgs),
     /// AF_XDP traffic generator (UDP, TCP or VXLAN frames carrying probes).
     Gen(Box<perf::gen::GenArgs>),
     /// Receives the generator's UDP probes: loss, reordering, one-way latency.
@@ -31,6 +33,10 @@ fn main() -> anyhow::Result<()> {
         Command::Pipeline(args) => {
             let r = perf::pipeline_bench::run_all(&args)?;
             perf::pipeline_bench::print(&r, args.json)
+        }
+        Command::Dns(args) => {
+            let r = perf::dns_bench::run(&args)?;
+            perf::dns_bench::print(&r, args.json)
         }
         Command::Gen(args) => {
             let r = perf::gen::run(&args)?;
