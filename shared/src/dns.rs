@@ -7,15 +7,26 @@
 //! address the name spells, as the plugin's `pods insecure`), empty
 //! non-terminals (`svc.DOMAIN`, `ns.svc.DOMAIN`, `_proto.svc.ns.svc.DOMAIN`)
 //! as names without data, and every other name under the domain as
-//! nonexistent. Names are kept as lowercase dotted text without the final dot;
-//! owners and targets the answers carry are kept in wire form.
+//! nonexistent. Names are kept as lowercase dotted text without the final dot.
 //!
-//! Owns the table and its lookup (`DnsTable::lookup`, no allocation). It does
-//! not parse or build DNS messages: the dataplane's `pipeline::dns` does, with
-//! the `domain` crate.
+//! Every answer a name has is composed here once, when the table is built,
+//! with the `domain` crate's message builder and name compressor: a template
+//! response with the name as its question (offset 12, as in every answer),
+//! whose records after the question (owners compressed to the question) are
+//! kept; likewise the zone's SOA record and the OPT record. The dataplane's
+//! `pipeline::dns` parses each query (with `domain`) and copies the query's
+//! header and question and the kept records into the answer: the compression
+//! pointers stay right because the question has the same name, whatever its
+//! case. Owns the table and its lookup (`DnsTable::lookup`, no allocation).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+
+use domain::base::iana::{Class, Rtype};
+use domain::base::message_builder::{AnswerBuilder, MessageBuilder, StaticCompressor};
+use domain::base::{Name, Serial, Ttl};
+use domain::rdata::{Ptr, Soa, Srv, A};
+use octseq::array::Array;
 
 use crate::net::L4Proto;
 
@@ -31,13 +42,21 @@ pub struct DnsSpec {
     pub ttl: u32,
 }
 
+/// Answer records composed in advance: the bytes after an answer's question
+/// section (owners compressed to the question at offset 12), and how many.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Records {
+    pub bytes: Box<[u8]>,
+    pub count: u16,
+}
+
 /// A name's data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DnsData {
-    /// A Service's ClusterIPs.
-    A(Vec<Ipv4Addr>),
-    /// SRV records: (port, target in wire form).
-    Srv(Vec<(u16, Box<[u8]>)>),
+    /// A Service's ClusterIPs, and their A records.
+    A(Vec<Ipv4Addr>, Records),
+    /// SRV records: (port, target in wire form), and the records.
+    Srv(Vec<(u16, Box<[u8]>)>, Records),
     /// An empty non-terminal: exists, no data.
     Empty,
 }
@@ -45,14 +64,14 @@ pub enum DnsData {
 /// What a query's name and type come to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer<'a> {
-    /// A records: the addresses.
-    A(&'a [Ipv4Addr]),
+    /// A records: the addresses, composed.
+    A(&'a [Ipv4Addr], &'a Records),
     /// One A record a pod name spells.
     PodA(Ipv4Addr),
-    /// SRV records.
-    Srv(&'a [(u16, Box<[u8]>)]),
-    /// A PTR record: the target in wire form.
-    Ptr(&'a [u8]),
+    /// SRV records, composed.
+    Srv(&'a [(u16, Box<[u8]>)], &'a Records),
+    /// A PTR record: the target in wire form, composed.
+    Ptr(&'a [u8], &'a Records),
     /// The zone's SOA (a query for it at the apex).
     Soa,
     /// The name exists, not with this type (NOERROR, SOA in authority).
@@ -63,8 +82,7 @@ pub enum Answer<'a> {
     Forward,
 }
 
-/// Query types the table knows (`domain`'s numbers, kept here as plain u16
-/// so that this crate needs no DNS library).
+/// Query types the table knows.
 pub mod qtype {
     pub const A: u16 = 1;
     pub const SOA: u16 = 6;
@@ -73,6 +91,9 @@ pub mod qtype {
     pub const SRV: u16 = 33;
     pub const ANY: u16 = 255;
 }
+
+/// The UDP payload size EDNS0 answers advertise.
+pub const EDNS_UDP_SIZE: u16 = 1232;
 
 /// The name table of one snapshot.
 #[derive(Clone, Debug, Default)]
@@ -86,9 +107,13 @@ pub struct DnsTable {
     /// The SOA's `ns.dns.DOMAIN` and `hostmaster.DOMAIN`, in wire form.
     pub soa_mname: Box<[u8]>,
     pub soa_rname: Box<[u8]>,
+    /// The zone's SOA record, composed (owner the domain, uncompressed).
+    pub soa_record: Box<[u8]>,
+    /// The OPT record of an EDNS0 answer (UDP payload size 1232).
+    pub opt_record: Box<[u8]>,
     names: HashMap<Box<[u8]>, DnsData>,
-    /// ClusterIP → the Service's name in wire form.
-    ptr: HashMap<u32, Box<[u8]>>,
+    /// ClusterIP → the Service's name in wire form, and the PTR record.
+    ptr: HashMap<u32, (Box<[u8]>, Records)>,
 }
 
 /// `a.b.c` → `\x01a\x01b\x01c\x00`; None if a label is empty or longer than
@@ -106,6 +131,34 @@ pub fn to_wire(dotted: &str) -> Option<Box<[u8]>> {
     (out.len() <= 255).then(|| out.into_boxed_slice())
 }
 
+type Builder<'a> = AnswerBuilder<StaticCompressor<&'a mut Array<512>>>;
+
+/// Composes the records `push` adds to an answer to the question (`qname`
+/// in wire form, `qtype`), owners given as the root name and written as a
+/// pointer to the question; None if they do not fit 512 bytes.
+fn compose(
+    qname: &[u8],
+    qtype: Rtype,
+    push: impl FnOnce(&mut Builder<'_>, Name<&[u8]>) -> Option<()>,
+) -> Option<Records> {
+    let name = Name::from_octets(qname).ok()?;
+    let mut out = Array::<512>::default();
+    let start = 12 + qname.len() + 4;
+    let count = {
+        let mb = MessageBuilder::from_target(StaticCompressor::new(&mut out)).ok()?;
+        let mut q = mb.question();
+        q.push((name.clone(), qtype)).ok()?;
+        let mut a = q.answer();
+        push(&mut a, name)?;
+        a.counts().ancount()
+    };
+    let bytes: &[u8] = out.as_ref();
+    Some(Records {
+        bytes: bytes.get(start..)?.to_vec().into_boxed_slice(),
+        count,
+    })
+}
+
 /// A Service's identity and ports, as the table needs them.
 pub struct DnsService<'a> {
     pub namespace: &'a str,
@@ -116,13 +169,19 @@ pub struct DnsService<'a> {
 }
 
 impl DnsTable {
-    /// The table for `spec` and `services`. Names that cannot be DNS names
-    /// (a label over 63 bytes) are left out.
-    pub fn build<'a>(spec: &DnsSpec, services: impl IntoIterator<Item = DnsService<'a>>) -> Self {
+    /// The table for `spec` and `services`, its SOA serial `serial`. Names
+    /// that cannot be DNS names (a label over 63 bytes) are left out.
+    pub fn build<'a>(
+        spec: &DnsSpec,
+        serial: u32,
+        services: impl IntoIterator<Item = DnsService<'a>>,
+    ) -> Self {
+        let ttl = Ttl::from_secs(spec.ttl);
         let domain = spec.domain.trim_end_matches('.').to_ascii_lowercase();
         let mut names: HashMap<Box<[u8]>, DnsData> = HashMap::new();
         let mut ptr = HashMap::new();
         let key = |s: &str| s.as_bytes().to_vec().into_boxed_slice();
+        let mut srvs: HashMap<String, Vec<(u16, Box<[u8]>)>> = HashMap::new();
         for svc in services {
             let owner = format!(
                 "{}.{}.svc.{domain}",
@@ -132,9 +191,30 @@ impl DnsTable {
             let Some(owner_wire) = to_wire(&owner) else {
                 continue;
             };
-            names.insert(key(&owner), DnsData::A(svc.cluster_ips.to_vec()));
+            let a = compose(&owner_wire, Rtype::A, |b, q| {
+                for ip in svc.cluster_ips {
+                    b.push((q.clone(), Class::IN, ttl, A::new(*ip))).ok()?;
+                }
+                Some(())
+            });
+            let Some(a) = a else {
+                continue;
+            };
+            names.insert(key(&owner), DnsData::A(svc.cluster_ips.to_vec(), a));
             for ip in svc.cluster_ips {
-                ptr.insert(u32::from(*ip), owner_wire.clone());
+                let o = ip.octets();
+                let rev = format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]);
+                let (Some(rev_wire), Ok(target)) =
+                    (to_wire(&rev), Name::from_octets(&owner_wire[..]))
+                else {
+                    continue;
+                };
+                let r = compose(&rev_wire, Rtype::PTR, |b, q| {
+                    b.push((q, Class::IN, ttl, Ptr::new(target))).ok()
+                });
+                if let Some(r) = r {
+                    ptr.insert(u32::from(*ip), (owner_wire.clone(), r));
+                }
             }
             for (port_name, proto, port) in &svc.ports {
                 if port_name.is_empty() {
@@ -146,16 +226,25 @@ impl DnsTable {
                     L4Proto::Sctp => "sctp",
                 };
                 let srv = format!("_{}._{p}.{owner}", port_name.to_ascii_lowercase());
-                if to_wire(&srv).is_none() {
-                    continue;
+                srvs.entry(srv)
+                    .or_default()
+                    .push((*port, owner_wire.clone()));
+            }
+        }
+        for (srv, targets) in srvs {
+            let Some(wire) = to_wire(&srv) else {
+                continue;
+            };
+            let r = compose(&wire, Rtype::SRV, |b, q| {
+                for (port, target) in &targets {
+                    let t = Name::from_octets(&target[..]).ok()?;
+                    b.push((q.clone(), Class::IN, ttl, Srv::new(0, 100, *port, t)))
+                        .ok()?;
                 }
-                match names
-                    .entry(key(&srv))
-                    .or_insert_with(|| DnsData::Srv(Vec::new()))
-                {
-                    DnsData::Srv(v) => v.push((*port, owner_wire.clone())),
-                    other => *other = DnsData::Srv(vec![(*port, owner_wire.clone())]),
-                }
+                Some(())
+            });
+            if let Some(r) = r {
+                names.insert(key(&srv), DnsData::Srv(targets, r));
             }
         }
         // Every proper ancestor of a name down to the domain exists
@@ -174,13 +263,20 @@ impl DnsTable {
         }
         names.entry(key(&domain)).or_insert(DnsData::Empty);
         let root = || vec![0].into_boxed_slice();
+        let domain_wire = to_wire(&domain).unwrap_or_else(root);
+        let soa_mname = to_wire(&format!("ns.dns.{domain}")).unwrap_or_else(root);
+        let soa_rname = to_wire(&format!("hostmaster.{domain}")).unwrap_or_else(root);
+        let soa_record = soa(&domain_wire, &soa_mname, &soa_rname, serial, ttl).unwrap_or_default();
+        let opt_record = opt().unwrap_or_default();
         DnsTable {
             server: u32::from(spec.server),
             ttl: spec.ttl,
-            domain_wire: to_wire(&domain).unwrap_or_else(root),
-            soa_mname: to_wire(&format!("ns.dns.{domain}")).unwrap_or_else(root),
-            soa_rname: to_wire(&format!("hostmaster.{domain}")).unwrap_or_else(root),
             domain,
+            domain_wire,
+            soa_mname,
+            soa_rname,
+            soa_record,
+            opt_record,
             names,
             ptr,
         }
@@ -198,7 +294,7 @@ impl DnsTable {
     pub fn lookup(&self, name: &[u8], qtype: u16) -> Answer<'_> {
         if let Some(ip) = reverse_ipv4(name) {
             return match self.ptr.get(&ip) {
-                Some(t) if qtype == qtype::PTR || qtype == qtype::ANY => Answer::Ptr(t),
+                Some((t, r)) if qtype == qtype::PTR || qtype == qtype::ANY => Answer::Ptr(t, r),
                 Some(_) => Answer::NoData,
                 None => Answer::Forward,
             };
@@ -207,8 +303,12 @@ impl DnsTable {
             return Answer::Forward;
         }
         match self.names.get(name) {
-            Some(DnsData::A(ips)) if qtype == qtype::A || qtype == qtype::ANY => Answer::A(ips),
-            Some(DnsData::Srv(r)) if qtype == qtype::SRV || qtype == qtype::ANY => Answer::Srv(r),
+            Some(DnsData::A(ips, r)) if qtype == qtype::A || qtype == qtype::ANY => {
+                Answer::A(ips, r)
+            }
+            Some(DnsData::Srv(v, r)) if qtype == qtype::SRV || qtype == qtype::ANY => {
+                Answer::Srv(v, r)
+            }
             Some(_) if qtype == qtype::SOA && name == self.domain.as_bytes() => Answer::Soa,
             Some(_) => Answer::NoData,
             None => match self.pod_name(name) {
@@ -247,6 +347,50 @@ impl DnsTable {
     }
 }
 
+/// The zone's SOA record as CoreDNS's `kubernetes` plugin gives it:
+/// `DOMAIN. TTL IN SOA ns.dns.DOMAIN. hostmaster.DOMAIN. SERIAL 7200 1800
+/// 86400 TTL`, composed without compression (its place in an answer varies).
+fn soa(apex: &[u8], mname: &[u8], rname: &[u8], serial: u32, ttl: Ttl) -> Option<Box<[u8]>> {
+    let (apex, m, r) = (
+        Name::from_octets(apex).ok()?,
+        Name::from_octets(mname).ok()?,
+        Name::from_octets(rname).ok()?,
+    );
+    let mut out = Array::<512>::default();
+    {
+        let mb = MessageBuilder::from_target(&mut out).ok()?;
+        let mut a = mb.answer();
+        let data = Soa::new(
+            m,
+            r,
+            Serial(serial),
+            Ttl::from_secs(7200),
+            Ttl::from_secs(1800),
+            Ttl::from_secs(86400),
+            ttl,
+        );
+        a.push((apex, Class::IN, ttl, data)).ok()?;
+    }
+    let bytes: &[u8] = out.as_ref();
+    Some(bytes.get(12..)?.to_vec().into_boxed_slice())
+}
+
+/// The OPT record of an EDNS0 answer.
+fn opt() -> Option<Box<[u8]>> {
+    let mut out = Array::<512>::default();
+    {
+        let mb = MessageBuilder::from_target(&mut out).ok()?;
+        let mut add = mb.additional();
+        add.opt(|o| {
+            o.set_udp_payload_size(EDNS_UDP_SIZE);
+            Ok(())
+        })
+        .ok()?;
+    }
+    let bytes: &[u8] = out.as_ref();
+    Some(bytes.get(12..)?.to_vec().into_boxed_slice())
+}
+
 /// `d.c.b.a.in-addr.arpa` → a.b.c.d.
 fn reverse_ipv4(name: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(name).ok()?;
@@ -272,6 +416,7 @@ mod tests {
         let ips = [Ipv4Addr::new(198, 18, 96, 10)];
         DnsTable::build(
             &spec,
+            1,
             [DnsService {
                 namespace: "default",
                 name: "Web",
@@ -285,23 +430,32 @@ mod tests {
     fn names_types_and_the_zone() {
         let t = table();
         let ip = [Ipv4Addr::new(198, 18, 96, 10)];
+        let Answer::A(got, a) = t.lookup(b"web.default.svc.cluster.local", qtype::A) else {
+            panic!("A");
+        };
+        assert_eq!(got, &ip);
+        // One record: owner a pointer to the question (0xc00c), A, IN, TTL 5,
+        // the address.
+        assert_eq!(a.count, 1);
         assert_eq!(
-            t.lookup(b"web.default.svc.cluster.local", qtype::A),
-            Answer::A(&ip)
+            &a.bytes[..],
+            &[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 198, 18, 96, 10]
         );
-        assert_eq!(
+        assert!(matches!(
             t.lookup(b"web.default.svc.cluster.local", qtype::ANY),
-            Answer::A(&ip)
-        );
+            Answer::A(..)
+        ));
         assert_eq!(
             t.lookup(b"web.default.svc.cluster.local", qtype::AAAA),
             Answer::NoData
         );
         let web = to_wire("web.default.svc.cluster.local").unwrap();
-        assert_eq!(
-            t.lookup(b"_http._tcp.web.default.svc.cluster.local", qtype::SRV),
-            Answer::Srv(&[(80, web.clone())])
-        );
+        let Answer::Srv(v, r) = t.lookup(b"_http._tcp.web.default.svc.cluster.local", qtype::SRV)
+        else {
+            panic!("SRV");
+        };
+        assert_eq!(v, &[(80, web.clone())]);
+        assert_eq!(r.count, 1);
         assert_eq!(
             t.lookup(b"_tcp.web.default.svc.cluster.local", qtype::SRV),
             Answer::NoData
@@ -331,10 +485,10 @@ mod tests {
         );
         assert_eq!(t.lookup(b"xcluster.local", qtype::A), Answer::Forward);
         assert_eq!(t.lookup(b"example.org", qtype::A), Answer::Forward);
-        assert_eq!(
+        assert!(matches!(
             t.lookup(b"10.96.18.198.in-addr.arpa", qtype::PTR),
-            Answer::Ptr(&web[..])
-        );
+            Answer::Ptr(n, r) if n == &web[..] && r.count == 1
+        ));
         assert_eq!(
             t.lookup(b"11.96.18.198.in-addr.arpa", qtype::PTR),
             Answer::Forward

@@ -493,6 +493,7 @@ impl Snapshot {
         let dns = spec.dns.as_ref().map(|d| {
             crate::dns::DnsTable::build(
                 d,
+                u32::try_from(generation % (1 << 31)).unwrap_or(1),
                 spec.services.iter().map(|s| crate::dns::DnsService {
                     namespace: &s.namespace,
                     name: &s.name,

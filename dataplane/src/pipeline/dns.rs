@@ -15,7 +15,7 @@
 use domain::base::iana::{Class, Opcode, Rcode};
 use domain::base::message_builder::{AnswerBuilder, MessageBuilder, PushError, StaticCompressor};
 use domain::base::name::ToLabelIter;
-use domain::base::{Message, Name, Serial, Ttl};
+use domain::base::{Header, HeaderCounts, Message, Name, Serial, Ttl};
 use domain::rdata::{Ptr, Soa, Srv, A};
 use octseq::array::Array;
 use shared::dns::{Answer, DnsTable};
@@ -28,6 +28,8 @@ use crate::frame::{Frame, Verdict};
 
 /// The cluster DNS port.
 pub(super) const DNS_PORT: u16 = 53;
+/// A DNS header's length.
+const HEADER_LEN: usize = 12;
 /// The longest answer sent (RFC 1035's UDP limit).
 const MAX_ANSWER: usize = 512;
 /// The UDP payload size an EDNS0 answer advertises.
@@ -46,15 +48,26 @@ pub(super) fn answer(
         return None;
     }
     let start = p.l4() + UDP_HLEN;
-    let mut out = Out::default();
-    let kind = {
+    let (kind, plan) = {
         let query = f.data().get(start..)?;
-        build(t, cx.snap.generation, query, &mut out)?
+        plan(t, cx.snap.generation, query)?
     };
     let key = p.key;
-    let bytes: &[u8] = out.as_ref();
-    let v = icmp::answer(cx, f, p, key.dst, IpProtocol::Udp, |_, body| {
-        let len = UDP_HLEN + bytes.len();
+    let v = icmp::answer(cx, f, p, key.dst, IpProtocol::Udp, |d, body| {
+        let query = d.get(start..).unwrap_or_default();
+        let n = match &plan {
+            Plan::Copy(c) => c.write(t, query, body.get_mut(UDP_HLEN..).unwrap_or_default()),
+            Plan::Built(out) => {
+                let bytes: &[u8] = out.as_ref();
+                body.get_mut(UDP_HLEN..UDP_HLEN + bytes.len())
+                    .map(|b| b.copy_from_slice(bytes))
+                    .map(|()| bytes.len())
+            }
+        };
+        let Some(n) = n else {
+            return 0;
+        };
+        let len = UDP_HLEN + n;
         let Some(seg) = body.get_mut(..len) else {
             return 0;
         };
@@ -62,7 +75,6 @@ pub(super) fn answer(
         seg[2..4].copy_from_slice(&key.sport.to_be_bytes());
         seg[4..6].copy_from_slice(&u16::try_from(len).unwrap_or(0).to_be_bytes());
         seg[6..8].copy_from_slice(&[0, 0]);
-        seg[UDP_HLEN..].copy_from_slice(bytes);
         let c = checksum::l4_checksum(key.dst.to_be_bytes(), key.src.to_be_bytes(), PROTO_UDP, seg);
         seg[6..8].copy_from_slice(&checksum::udp_nonzero(c).to_be_bytes());
         len
@@ -110,9 +122,90 @@ fn key_of<'b>(name: &impl ToLabelIter, buf: &'b mut [u8; 256]) -> Option<&'b [u8
     Some(&buf[..n])
 }
 
-/// Builds the answer to `query` (a DNS message) into `out`; None when the
-/// table does not answer it (see the module's list).
-pub(super) fn build(t: &DnsTable, serial: u64, query: &[u8], out: &mut Out) -> Option<Kind> {
+/// How an answer is made: copied from the query and the table's composed
+/// records, or built by `domain`'s builder (pod names).
+enum Plan<'t> {
+    Copy(Composed<'t>),
+    Built(Out),
+}
+
+/// An answer from composed records (`copy_composed`).
+struct Composed<'t> {
+    /// The query's header and question: its first `qend` bytes.
+    qend: usize,
+    records: &'t [u8],
+    an: u16,
+    ns: u16,
+    edns: bool,
+    rcode: Rcode,
+}
+
+impl Composed<'_> {
+    /// Writes the answer into `out`: the query's header and question, the
+    /// records, the OPT record when the query had one; the header's flags
+    /// and counts as `MessageBuilder::start_answer` sets them, plus AA and
+    /// RA. Its length; None when it does not fit 512 bytes or `out`.
+    fn write(&self, t: &DnsTable, query: &[u8], out: &mut [u8]) -> Option<usize> {
+        let opt: &[u8] = if self.edns { &t.opt_record } else { &[] };
+        let len = self.qend + self.records.len() + opt.len();
+        if len > MAX_ANSWER || query.len() < self.qend {
+            return None;
+        }
+        let out = out.get_mut(..len)?;
+        let (head, rest) = out.split_at_mut(self.qend);
+        head.copy_from_slice(&query[..self.qend]);
+        let (recs, tail) = rest.split_at_mut(self.records.len());
+        recs.copy_from_slice(self.records);
+        tail.copy_from_slice(opt);
+        let h = Header::for_message_slice_mut(out);
+        h.set_qr(true);
+        h.set_aa(true);
+        h.set_tc(false);
+        h.set_ra(true);
+        h.set_z(false);
+        h.set_ad(false);
+        h.set_cd(false);
+        h.set_rcode(self.rcode);
+        let c = HeaderCounts::for_message_slice_mut(out);
+        c.set_qdcount(1);
+        c.set_ancount(self.an);
+        c.set_nscount(self.ns);
+        c.set_arcount(u16::from(self.edns));
+        Some(len)
+    }
+}
+
+/// What the answer to `query` (a DNS message) is and how to make it; None
+/// when the table does not answer it (see the module's list).
+fn plan<'t>(t: &'t DnsTable, serial: u64, query: &[u8]) -> Option<(Kind, Plan<'t>)> {
+    // The buffer only for answers the builder makes (it is 512 bytes to
+    // clear).
+    let mut out = None;
+    let kind = build(t, serial, query, &mut out)?;
+    Some(match (kind, out) {
+        (Built::Composed(k, c), _) => (k, Plan::Copy(c)),
+        (Built::Into(k), Some(out)) => (k, Plan::Built(out)),
+        (Built::Into(_), None) => return None,
+    })
+}
+
+/// What `build` did.
+enum Built<'t> {
+    /// Found composed records (nothing written to `out`).
+    Composed(Kind, Composed<'t>),
+    /// Built the answer into `out`.
+    Into(Kind),
+}
+
+/// The answer to `query` (a DNS message): its composed records, or built
+/// into `out` when there are none (a pod name); None when the table does not
+/// answer it (see the module's list).
+fn build<'t>(
+    t: &'t DnsTable,
+    serial: u64,
+    query: &[u8],
+    out: &mut Option<Out>,
+) -> Option<Built<'t>> {
     let msg = Message::from_octets(query).ok()?;
     let h = msg.header();
     if h.qr() || h.opcode() != Opcode::QUERY || msg.header_counts().qdcount() != 1 {
@@ -135,28 +228,48 @@ pub(super) fn build(t: &DnsTable, serial: u64, query: &[u8], out: &mut Out) -> O
         Answer::NoData => (Rcode::NOERROR, Kind::NoData),
         _ => (Rcode::NOERROR, Kind::Records),
     };
-    let ttl = Ttl::from_secs(t.ttl);
     let qname = q.qname();
+    if !qname.is_compressed() {
+        let (records, an, ns): (&[u8], u16, u16) = match answer {
+            Answer::A(_, r) | Answer::Srv(_, r) | Answer::Ptr(_, r) => (&r.bytes, r.count, 0),
+            Answer::Soa => (&t.soa_record, 1, 0),
+            Answer::NoData | Answer::NxDomain => (&t.soa_record, 0, 1),
+            Answer::PodA(_) | Answer::Forward => (&[], 0, 0),
+        };
+        if !records.is_empty() {
+            let c = Composed {
+                qend: HEADER_LEN + usize::from(qname.compose_len()) + 4,
+                records,
+                an,
+                ns,
+                edns: opt.is_some(),
+                rcode,
+            };
+            return Some(Built::Composed(kind, c));
+        }
+    }
+    let ttl = Ttl::from_secs(t.ttl);
     let mut push = || -> Result<(), PushError> {
-        let mb = MessageBuilder::from_target(StaticCompressor::new(&mut *out))
+        let target = out.insert(Out::default());
+        let mb = MessageBuilder::from_target(StaticCompressor::new(target))
             .map_err(|_| PushError::ShortBuf)?;
         let mut ans: AnswerBuilder<_> = mb.start_answer(&msg, rcode)?;
         ans.header_mut().set_aa(true);
         ans.header_mut().set_ra(true);
         match answer {
-            Answer::A(ips) => {
+            Answer::A(ips, _) => {
                 for ip in ips {
                     ans.push((qname, Class::IN, ttl, A::new(*ip)))?;
                 }
             }
             Answer::PodA(ip) => ans.push((qname, Class::IN, ttl, A::new(ip)))?,
-            Answer::Srv(records) => {
+            Answer::Srv(records, _) => {
                 for (port, target) in records {
                     let target = Name::from_slice(target).map_err(|_| short())?;
                     ans.push((qname, Class::IN, ttl, Srv::new(0, 100, *port, target)))?;
                 }
             }
-            Answer::Ptr(target) => {
+            Answer::Ptr(target, _) => {
                 let target = Name::from_slice(target).map_err(|_| short())?;
                 ans.push((qname, Class::IN, ttl, Ptr::new(target)))?;
             }
@@ -177,7 +290,7 @@ pub(super) fn build(t: &DnsTable, serial: u64, query: &[u8], out: &mut Out) -> O
         Ok(())
     };
     push().ok()?;
-    Some(kind)
+    Some(Built::Into(kind))
 }
 
 fn short() -> PushError {
