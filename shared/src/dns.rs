@@ -50,13 +50,16 @@ pub struct Records {
     pub count: u16,
 }
 
+/// SRV targets: (port, target name in wire form).
+pub type SrvTargets = Vec<(u16, Box<[u8]>)>;
+
 /// A name's data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DnsData {
     /// A Service's ClusterIPs, and their A records.
     A(Vec<Ipv4Addr>, Records),
     /// SRV records: (port, target in wire form), and the records.
-    Srv(Vec<(u16, Box<[u8]>)>, Records),
+    Srv(SrvTargets, Records),
     /// An empty non-terminal: exists, no data.
     Empty,
 }
@@ -181,7 +184,7 @@ impl DnsTable {
         let mut names: HashMap<Box<[u8]>, DnsData> = HashMap::new();
         let mut ptr = HashMap::new();
         let key = |s: &str| s.as_bytes().to_vec().into_boxed_slice();
-        let mut srvs: HashMap<String, Vec<(u16, Box<[u8]>)>> = HashMap::new();
+        let mut srvs: HashMap<String, SrvTargets> = HashMap::new();
         for svc in services {
             let owner = format!(
                 "{}.{}.svc.{domain}",
