@@ -124,6 +124,9 @@ fn key_of<'b>(name: &impl ToLabelIter, buf: &'b mut [u8; 256]) -> Option<&'b [u8
 
 /// How an answer is made: copied from the query and the table's composed
 /// records, or built by `domain`'s builder (pod names).
+// One lives on the stack per answer; boxing the built one would allocate on
+// the per-packet path.
+#[allow(clippy::large_enum_variant)]
 enum Plan<'t> {
     Copy(Composed<'t>),
     Built(Out),
