@@ -179,6 +179,13 @@ pub fn derive(
                 terminating: Some(terminating),
             }),
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            // A pod with `hostname` whose `subdomain` is this Service is
+            // named by it in DNS (a StatefulSet's pods).
+            hostname: pod
+                .spec
+                .as_ref()
+                .filter(|s| s.subdomain.as_deref() == Some(name))
+                .and_then(|s| s.hostname.clone()),
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
                 namespace: Some(ns.to_string()),

@@ -122,10 +122,10 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
         .find(|n| n.metadata.name.as_deref() == Some(cfg.node_name.as_str()));
     let node = local_node(this_node, cfg, &mut notes);
     let remote_nodes = remote_nodes(&nodes, cfg, &mut notes);
-    let services = if synced(store) {
+    let (services, headless) = if synced(store) {
         services(store, cfg, facts, &mut notes)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     let local_pods = local_pods(store, cfg, facts);
     let mut neighbors = facts.neighbors.clone();
@@ -150,6 +150,7 @@ pub fn reduce(store: &ObjectStore, cfg: &LocalConfig, facts: &LocalFacts) -> Tab
             local,
         },
         maglev_size: cfg.maglev_size,
+        headless: if dns.is_some() { headless } else { Vec::new() },
         dns,
     }
 }
@@ -262,7 +263,7 @@ fn services(
     cfg: &LocalConfig,
     facts: &LocalFacts,
     notes: &mut Notes,
-) -> Vec<ServiceSpec> {
+) -> (Vec<ServiceSpec>, Vec<shared::dns::HeadlessService>) {
     let services = store.services();
     // Manifest mode: the slices of Services with a selector, computed from
     // the Pods (they replace slices a controller wrote for them; other
@@ -328,6 +329,15 @@ fn services(
         }
         slices.entry((ns, svc.as_str())).or_default().push(s);
     }
+    let headless: Vec<shared::dns::HeadlessService> = services
+        .iter()
+        .filter_map(|svc| {
+            let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            let sl = slices.get(&(ns, name)).map_or(&[][..], |v| v.as_slice());
+            headless_service(svc, sl, cfg)
+        })
+        .collect();
     let mut out: Vec<ServiceSpec> = services
         .into_iter()
         .filter_map(|svc| {
@@ -338,7 +348,58 @@ fn services(
         })
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    out
+    let mut headless = headless;
+    headless.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    (out, headless)
+}
+
+/// A headless Service (`clusterIP: None`, not ExternalName) as cluster DNS
+/// names it: its ports with their endpoints and ready flags, and the
+/// endpoints' hostnames. None for any other Service.
+fn headless_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    cfg: &LocalConfig,
+) -> Option<shared::dns::HeadlessService> {
+    let spec = svc.spec.as_ref()?;
+    if other_proxy(svc.metadata.labels.as_ref(), cfg)
+        || spec.type_.as_deref() == Some("ExternalName")
+        || spec.cluster_ip.as_deref().map(str::trim) != Some("None")
+    {
+        return None;
+    }
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| service_port(p, slices, &ns, &name))
+        .map(|p| {
+            let eps = p
+                .endpoints
+                .iter()
+                .map(|e| (e.ip, e.port, e.ready))
+                .collect();
+            (p.name, p.proto, eps)
+        })
+        .collect();
+    let mut hostnames: Vec<(Ipv4Addr, String)> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter_map(|e| {
+            let ip = e.addresses.first().and_then(|a| usable_ipv4(a))?;
+            Some((ip, e.hostname.clone()?))
+        })
+        .collect();
+    hostnames.sort();
+    hostnames.dedup_by_key(|h| h.0);
+    Some(shared::dns::HeadlessService {
+        namespace: ns,
+        name,
+        ports,
+        hostnames,
+    })
 }
 
 fn service_spec(

@@ -63,7 +63,9 @@ fn lab_cluster_dns_answered_by_the_dataplane() {
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: kube-dns-1, namespace: kube-system, labels: {{kubernetes.io/service-name: kube-dns}}}}\n\
              addressType: IPv4\nports: [{{name: dns, protocol: UDP, port: 5300}}]\n\
-             endpoints: [{{addresses: [\"{k1}\"], conditions: {{ready: true}}, nodeName: node-k}}]\n"
+             endpoints: [{{addresses: [\"{k1}\"], conditions: {{ready: true}}, nodeName: node-k}}]\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: backends, namespace: default}}\n\
+             spec:\n  clusterIP: None\n  selector: {{app: backend}}\n  ports: [{{name: http, protocol: TCP, port: 80, targetPort: http}}]\n"
         ),
     )
     .unwrap();
@@ -113,6 +115,45 @@ fn lab_cluster_dns_answered_by_the_dataplane() {
     assert!(nx.contains("flags: qr aa rd ra"), "authoritative: {nx}");
     let fwd = dig(&lab, "a2", &["+short", "www.example.org"]);
     assert_eq!(fwd.trim(), "198.18.222.1", "forwarded to the upstream");
+    // A headless Service: its ready endpoints (from its selector), SRV to
+    // each endpoint's name.
+    let mut ips: Vec<String> = dig(
+        &lab,
+        "a2",
+        &["+short", "backends.default.svc.cluster.local"],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
+    ips.sort();
+    assert_eq!(ips, ["198.19.1.10", "198.19.2.10", "198.19.3.10"]);
+    let mut srv: Vec<String> = dig(
+        &lab,
+        "a2",
+        &[
+            "+short",
+            "SRV",
+            "_http._tcp.backends.default.svc.cluster.local",
+        ],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
+    srv.sort();
+    assert_eq!(
+        srv,
+        [
+            "0 100 8080 198-19-1-10.backends.default.svc.cluster.local.",
+            "0 100 8080 198-19-2-10.backends.default.svc.cluster.local.",
+            "0 100 8080 198-19-3-10.backends.default.svc.cluster.local."
+        ]
+    );
+    let one = dig(
+        &lab,
+        "a2",
+        &["+short", "198-19-3-10.backends.default.svc.cluster.local"],
+    );
+    assert_eq!(one.trim(), "198.19.3.10");
     // From node-b's pod too (its own worker answers).
     let b = dig(&lab, "b2", &["+short", "dns-udp.default.svc.cluster.local"]);
     assert_eq!(b.trim(), "198.18.96.11");

@@ -71,6 +71,7 @@ pub fn snapshot() -> &'static Snapshot {
             masquerade: Default::default(),
             maglev_size: 251,
             dns: Some(shared::dns::DnsSpec { domain: "cluster.local".into(), server: Ipv4Addr::new(198, 18, 96, 53), ttl: 5 }),
+            headless: Vec::new(),
         };
         Snapshot::build(spec, 1)
     })

@@ -199,6 +199,7 @@ pub fn build_snapshot(services: usize) -> Snapshot {
         masquerade: Default::default(),
         maglev_size: 0,
         dns: None,
+        headless: Vec::new(),
     };
     Snapshot::build(spec, 1)
 }

@@ -62,6 +62,9 @@ pub enum DnsData {
     Srv(SrvTargets, Records),
     /// An empty non-terminal: exists, no data.
     Empty,
+    /// Its answer does not fit 512 bytes (a large headless Service): the
+    /// query goes on to the DNS Service's backends.
+    TooBig,
 }
 
 /// What a query's name and type come to.
@@ -162,6 +165,22 @@ fn compose(
     })
 }
 
+/// A headless Service (no ClusterIP) as its DNS names need it: its ports
+/// with their endpoints (ready ones are answered), and the endpoints'
+/// hostnames (`hostname` in the EndpointSlice).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct HeadlessService {
+    pub namespace: String,
+    pub name: String,
+    /// (port name, protocol, [(address, port, ready)]).
+    pub ports: Vec<HeadlessPort>,
+    /// Address → hostname, for endpoints that have one.
+    pub hostnames: Vec<(Ipv4Addr, String)>,
+}
+
+/// A headless Service's port: name, protocol, endpoints (address, port, ready).
+pub type HeadlessPort = (String, L4Proto, Vec<(Ipv4Addr, u16, bool)>);
+
 /// A Service's identity and ports, as the table needs them.
 pub struct DnsService<'a> {
     pub namespace: &'a str,
@@ -178,6 +197,7 @@ impl DnsTable {
         spec: &DnsSpec,
         serial: u32,
         services: impl IntoIterator<Item = DnsService<'a>>,
+        headless: &[HeadlessService],
     ) -> Self {
         let ttl = Ttl::from_secs(spec.ttl);
         let domain = spec.domain.trim_end_matches('.').to_ascii_lowercase();
@@ -234,6 +254,92 @@ impl DnsTable {
                     .push((*port, owner_wire.clone()));
             }
         }
+        // Headless Services: the owner's A records are the ready endpoints'
+        // addresses; each endpoint has a name of its own (its hostname, else
+        // its address with dashes), with its A and PTR records; SRV records
+        // point at those names.
+        let mut a_names: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+        for h in headless {
+            let owner = format!(
+                "{}.{}.svc.{domain}",
+                h.name.to_ascii_lowercase(),
+                h.namespace.to_ascii_lowercase()
+            );
+            let names_of: HashMap<Ipv4Addr, String> = h.hostnames.iter().cloned().collect();
+            let ep_name = |ip: &Ipv4Addr| {
+                let host = names_of.get(ip).map_or_else(
+                    || ip.to_string().replace('.', "-"),
+                    |n| n.to_ascii_lowercase(),
+                );
+                format!("{host}.{owner}")
+            };
+            let mut ready: Vec<Ipv4Addr> = h
+                .ports
+                .iter()
+                .flat_map(|(_, _, eps)| eps.iter().filter(|e| e.2).map(|e| e.0))
+                .collect();
+            ready.sort();
+            ready.dedup();
+            for ip in &ready {
+                a_names.entry(ep_name(ip)).or_default().push(*ip);
+            }
+            a_names
+                .entry(owner.clone())
+                .or_default()
+                .extend(ready.iter().copied());
+            for (port_name, proto, eps) in &h.ports {
+                if port_name.is_empty() {
+                    continue;
+                }
+                let p = match proto {
+                    L4Proto::Tcp => "tcp",
+                    L4Proto::Udp => "udp",
+                    L4Proto::Sctp => "sctp",
+                };
+                let srv = format!("_{}._{p}.{owner}", port_name.to_ascii_lowercase());
+                let targets = srvs.entry(srv).or_default();
+                for (ip, port, ok) in eps {
+                    if let (true, Some(t)) = (*ok, to_wire(&ep_name(ip))) {
+                        targets.push((*port, t));
+                    }
+                }
+            }
+            for ip in &ready {
+                let o = ip.octets();
+                let rev = format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0]);
+                let (Some(rev_wire), Some(target_wire)) = (to_wire(&rev), to_wire(&ep_name(ip)))
+                else {
+                    continue;
+                };
+                if ptr.contains_key(&u32::from(*ip)) {
+                    continue;
+                }
+                let r = Name::from_octets(&target_wire[..]).ok().and_then(|t| {
+                    compose(&rev_wire, Rtype::PTR, |b, q| {
+                        b.push((q, Class::IN, ttl, Ptr::new(t))).ok()
+                    })
+                });
+                if let Some(r) = r {
+                    ptr.insert(u32::from(*ip), (target_wire.clone(), r));
+                }
+            }
+        }
+        for (name, ips) in a_names {
+            let Some(wire) = to_wire(&name) else {
+                continue;
+            };
+            let r = compose(&wire, Rtype::A, |b, q| {
+                for ip in &ips {
+                    b.push((q.clone(), Class::IN, ttl, A::new(*ip))).ok()?;
+                }
+                Some(())
+            });
+            let data = match r {
+                Some(r) => DnsData::A(ips, r),
+                None => DnsData::TooBig,
+            };
+            names.entry(key(&name)).or_insert(data);
+        }
         for (srv, targets) in srvs {
             let Some(wire) = to_wire(&srv) else {
                 continue;
@@ -246,9 +352,11 @@ impl DnsTable {
                 }
                 Some(())
             });
-            if let Some(r) = r {
-                names.insert(key(&srv), DnsData::Srv(targets, r));
-            }
+            let data = match r {
+                Some(r) => DnsData::Srv(targets, r),
+                None => DnsData::TooBig,
+            };
+            names.insert(key(&srv), data);
         }
         // Every proper ancestor of a name down to the domain exists
         // (empty non-terminals), and so does the domain itself.
@@ -306,6 +414,7 @@ impl DnsTable {
             return Answer::Forward;
         }
         match self.names.get(name) {
+            Some(DnsData::TooBig) => Answer::Forward,
             Some(DnsData::A(ips, r)) if qtype == qtype::A || qtype == qtype::ANY => {
                 Answer::A(ips, r)
             }
@@ -426,6 +535,20 @@ mod tests {
                 cluster_ips: &ips,
                 ports: vec![("http", L4Proto::Tcp, 80), ("", L4Proto::Tcp, 81)],
             }],
+            &[HeadlessService {
+                namespace: "default".into(),
+                name: "db".into(),
+                ports: vec![(
+                    "pg".into(),
+                    L4Proto::Tcp,
+                    vec![
+                        (Ipv4Addr::new(198, 19, 1, 20), 5432, true),
+                        (Ipv4Addr::new(198, 19, 3, 20), 5432, true),
+                        (Ipv4Addr::new(198, 19, 3, 21), 5432, false),
+                    ],
+                )],
+                hostnames: vec![(Ipv4Addr::new(198, 19, 1, 20), "db-0".into())],
+            }],
         )
     }
 
@@ -508,6 +631,72 @@ mod tests {
             t.lookup(b"198-19-1-300.default.pod.cluster.local", qtype::A),
             Answer::NxDomain
         );
+    }
+
+    #[test]
+    fn headless_services_name_their_ready_endpoints() {
+        let t = table();
+        let Answer::A(ips, r) = t.lookup(b"db.default.svc.cluster.local", qtype::A) else {
+            panic!("A");
+        };
+        assert_eq!(
+            ips,
+            &[Ipv4Addr::new(198, 19, 1, 20), Ipv4Addr::new(198, 19, 3, 20)]
+        );
+        assert_eq!(r.count, 2);
+        assert!(matches!(
+            t.lookup(b"db-0.db.default.svc.cluster.local", qtype::A),
+            Answer::A(ips, _) if ips == [Ipv4Addr::new(198, 19, 1, 20)]
+        ));
+        assert!(matches!(
+            t.lookup(b"198-19-3-20.db.default.svc.cluster.local", qtype::A),
+            Answer::A(ips, _) if ips == [Ipv4Addr::new(198, 19, 3, 20)]
+        ));
+        // Not ready: no name.
+        assert_eq!(
+            t.lookup(b"198-19-3-21.db.default.svc.cluster.local", qtype::A),
+            Answer::NxDomain
+        );
+        let Answer::Srv(v, r) = t.lookup(b"_pg._tcp.db.default.svc.cluster.local", qtype::SRV)
+        else {
+            panic!("SRV");
+        };
+        assert_eq!(r.count, 2);
+        assert_eq!(
+            v[0],
+            (5432, to_wire("db-0.db.default.svc.cluster.local").unwrap())
+        );
+        assert!(matches!(
+            t.lookup(b"20.1.19.198.in-addr.arpa", qtype::PTR),
+            Answer::Ptr(n, _) if n == &to_wire("db-0.db.default.svc.cluster.local").unwrap()[..]
+        ));
+    }
+
+    #[test]
+    fn an_answer_over_512_bytes_goes_to_the_backends() {
+        let spec = DnsSpec {
+            domain: "cluster.local".into(),
+            server: Ipv4Addr::new(198, 18, 96, 53),
+            ttl: 5,
+        };
+        let eps = (0..40u8)
+            .map(|i| (Ipv4Addr::new(198, 19, 1, i), 80, true))
+            .collect();
+        let h = HeadlessService {
+            namespace: "default".into(),
+            name: "big".into(),
+            ports: vec![("http".into(), L4Proto::Tcp, eps)],
+            hostnames: vec![],
+        };
+        let t = DnsTable::build(&spec, 1, [], &[h]);
+        assert_eq!(
+            t.lookup(b"big.default.svc.cluster.local", qtype::A),
+            Answer::Forward
+        );
+        assert!(matches!(
+            t.lookup(b"198-19-1-7.big.default.svc.cluster.local", qtype::A),
+            Answer::A(..)
+        ));
     }
 
     #[test]

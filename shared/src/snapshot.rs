@@ -184,6 +184,8 @@ pub struct TableSpec {
     /// Cluster DNS answered by the workers (None: every query goes to the
     /// DNS Service's backends).
     pub dns: Option<crate::dns::DnsSpec>,
+    /// Headless Services (no ClusterIP), for their DNS names only.
+    pub headless: Vec<crate::dns::HeadlessService>,
 }
 
 /// Which new Service flows get the node's address as their source, as
@@ -504,6 +506,7 @@ impl Snapshot {
                         .map(|p| (p.name.as_str(), p.proto, p.port))
                         .collect(),
                 }),
+                &spec.headless,
             )
         });
         let localhost_nodeports =

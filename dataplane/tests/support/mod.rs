@@ -145,6 +145,7 @@ pub fn world(services: Vec<ServiceSpec>) -> TableSpec {
         },
         maglev_size: 251,
         dns: None,
+        headless: Vec::new(),
     }
 }
 
