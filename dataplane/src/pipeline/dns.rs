@@ -218,7 +218,12 @@ fn build<'t>(
     if q.qclass() != Class::IN {
         return None;
     }
-    let opt = msg.opt();
+    // Only a message with additional records can carry an OPT record.
+    let opt = if msg.header_counts().arcount() > 0 {
+        msg.opt()
+    } else {
+        None
+    };
     if opt.as_ref().is_some_and(|o| o.version() != 0) {
         return None;
     }
