@@ -144,6 +144,12 @@ struct Composed<'t> {
 }
 
 impl Composed<'_> {
+    /// Does the answer fit 512 bytes, and is the question where it says?
+    fn fits(&self, t: &DnsTable, query: &[u8]) -> bool {
+        let opt = if self.edns { t.opt_record.len() } else { 0 };
+        self.qend + self.records.len() + opt <= MAX_ANSWER && query.len() >= self.qend
+    }
+
     /// Writes the answer into `out`: the query's header and question, the
     /// records, the OPT record when the query had one; the header's flags
     /// and counts as `MessageBuilder::start_answer` sets them, plus AA and
@@ -253,7 +259,9 @@ fn build<'t>(
                 edns: opt.is_some(),
                 rcode,
             };
-            return Some(Built::Composed(kind, c));
+            // Over 512 bytes (a long question with many records): not ours
+            // to truncate; the backends answer it.
+            return c.fits(t, query).then_some(Built::Composed(kind, c));
         }
     }
     let ttl = Ttl::from_secs(t.ttl);
