@@ -17,10 +17,14 @@
 //! `pipeline::dns` parses each query (with `domain`) and copies the query's
 //! header and question and the kept records into the answer: the compression
 //! pointers stay right because the question has the same name, whatever its
-//! case. Owns the table and its lookup (`DnsTable::lookup`, no allocation).
+//! case. Names are keyed in wire form, lowercase (`\x03web\x07default…\x00`),
+//! so a query's uncompressed question name is its key after one lowercasing
+//! pass over its bytes (length bytes are below `A`, so they stay as they are).
+//! Owns the table and its lookup (`DnsTable::lookup_wire`, no allocation).
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
+
+use hashbrown::HashMap;
 
 use domain::base::iana::{Class, Rtype};
 use domain::base::message_builder::{AnswerBuilder, MessageBuilder, StaticCompressor};
@@ -117,6 +121,7 @@ pub struct DnsTable {
     pub soa_record: Box<[u8]>,
     /// The OPT record of an EDNS0 answer (UDP payload size 1232).
     pub opt_record: Box<[u8]>,
+    /// Owner names in wire form, lowercase.
     names: HashMap<Box<[u8]>, DnsData>,
     /// ClusterIP → the Service's name in wire form, and the PTR record.
     ptr: HashMap<u32, (Box<[u8]>, Records)>,
@@ -201,6 +206,8 @@ impl DnsTable {
     ) -> Self {
         let ttl = Ttl::from_secs(spec.ttl);
         let domain = spec.domain.trim_end_matches('.').to_ascii_lowercase();
+        // Dotted owner names while building (their ancestors are found by
+        // text); wire form in the table.
         let mut names: HashMap<Box<[u8]>, DnsData> = HashMap::new();
         let mut ptr = HashMap::new();
         let key = |s: &str| s.as_bytes().to_vec().into_boxed_slice();
@@ -373,6 +380,13 @@ impl DnsTable {
             }
         }
         names.entry(key(&domain)).or_insert(DnsData::Empty);
+        let names = names
+            .into_iter()
+            .filter_map(|(dotted, data)| {
+                let wire = to_wire(std::str::from_utf8(&dotted).ok()?)?;
+                Some((wire, data))
+            })
+            .collect();
         let root = || vec![0].into_boxed_slice();
         let domain_wire = to_wire(&domain).unwrap_or_else(root);
         let soa_mname = to_wire(&format!("ns.dns.{domain}")).unwrap_or_else(root);
@@ -393,22 +407,57 @@ impl DnsTable {
         }
     }
 
-    /// Is `name` (lowercase dotted) the domain or under it?
+    /// Is `name` (wire form) the domain or under it: does the domain's wire
+    /// form end it, starting at a label?
     fn in_domain(&self, name: &[u8]) -> bool {
-        let d = self.domain.as_bytes();
-        name == d
-            || (name.len() > d.len() && name.ends_with(d) && name[name.len() - d.len() - 1] == b'.')
+        let d = &self.domain_wire[..];
+        let Some(at) = name.len().checked_sub(d.len()) else {
+            return false;
+        };
+        if !name.ends_with(d) {
+            return false;
+        }
+        let mut i = 0;
+        while i < at {
+            i += 1 + usize::from(name[i]);
+        }
+        i == at
     }
 
-    /// What a question for `name` (lowercase dotted, no final dot; a name
-    /// with a dot inside a label must not come here) of type `qtype` gets.
+    /// What a question for `name` (lowercase dotted, no final dot) of type
+    /// `qtype` gets; `lookup_wire` for the name in wire form.
     pub fn lookup(&self, name: &[u8], qtype: u16) -> Answer<'_> {
-        if let Some(ip) = reverse_ipv4(name) {
-            return match self.ptr.get(&ip) {
-                Some((t, r)) if qtype == qtype::PTR || qtype == qtype::ANY => Answer::Ptr(t, r),
-                Some(_) => Answer::NoData,
-                None => Answer::Forward,
-            };
+        let mut wire = [0u8; 256];
+        let mut n = 0;
+        if !name.is_empty() {
+            for label in name.split(|b| *b == b'.') {
+                let Ok(len) = u8::try_from(label.len()) else {
+                    return Answer::Forward;
+                };
+                if n + label.len() + 2 > wire.len() {
+                    return Answer::Forward;
+                }
+                wire[n] = len;
+                wire[n + 1..n + 1 + label.len()].copy_from_slice(label);
+                n += 1 + label.len();
+            }
+        }
+        self.lookup_wire(&wire[..=n], qtype)
+    }
+
+    /// What a question for `name` (wire form, uncompressed, lowercase, with
+    /// its root label) of type `qtype` gets. A name with a dot inside a label
+    /// (which no table name has) that would be nonexistent goes on to the
+    /// backends instead.
+    pub fn lookup_wire(&self, name: &[u8], qtype: u16) -> Answer<'_> {
+        if name.ends_with(IN_ADDR_ARPA) {
+            if let Some(ip) = reverse_ipv4(name) {
+                return match self.ptr.get(&ip) {
+                    Some((t, r)) if qtype == qtype::PTR || qtype == qtype::ANY => Answer::Ptr(t, r),
+                    Some(_) => Answer::NoData,
+                    None => Answer::Forward,
+                };
+            }
         }
         if !self.in_domain(name) {
             return Answer::Forward;
@@ -421,26 +470,26 @@ impl DnsTable {
             Some(DnsData::Srv(v, r)) if qtype == qtype::SRV || qtype == qtype::ANY => {
                 Answer::Srv(v, r)
             }
-            Some(_) if qtype == qtype::SOA && name == self.domain.as_bytes() => Answer::Soa,
+            Some(_) if qtype == qtype::SOA && name == &self.domain_wire[..] => Answer::Soa,
             Some(_) => Answer::NoData,
             None => match self.pod_name(name) {
                 Some(ip) if qtype == qtype::A || qtype == qtype::ANY => Answer::PodA(ip),
                 Some(_) => Answer::NoData,
+                None if labels(name).any(|l| l.contains(&b'.')) => Answer::Forward,
                 None => Answer::NxDomain,
             },
         }
     }
 
-    /// `a-b-c-d.ns.pod.DOMAIN` → a.b.c.d.
+    /// `a-b-c-d.ns.pod.DOMAIN` (wire form) → a.b.c.d.
     fn pod_name(&self, name: &[u8]) -> Option<Ipv4Addr> {
-        let s = std::str::from_utf8(name).ok()?;
-        let rest = s
-            .strip_suffix(self.domain.as_str())?
-            .strip_suffix(".pod.")?;
-        let (ip, ns) = rest.split_once('.')?;
-        if ns.is_empty() || ns.contains('.') {
+        let mut l = labels(name);
+        let (ip, ns, pod) = (l.next()?, l.next()?, l.next()?);
+        let rest = name.get(3 + ip.len() + ns.len() + pod.len()..)?;
+        if ns.contains(&b'.') || pod != b"pod" || rest != &self.domain_wire[..] {
             return None;
         }
+        let ip = std::str::from_utf8(ip).ok()?;
         let mut o = [0u8; 4];
         let mut parts = ip.split('-');
         for b in &mut o {
@@ -503,16 +552,32 @@ fn opt() -> Option<Box<[u8]>> {
     Some(bytes.get(12..)?.to_vec().into_boxed_slice())
 }
 
-/// `d.c.b.a.in-addr.arpa` → a.b.c.d.
+/// The wire-form suffix of IPv4 reverse names.
+const IN_ADDR_ARPA: &[u8] = b"\x07in-addr\x04arpa\x00";
+
+/// The labels of `name` (wire form, uncompressed) before its root label; a
+/// length that runs past the end ends them.
+fn labels(name: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let len = usize::from(*name.get(i)?);
+        let label = name.get(i + 1..i + 1 + len).filter(|_| len > 0)?;
+        i += 1 + len;
+        Some(label)
+    })
+}
+
+/// `d.c.b.a.in-addr.arpa` (wire form) → a.b.c.d.
 fn reverse_ipv4(name: &[u8]) -> Option<u32> {
-    let s = std::str::from_utf8(name).ok()?;
-    let rest = s.strip_suffix(".in-addr.arpa")?;
     let mut o = [0u8; 4];
-    let mut parts = rest.split('.');
+    let mut at = 0;
     for i in (0..4).rev() {
-        o[i] = parts.next()?.parse().ok()?;
+        let len = usize::from(*name.get(at)?);
+        let label = name.get(at + 1..at + 1 + len)?;
+        o[i] = std::str::from_utf8(label).ok()?.parse().ok()?;
+        at += 1 + len;
     }
-    parts.next().is_none().then(|| u32::from(Ipv4Addr::from(o)))
+    (name.get(at..)? == IN_ADDR_ARPA).then(|| u32::from(Ipv4Addr::from(o)))
 }
 
 #[cfg(test)]
@@ -697,6 +762,43 @@ mod tests {
             t.lookup(b"198-19-1-7.big.default.svc.cluster.local", qtype::A),
             Answer::A(..)
         ));
+    }
+
+    #[test]
+    fn wire_form_lookups_keep_to_label_boundaries() {
+        let t = table();
+        let w = |s: &str| to_wire(s).unwrap();
+        assert!(matches!(
+            t.lookup_wire(&w("web.default.svc.cluster.local"), qtype::A),
+            Answer::A(..)
+        ));
+        // A label whose last bytes spell the domain's wire form is not under
+        // the domain.
+        let crafted = b"\x0aab\x07cluster\x05local\x00";
+        assert_eq!(t.lookup_wire(crafted, qtype::A), Answer::Forward);
+        // A dot inside a label: no table name has one; not ours to deny.
+        let dotted = b"\x0bweb.default\x03svc\x07cluster\x05local\x00";
+        assert_eq!(t.lookup_wire(dotted, qtype::A), Answer::Forward);
+        let pod = b"\x0b198-19-1-10\x03a.b\x03pod\x07cluster\x05local\x00";
+        assert_eq!(t.lookup_wire(pod, qtype::A), Answer::Forward);
+        // Reverse names: exactly four octets, then in-addr.arpa.
+        assert!(matches!(
+            t.lookup_wire(&w("10.96.18.198.in-addr.arpa"), qtype::PTR),
+            Answer::Ptr(..)
+        ));
+        assert_eq!(
+            t.lookup_wire(&w("1.10.96.18.198.in-addr.arpa"), qtype::PTR),
+            Answer::Forward
+        );
+        assert_eq!(
+            t.lookup_wire(&w("96.18.198.in-addr.arpa"), qtype::PTR),
+            Answer::Forward
+        );
+        // A truncated name (a length running past the end) is nobody's.
+        assert_eq!(
+            t.lookup_wire(b"\x3f\x07cluster\x05local\x00", qtype::A),
+            Answer::Forward
+        );
     }
 
     #[test]

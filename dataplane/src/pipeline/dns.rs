@@ -15,15 +15,22 @@
 use domain::base::iana::{Class, Opcode, Rcode};
 use domain::base::message_builder::{AnswerBuilder, MessageBuilder, PushError, StaticCompressor};
 use domain::base::name::ToLabelIter;
-use domain::base::{Header, HeaderCounts, Message, Name, Serial, Ttl};
+use domain::base::opt::{Opt, OptRecord};
+use domain::base::{Header, HeaderCounts, Message, Name, ParsedRecord, Serial, Ttl};
 use domain::rdata::{Ptr, Soa, Srv, A};
 use octseq::array::Array;
+use octseq::parse::Parser;
+use shared::counters::DropReason;
 use shared::dns::{Answer, DnsTable};
 use shared::wire::checksum;
 use shared::wire::ipv4::PROTO_UDP;
-use shared::wire::{IpProtocol, UDP_HLEN};
+use shared::wire::{
+    EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, ETH_HLEN,
+    IPV4_HLEN, UDP_HLEN,
+};
 
 use super::{icmp, Ctx, Parsed};
+use crate::flow::FlowKey;
 use crate::frame::{Frame, Verdict};
 
 /// The cluster DNS port.
@@ -48,37 +55,39 @@ pub(super) fn answer(
         return None;
     }
     let start = p.l4() + UDP_HLEN;
-    let (kind, plan) = {
+    // The buffer only for answers the builder makes (it is 512 bytes to
+    // clear).
+    let mut out: Option<Out> = None;
+    let built = {
         let query = f.data().get(start..)?;
-        plan(t, cx.snap.generation, query)?
+        build(t, cx.snap.generation, query, &mut out)?
     };
     let key = p.key;
-    let v = icmp::answer(cx, f, p, key.dst, IpProtocol::Udp, |d, body| {
-        let query = d.get(start..).unwrap_or_default();
-        let n = match &plan {
-            Plan::Copy(c) => c.write(t, query, body.get_mut(UDP_HLEN..).unwrap_or_default()),
-            Plan::Built(out) => {
-                let bytes: &[u8] = out.as_ref();
+    let (kind, v) = match built {
+        // Without IP options the answer is written over the query where it
+        // lies: its header and question are already in place.
+        Built::Composed(kind, c) if p.l4() == ETH_HLEN + IPV4_HLEN => {
+            (kind, c.answer_in_place(cx, f, p, t))
+        }
+        Built::Composed(kind, c) => {
+            let v = icmp::answer(cx, f, p, key.dst, IpProtocol::Udp, |d, body| {
+                let query = d.get(start..).unwrap_or_default();
+                let msg = body.get_mut(UDP_HLEN..).unwrap_or_default();
+                c.write(t, query, msg)
+                    .map_or(0, |n| udp_header(&key, body, n))
+            });
+            (kind, v)
+        }
+        Built::Into(kind) => {
+            let bytes: &[u8] = out.as_ref().map_or(&[], |o| o.as_ref());
+            let v = icmp::answer(cx, f, p, key.dst, IpProtocol::Udp, |_, body| {
                 body.get_mut(UDP_HLEN..UDP_HLEN + bytes.len())
                     .map(|b| b.copy_from_slice(bytes))
-                    .map(|()| bytes.len())
-            }
-        };
-        let Some(n) = n else {
-            return 0;
-        };
-        let len = UDP_HLEN + n;
-        let Some(seg) = body.get_mut(..len) else {
-            return 0;
-        };
-        seg[0..2].copy_from_slice(&key.dport.to_be_bytes());
-        seg[2..4].copy_from_slice(&key.sport.to_be_bytes());
-        seg[4..6].copy_from_slice(&u16::try_from(len).unwrap_or(0).to_be_bytes());
-        seg[6..8].copy_from_slice(&[0, 0]);
-        let c = checksum::l4_checksum(key.dst.to_be_bytes(), key.src.to_be_bytes(), PROTO_UDP, seg);
-        seg[6..8].copy_from_slice(&checksum::udp_nonzero(c).to_be_bytes());
-        len
-    });
+                    .map_or(0, |()| udp_header(&key, body, bytes.len()))
+            });
+            (kind, v)
+        }
+    };
     if !matches!(v, Verdict::Drop(_)) {
         let c = &mut cx.c;
         match kind {
@@ -90,6 +99,23 @@ pub(super) fn answer(
     Some(v)
 }
 
+/// Fills the UDP header of an answer of `n` bytes at the start of `seg`
+/// (ports of the query's `key` swapped, length, checksum); the segment's
+/// length, 0 if `seg` is shorter.
+fn udp_header(key: &FlowKey, seg: &mut [u8], n: usize) -> usize {
+    let len = UDP_HLEN + n;
+    let Some(seg) = seg.get_mut(..len) else {
+        return 0;
+    };
+    seg[0..2].copy_from_slice(&key.dport.to_be_bytes());
+    seg[2..4].copy_from_slice(&key.sport.to_be_bytes());
+    seg[4..6].copy_from_slice(&u16::try_from(len).unwrap_or(0).to_be_bytes());
+    seg[6..8].copy_from_slice(&[0, 0]);
+    let c = checksum::l4_checksum(key.dst.to_be_bytes(), key.src.to_be_bytes(), PROTO_UDP, seg);
+    seg[6..8].copy_from_slice(&checksum::udp_nonzero(c).to_be_bytes());
+    len
+}
+
 /// What an answer was, for the counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -98,41 +124,27 @@ pub(super) enum Kind {
     NxDomain,
 }
 
-/// The question's name as the table keys it (lowercase, dotted, no final
-/// dot) into `buf`; None for a name with a dot inside a label.
-fn key_of<'b>(name: &impl ToLabelIter, buf: &'b mut [u8; 256]) -> Option<&'b [u8]> {
+/// The question's name as the table keys it (wire form, lowercase) into
+/// `buf`, from a compressed name's labels; None if it does not fit.
+fn wire_key<'b>(name: &impl ToLabelIter, buf: &'b mut [u8; 256]) -> Option<&'b [u8]> {
     let mut n = 0;
     for label in name.iter_labels() {
+        let l = label.as_slice();
+        let dst = buf.get_mut(n..n + 1 + l.len())?;
+        dst[0] = u8::try_from(l.len()).ok()?;
+        for (d, s) in dst[1..].iter_mut().zip(l) {
+            *d = s.to_ascii_lowercase();
+        }
+        n += 1 + l.len();
         if label.is_root() {
             break;
         }
-        let l = label.as_slice();
-        if l.contains(&b'.') || n + l.len() + 1 > buf.len() {
-            return None;
-        }
-        if n > 0 {
-            buf[n] = b'.';
-            n += 1;
-        }
-        for (d, s) in buf[n..n + l.len()].iter_mut().zip(l) {
-            *d = s.to_ascii_lowercase();
-        }
-        n += l.len();
     }
-    Some(&buf[..n])
+    buf.get(..n)
 }
 
-/// How an answer is made: copied from the query and the table's composed
-/// records, or built by `domain`'s builder (pod names).
-// One lives on the stack per answer; boxing the built one would allocate on
-// the per-packet path.
-#[allow(clippy::large_enum_variant)]
-enum Plan<'t> {
-    Copy(Composed<'t>),
-    Built(Out),
-}
-
-/// An answer from composed records (`copy_composed`).
+/// An answer from composed records: the query's header and question, the
+/// records, the OPT record when the query had one.
 struct Composed<'t> {
     /// The query's header and question: its first `qend` bytes.
     qend: usize,
@@ -146,23 +158,27 @@ struct Composed<'t> {
 impl Composed<'_> {
     /// Does the answer fit 512 bytes, and is the question where it says?
     fn fits(&self, t: &DnsTable, query: &[u8]) -> bool {
-        let opt = if self.edns { t.opt_record.len() } else { 0 };
-        self.qend + self.records.len() + opt <= MAX_ANSWER && query.len() >= self.qend
+        self.len(t) <= MAX_ANSWER && query.len() >= self.qend
     }
 
-    /// Writes the answer into `out`: the query's header and question, the
-    /// records, the OPT record when the query had one; the header's flags
-    /// and counts as `MessageBuilder::start_answer` sets them, plus AA and
-    /// RA. Its length; None when it does not fit 512 bytes or `out`.
-    fn write(&self, t: &DnsTable, query: &[u8], out: &mut [u8]) -> Option<usize> {
+    fn len(&self, t: &DnsTable) -> usize {
+        let opt = if self.edns { t.opt_record.len() } else { 0 };
+        self.qend + self.records.len() + opt
+    }
+
+    /// Writes the answer into `out`, whose first `qend` bytes are the
+    /// query's header and question: the records, the OPT record, the
+    /// header's flags and counts as `MessageBuilder::start_answer` sets them,
+    /// plus AA and RA. Its length; None when it does not fit 512 bytes or
+    /// `out`.
+    fn finish(&self, t: &DnsTable, out: &mut [u8]) -> Option<usize> {
         let opt: &[u8] = if self.edns { &t.opt_record } else { &[] };
-        let len = self.qend + self.records.len() + opt.len();
-        if len > MAX_ANSWER || query.len() < self.qend {
+        let len = self.len(t);
+        if len > MAX_ANSWER {
             return None;
         }
         let out = out.get_mut(..len)?;
-        let (head, rest) = out.split_at_mut(self.qend);
-        head.copy_from_slice(&query[..self.qend]);
+        let rest = &mut out[self.qend..];
         let (recs, tail) = rest.split_at_mut(self.records.len());
         recs.copy_from_slice(self.records);
         tail.copy_from_slice(opt);
@@ -182,20 +198,57 @@ impl Composed<'_> {
         c.set_arcount(u16::from(self.edns));
         Some(len)
     }
-}
 
-/// What the answer to `query` (a DNS message) is and how to make it; None
-/// when the table does not answer it (see the module's list).
-fn plan<'t>(t: &'t DnsTable, serial: u64, query: &[u8]) -> Option<(Kind, Plan<'t>)> {
-    // The buffer only for answers the builder makes (it is 512 bytes to
-    // clear).
-    let mut out = None;
-    let kind = build(t, serial, query, &mut out)?;
-    Some(match (kind, out) {
-        (Built::Composed(k, c), _) => (k, Plan::Copy(c)),
-        (Built::Into(k), Some(out)) => (k, Plan::Built(out)),
-        (Built::Into(_), None) => return None,
-    })
+    /// Writes the answer into `out` after copying the query's header and
+    /// question there (`finish`).
+    fn write(&self, t: &DnsTable, query: &[u8], out: &mut [u8]) -> Option<usize> {
+        out.get_mut(..self.qend)?
+            .copy_from_slice(query.get(..self.qend)?);
+        self.finish(t, out)
+    }
+
+    /// Turns the query in `f` (an IPv4 header without options) into the
+    /// answer where it lies: the DNS message finished over the query's, the
+    /// UDP, IPv4 and Ethernet headers' addresses and ports swapped, as
+    /// `icmp::answer` writes them.
+    fn answer_in_place(
+        &self,
+        cx: &mut Ctx<'_>,
+        f: &mut Frame<'_>,
+        p: &Parsed,
+        t: &DnsTable,
+    ) -> Verdict {
+        let l4 = ETH_HLEN + IPV4_HLEN;
+        let seg_len = UDP_HLEN + self.len(t);
+        if !f.set_len(l4 + seg_len) {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        let key = p.key;
+        let d = f.data_mut();
+        let (hdrs, seg) = d.split_at_mut(l4);
+        if self.finish(t, &mut seg[UDP_HLEN..]).is_none() {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        udp_header(&key, seg, seg_len - UDP_HLEN);
+        let (eth, ip) = hdrs.split_at_mut(ETH_HLEN);
+        Ipv4Repr {
+            src_addr: key.dst.into(),
+            dst_addr: key.src.into(),
+            next_header: IpProtocol::Udp,
+            payload_len: seg_len,
+            hop_limit: 64,
+        }
+        .emit(&mut Ipv4Packet::new_unchecked(ip), &Default::default());
+        let mut frame = EthernetFrame::new_unchecked(eth);
+        let (src, dst) = (frame.src_addr(), frame.dst_addr());
+        EthernetRepr {
+            src_addr: dst,
+            dst_addr: src,
+            ethertype: EthernetProtocol::Ipv4,
+        }
+        .emit(&mut frame);
+        icmp::back(cx, f, p, key.dst, IpProtocol::Udp)
+    }
 }
 
 /// What `build` did.
@@ -224,25 +277,42 @@ fn build<'t>(
     if q.qclass() != Class::IN {
         return None;
     }
-    // Only a message with additional records can carry an OPT record.
-    let opt = if msg.header_counts().arcount() > 0 {
-        msg.opt()
-    } else {
-        None
+    let qname = q.qname();
+    let counts = msg.header_counts();
+    // Where the question ends, for an uncompressed name (every resolver's).
+    let qend = HEADER_LEN + usize::from(qname.compose_len()) + 4;
+    // Only a message with additional records can carry an OPT record; with
+    // the question its only other record, it is the record after it.
+    let opt = match counts.arcount() {
+        0 => None,
+        1 if counts.ancount() == 0 && counts.nscount() == 0 && !qname.is_compressed() => {
+            opt_at(query, qend)
+        }
+        _ => msg.opt(),
     };
     if opt.as_ref().is_some_and(|o| o.version() != 0) {
         return None;
     }
     let mut buf = [0u8; 256];
-    let key = key_of(q.qname(), &mut buf)?;
-    let answer = t.lookup(key, q.qtype().to_int());
+    let key = if qname.is_compressed() {
+        wire_key(&qname, &mut buf)?
+    } else {
+        // The name as it is in the query, lowercased in one pass (its
+        // length bytes are all below b'A').
+        let wire = query.get(HEADER_LEN..qend - 4)?;
+        let key = buf.get_mut(..wire.len())?;
+        for (d, s) in key.iter_mut().zip(wire) {
+            *d = s.to_ascii_lowercase();
+        }
+        key
+    };
+    let answer = t.lookup_wire(key, q.qtype().to_int());
     let (rcode, kind) = match answer {
         Answer::Forward => return None,
         Answer::NxDomain => (Rcode::NXDOMAIN, Kind::NxDomain),
         Answer::NoData => (Rcode::NOERROR, Kind::NoData),
         _ => (Rcode::NOERROR, Kind::Records),
     };
-    let qname = q.qname();
     if !qname.is_compressed() {
         let (records, an, ns): (&[u8], u16, u16) = match answer {
             Answer::A(_, r) | Answer::Srv(_, r) | Answer::Ptr(_, r) => (&r.bytes, r.count, 0),
@@ -252,7 +322,7 @@ fn build<'t>(
         };
         if !records.is_empty() {
             let c = Composed {
-                qend: HEADER_LEN + usize::from(qname.compose_len()) + 4,
+                qend,
                 records,
                 an,
                 ns,
@@ -307,6 +377,15 @@ fn build<'t>(
     };
     push().ok()?;
     Some(Built::Into(kind))
+}
+
+/// The OPT record at `at` in `query`, if the record there is one.
+fn opt_at(query: &[u8], at: usize) -> Option<OptRecord<&[u8]>> {
+    let mut parser = Parser::from_ref(query);
+    parser.advance(at).ok()?;
+    let rr = ParsedRecord::parse(&mut parser).ok()?;
+    let rr = rr.into_record::<Opt<&[u8]>>().ok()??;
+    Some(OptRecord::from(rr))
 }
 
 fn short() -> PushError {

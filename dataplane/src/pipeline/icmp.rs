@@ -347,6 +347,20 @@ pub(super) fn answer(
         return Verdict::Drop(DropReason::TooBig);
     }
     f.data_mut().copy_from_slice(&scratch[..len]);
+    back(cx, f, p, from, proto)
+}
+
+/// Sends an answer the dataplane wrote into `f` (from `from` to the sender of
+/// `p`) back the way `p` came: over the overlay to the sender's node when `p`
+/// was decapsulated, else out of the interface it arrived on.
+pub(super) fn back(
+    cx: &mut Ctx<'_>,
+    f: &mut Frame<'_>,
+    p: &Parsed,
+    from: u32,
+    proto: IpProtocol,
+) -> Verdict {
+    let to = p.key.src;
     if p.decapped {
         // Back over the overlay to the sender's node.
         let out = FlowKey {
