@@ -67,6 +67,17 @@ fuzz_target!(|data: &[u8]| {
             assert!(m.header().qr());
             assert_eq!(&dns[..2], &payload[..2], "the query's id");
             assert_eq!(shared::wire::checksum::checksum(&out[14..34]), 0, "IPv4 checksum");
+            let ip_len = usize::from(u16::from_be_bytes([out[16], out[17]]));
+            assert_eq!(ip_len, out.len() - 14, "IPv4 total length");
+            let udp_len = usize::from(u16::from_be_bytes([out[38], out[39]]));
+            assert_eq!(udp_len, out.len() - 34, "UDP length");
+            let c = shared::wire::checksum::l4_checksum(
+                [198, 18, 96, 53],
+                [198, 19, 1, 11],
+                17,
+                &out[34..],
+            );
+            assert_eq!(c, 0, "UDP checksum");
         }
         Verdict::Tx { ifindex: u32::MAX } => panic!("no verdict"),
         Verdict::Tx { ifindex: 11 } => panic!("back to the pod, yet no answer counted"),

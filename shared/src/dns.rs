@@ -7,7 +7,7 @@
 //! address the name spells, as the plugin's `pods insecure`), empty
 //! non-terminals (`svc.DOMAIN`, `ns.svc.DOMAIN`, `_proto.svc.ns.svc.DOMAIN`)
 //! as names without data, and every other name under the domain as
-//! nonexistent. Names are kept as lowercase dotted text without the final dot.
+//! nonexistent.
 //!
 //! Every answer a name has is composed here once, when the table is built,
 //! with the `domain` crate's message builder and name compressor: a template

@@ -1,16 +1,18 @@
 //! Stage 4's cluster DNS answers: a new UDP flow to the cluster DNS address
 //! on port 53 whose question is the cluster's (`shared::dns::DnsTable`) is
 //! answered by the worker itself, from the frontend address, back the way
-//! the query came (`icmp::answer`); no flow is created. The message is
-//! parsed and built with the `domain` crate's wire code on fixed buffers
-//! (octseq's `Array`, 512 bytes: the classic UDP limit every resolver
-//! accepts), with name compression; an EDNS0 query gets an OPT record back.
+//! the query came; no flow is created. The message is parsed with the
+//! `domain` crate's wire code; an answer from the table's composed records is
+//! written over the query where it lies (its header and question stay), one
+//! the builder makes (a pod name) on a fixed buffer (octseq's `Array`, 512
+//! bytes: the classic UDP limit every resolver accepts) and sent through
+//! `icmp::answer`; an EDNS0 query gets an OPT record back.
 //! Everything else goes on to the DNS Service's backends through ordinary
 //! Service NAT: not a standard query, not exactly one question, a class
 //! other than IN, an EDNS version other than 0, a name outside the domain
-//! (or a label with a dot in it), a first fragment, an answer over 512
-//! bytes. Reads the frame and the snapshot; replaces the frame with the
-//! answer; writes nothing else.
+//! (or, for a name that would not exist, a label with a dot in it), a first
+//! fragment, an answer over 512 bytes. Reads the frame and the snapshot;
+//! replaces the frame with the answer; writes nothing else.
 
 use domain::base::iana::{Class, Opcode, Rcode};
 use domain::base::message_builder::{AnswerBuilder, MessageBuilder, PushError, StaticCompressor};
