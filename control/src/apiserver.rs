@@ -147,11 +147,32 @@ where
             }
             Err(e) => {
                 warn!(source, "watch error (retrying with backoff): {e}");
-                store.update(|s| s.record_error(source, e.to_string()));
+                let refused = forbidden(&e);
+                store.update(|s| {
+                    s.record_error(source, e.to_string());
+                    if refused {
+                        s.record_forbidden(source, e.to_string());
+                    }
+                });
             }
         }
     }
     debug!(source, "watch stream ended");
+}
+
+/// Is `e` the API server refusing this identity (HTTP 403, RBAC)?
+fn forbidden(e: &watcher::Error) -> bool {
+    let code = match e {
+        watcher::Error::InitialListFailed(k)
+        | watcher::Error::WatchStartFailed(k)
+        | watcher::Error::WatchFailed(k) => match k {
+            kube::Error::Api(s) => Some(s.code),
+            _ => None,
+        },
+        watcher::Error::WatchError(s) => Some(s.code),
+        watcher::Error::NoResourceVersion => None,
+    };
+    code == Some(403)
 }
 
 async fn watch_kind<K>(api: Api<K>, config: watcher::Config, store: StoreHandle, source: &str)

@@ -23,6 +23,11 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     /// Errors since start.
     pub errors: u64,
+    /// The API server's last refusal of this identity (HTTP 403: a
+    /// permission the ClusterRole lacks), while recent (`forbidden_at`).
+    pub forbidden: Option<String>,
+    #[serde(skip)]
+    pub forbidden_at: Option<SystemTime>,
 }
 
 /// A published generation.

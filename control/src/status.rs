@@ -95,6 +95,20 @@ fn summed(state: &AgentState) -> (Counters, Option<u64>, u64, u64) {
 
 /// Published to every worker (or published, when there are no workers).
 fn ready(state: &AgentState) -> (bool, String) {
+    // A permission the agent's ClusterRole lacks is a configuration error,
+    // not a passing fault: not ready while the API server keeps refusing
+    // (the watcher retries at least every 30 s), so a rollout stops here.
+    let refused = lock(&state.sources).iter().find_map(|s| {
+        let at = s.forbidden_at?;
+        let recent = at.elapsed().map_or(true, |e| e < FORBIDDEN_HOLD);
+        recent.then(|| format!("{}: {}", s.name, s.forbidden.clone().unwrap_or_default()))
+    });
+    if let Some(why) = refused {
+        return (
+            false,
+            format!("the API server refuses this identity: {why}"),
+        );
+    }
     if !state.first_sync_done() {
         return (
             false,
@@ -121,6 +135,9 @@ fn ready(state: &AgentState) -> (bool, String) {
     }
     (true, format!("generation {published} on every worker"))
 }
+
+/// How long after the API server's last refusal (403) readiness stays false.
+pub const FORBIDDEN_HOLD: Duration = Duration::from_secs(45);
 
 /// How long after start readiness waits for the underlay neighbours of the
 /// remote nodes; after that a node that does not answer ARP makes the agent

@@ -176,6 +176,8 @@ struct SourceEntry {
     last_sync: Option<SystemTime>,
     last_error: Option<String>,
     errors: u64,
+    /// The last refusal (403) and when it came.
+    forbidden: Option<(SystemTime, String)>,
 }
 
 /// The Kubernetes objects seen so far, grouped by source.
@@ -337,6 +339,14 @@ impl ObjectStore {
         self.status_revision += 1;
     }
 
+    /// Records that the API server refused `source` (403): the agent's
+    /// identity lacks a permission. Readiness waits while it is recent.
+    pub fn record_forbidden(&mut self, source: &str, msg: impl Into<String>) {
+        let e = self.entry(source);
+        e.forbidden = Some((SystemTime::now(), msg.into()));
+        self.status_revision += 1;
+    }
+
     /// Sets or clears `source`'s last error without counting a new error (a
     /// problem that persists across syncs, e.g. a manifest still broken).
     pub fn set_last_error(&mut self, source: &str, msg: Option<String>) {
@@ -435,6 +445,8 @@ impl ObjectStore {
                 last_sync: e.last_sync.map(format_rfc3339),
                 last_error: e.last_error.clone(),
                 errors: e.errors,
+                forbidden: e.forbidden.as_ref().map(|(_, m)| m.clone()),
+                forbidden_at: e.forbidden.as_ref().map(|(t, _)| *t),
             })
             .collect()
     }

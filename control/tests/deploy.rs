@@ -252,6 +252,18 @@ fn the_cluster_role_grants_what_the_agent_uses_and_is_bound() {
     );
     assert!(!allows("", "services", "patch"), "read-only on Services");
     assert!(!allows("", "secrets", "get"), "no secrets");
+    // Nothing beyond what the agent uses (the lab test
+    // lab_real_api_server_every_rbac_permission_is_needed takes each one away
+    // on a real API server).
+    let granted: usize = rules
+        .iter()
+        .map(|r| r.resources.as_ref().map_or(0, Vec::len) * r.verbs.len())
+        .sum();
+    assert_eq!(
+        granted,
+        4 * 2 + 1,
+        "list and watch on 4 resources, patch on nodes"
+    );
     assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
     let subject = &binding.subjects.unwrap()[0];
     assert_eq!(subject.kind, "ServiceAccount");

@@ -167,18 +167,7 @@ impl Lab {
 
     /// Starts `nodeplane ARGS` in the node's namespace; waits (≤ 20 s) for /readyz.
     pub fn start_agent_args(&mut self, node: &str, args: &[String]) {
-        let log = PathBuf::from(self.var("NP_LAB_DIR")).join(format!("agent-{node}.log"));
-        let logf = std::fs::File::create(&log).expect("agent log");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns(node)])
-            .arg(Self::bin("nodeplane"))
-            .args(args)
-            .env("NODEPLANE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("log"))
-            .stderr(logf);
-        let child = cmd.spawn().expect("start nodeplane");
-        self.agents.insert(node.to_string(), (child, log));
+        self.spawn_agent_args(node, args);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some((code, _)) = self.http(node, "/readyz") {
@@ -201,6 +190,22 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Starts `nodeplane ARGS` in the node's namespace without waiting.
+    pub fn spawn_agent_args(&mut self, node: &str, args: &[String]) {
+        let log = PathBuf::from(self.var("NP_LAB_DIR")).join(format!("agent-{node}.log"));
+        let logf = std::fs::File::create(&log).expect("agent log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(node)])
+            .arg(Self::bin("nodeplane"))
+            .args(args)
+            .env("NODEPLANE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("log"))
+            .stderr(logf);
+        let child = cmd.spawn().expect("start nodeplane");
+        self.agents.insert(node.to_string(), (child, log));
     }
 
     pub fn agent_log(&self, node: &str) -> String {
