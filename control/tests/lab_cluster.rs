@@ -168,6 +168,95 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    fn script(&self, args: &[&str]) -> String {
+        let out = Command::new(repo().join("scripts/cluster"))
+            .args(args)
+            .output()
+            .expect("scripts/cluster");
+        assert!(
+            out.status.success(),
+            "scripts/cluster {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Stops and starts kube-apiserver: every watch on it breaks.
+    fn restart_apiserver(&self) {
+        self.script(&["restart", &self.name]);
+    }
+
+    /// Ends `netns`'s bridge and the connections through it.
+    fn unbridge(&self, netns: &str) {
+        self.script(&["unbridge", &self.name, netns]);
+    }
+
+    /// Compacts etcd to its current revision; returns it.
+    fn compact(&self) -> String {
+        self.script(&["compact", &self.name]).trim().to_string()
+    }
+
+    /// configs/deploy/rbac.yaml and the demo's objects with their status;
+    /// waits (≤ 20 s) for the EndpointSlice controller's slice of web.
+    fn apply_demo(&self) {
+        self.kubectl(&[
+            "apply",
+            "-f",
+            &repo()
+                .join("configs/deploy/rbac.yaml")
+                .display()
+                .to_string(),
+        ]);
+        for f in ["nodes.yaml", "services.yaml", "pods.yaml"] {
+            self.apply_with_status(&repo().join("configs/demo").join(f));
+        }
+        eventually(20, || {
+            let ips = self.kubectl(&[
+                "get",
+                "endpointslices",
+                "-n",
+                "default",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "jsonpath={.items[*].endpoints[*].addresses[*]}",
+            ]);
+            let n = ips.split_whitespace().count();
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(format!("web's slice has {n} addresses: {ips}"))
+            }
+        })
+        .unwrap();
+    }
+
+    /// Starts the agents on node-a and node-b on this API server (bridged,
+    /// with the ServiceAccount's token).
+    fn start_agents(&self, lab: &mut Lab) {
+        let kubeconfig = PathBuf::from(lab.var("NP_LAB_DIR")).join("agent.kubeconfig");
+        self.agent_kubeconfig(&kubeconfig);
+        for node in ["a", "b"] {
+            self.bridge(&lab.ns(node));
+            let args = api_args(lab, node, &kubeconfig);
+            lab.start_agent_args(node, &args);
+        }
+    }
+}
+
+/// Waits (≤ `secs`) until new connections from `client` to `dst` reach
+/// exactly `want`.
+fn reaches(lab: &Lab, node: &str, client: &str, dst: SocketAddr, want: &[&str], secs: u64) {
+    let want = set(want);
+    eventually(secs, || match backends(&lab.ns(client), dst, 30) {
+        Ok(b) if b == want => Ok(()),
+        Ok(b) => Err(format!("{client} → {dst} reached {b:?}, want {want:?}")),
+        Err(e) => Err(e),
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(node)));
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = Command::new(repo().join("scripts/cluster"))
@@ -215,72 +304,20 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 fn lab_real_api_server_programs_the_workers() {
     let Some(mut lab) = Lab::up("r") else { return };
     let cluster = Cluster::up("r");
-    cluster.kubectl(&[
-        "apply",
-        "-f",
-        &repo()
-            .join("configs/deploy/rbac.yaml")
-            .display()
-            .to_string(),
-    ]);
-    for f in ["nodes.yaml", "services.yaml", "pods.yaml"] {
-        cluster.apply_with_status(&repo().join("configs/demo").join(f));
-    }
     // The real EndpointSlice controller's slice for web: the three ready
     // backends the Pods' status names.
-    eventually(20, || {
-        let ips = cluster.kubectl(&[
-            "get",
-            "endpointslices",
-            "-n",
-            "default",
-            "-l",
-            "kubernetes.io/service-name=web",
-            "-o",
-            "jsonpath={.items[*].endpoints[*].addresses[*]}",
-        ]);
-        let n = ips.split_whitespace().count();
-        if n == 3 {
-            Ok(())
-        } else {
-            Err(format!("web's slice has {n} addresses: {ips}"))
-        }
-    })
-    .unwrap();
-    let kubeconfig = PathBuf::from(lab.var("NP_LAB_DIR")).join("agent.kubeconfig");
-    cluster.agent_kubeconfig(&kubeconfig);
-    for node in ["a", "b"] {
-        cluster.bridge(&lab.ns(node));
-        let args = api_args(&lab, node, &kubeconfig);
-        lab.start_agent_args(node, &args);
-    }
+    cluster.apply_demo();
+    cluster.start_agents(&mut lab);
     let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
     let dst = SocketAddr::from((web, 80));
-    let all = set(&["a1", "b1", "k1"]);
-    eventually(20, || match backends(&lab.ns("a2"), dst, 40) {
-        Ok(b) if b == all => Ok(()),
-        Ok(b) => Err(format!("a2 → web reached {b:?}")),
-        Err(e) => Err(e),
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log("a")));
-    eventually(20, || match backends(&lab.ns("b2"), dst, 40) {
-        Ok(b) if b == all => Ok(()),
-        Ok(b) => Err(format!("b2 → web reached {b:?}")),
-        Err(e) => Err(e),
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log("b")));
+    reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
+    reaches(&lab, "b", "b2", dst, &["a1", "b1", "k1"], 20);
     // kubectl delete: the controller drops b1 from the slice, and both
     // nodes' workers stop choosing it.
     let t = Instant::now();
     cluster.kubectl(&["delete", "pod", "b1", "-n", "default", "--wait=false"]);
-    let rest = set(&["a1", "k1"]);
     for (node, client) in [("a", "a2"), ("b", "b2")] {
-        eventually(20, || match backends(&lab.ns(client), dst, 30) {
-            Ok(b) if b == rest => Ok(()),
-            Ok(b) => Err(format!("{client} → web reached {b:?} after b1's deletion")),
-            Err(e) => Err(e),
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(node)));
+        reaches(&lab, node, client, dst, &["a1", "k1"], 20);
     }
     eprintln!(
         "kubectl delete pod b1 → no new connection to b1 from either node within {:.2} s",
@@ -335,17 +372,7 @@ fn role_without(resource: &str, verb: &str) -> String {
 fn lab_real_api_server_every_rbac_permission_is_needed() {
     let Some(mut lab) = Lab::up("p") else { return };
     let cluster = Cluster::up("p");
-    cluster.kubectl(&[
-        "apply",
-        "-f",
-        &repo()
-            .join("configs/deploy/rbac.yaml")
-            .display()
-            .to_string(),
-    ]);
-    for f in ["nodes.yaml", "services.yaml", "pods.yaml"] {
-        cluster.apply_with_status(&repo().join("configs/demo").join(f));
-    }
+    cluster.apply_demo();
     let kubeconfig = PathBuf::from(lab.var("NP_LAB_DIR")).join("agent.kubeconfig");
     cluster.agent_kubeconfig(&kubeconfig);
     cluster.bridge(&lab.ns("a"));
@@ -426,5 +453,57 @@ fn lab_real_api_server_every_rbac_permission_is_needed() {
             .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log("a")));
         }
         assert!(lab.stop_agent("a"), "the agent stops cleanly");
+    }
+}
+
+/// Issue 17: watches that break. (1) kube-apiserver restarts: both agents
+/// keep their tables meanwhile and follow an edit made after it. (2) node-a
+/// loses the API server while a Pod is deleted, etcd is compacted and the API
+/// server restarts: node-a keeps serving what it had, its watch resumes from a
+/// resourceVersion that no longer exists, gets 410 Gone, relists, and drops the
+/// deleted Pod; node-b, connected throughout, dropped it at once.
+#[test]
+fn lab_real_api_server_restart_and_410_gone_relist() {
+    let Some(mut lab) = Lab::up("w") else { return };
+    let cluster = Cluster::up("w");
+    cluster.apply_demo();
+    cluster.start_agents(&mut lab);
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    let dst = SocketAddr::from((web, 80));
+    reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
+    // (1)
+    cluster.restart_apiserver();
+    reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 5);
+    cluster.kubectl(&["delete", "pod", "k1", "-n", "default", "--wait=false"]);
+    reaches(&lab, "a", "a2", dst, &["a1", "b1"], 40);
+    reaches(&lab, "b", "b2", dst, &["a1", "b1"], 40);
+    // (2)
+    cluster.unbridge(&lab.ns("a"));
+    cluster.kubectl(&["delete", "pod", "b1", "-n", "default", "--wait=false"]);
+    reaches(&lab, "b", "b2", dst, &["a1"], 20);
+    // node-a, cut off, keeps its last tables (as kube-proxy keeps its rules).
+    reaches(&lab, "a", "a2", dst, &["a1", "b1"], 5);
+    let rev = cluster.compact();
+    cluster.restart_apiserver();
+    cluster.bridge(&lab.ns("a"));
+    let t = Instant::now();
+    reaches(&lab, "a", "a2", dst, &["a1"], 90);
+    eprintln!(
+        "etcd compacted at revision {rev}; node-a relisted and dropped b1 {:.1} s after its bridge came back",
+        t.elapsed().as_secs_f64()
+    );
+    let log = lab.agent_log("a");
+    let gone = log
+        .lines()
+        .find(|l| {
+            l.contains("watch error")
+                && (l.contains("too old resource version") || l.contains("code: 410"))
+        })
+        .unwrap_or_else(|| {
+            panic!("node-a's watch was not told its resourceVersion is gone:\n{log}")
+        });
+    eprintln!("node-a: {gone}");
+    for node in ["a", "b"] {
+        assert!(lab.stop_agent(node), "agent {node} stops cleanly");
     }
 }
