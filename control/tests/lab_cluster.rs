@@ -120,10 +120,16 @@ impl Cluster {
     /// A kubeconfig with a token of kube-system/nodeplane (configs/deploy's
     /// ServiceAccount), for 127.0.0.1:6443.
     fn agent_kubeconfig(&self, path: &std::path::Path) {
+        self.token_kubeconfig("nodeplane", path);
+    }
+
+    /// A kubeconfig with a token of the ServiceAccount kube-system/`sa`, for
+    /// 127.0.0.1:6443.
+    fn token_kubeconfig(&self, sa: &str, path: &std::path::Path) {
         let token = self.kubectl(&[
             "create",
             "token",
-            "nodeplane",
+            sa,
             "-n",
             "kube-system",
             "--duration",
@@ -135,7 +141,7 @@ impl Cluster {
             .expect("state dir")
             .join("pki/ca.crt");
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority: {}\nusers:\n- name: nodeplane\n  user:\n    token: {}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: nodeplane}}\ncurrent-context: lab\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: sa}}\ncurrent-context: lab\n",
             ca.display(),
             token.trim()
         );
@@ -506,4 +512,171 @@ fn lab_real_api_server_restart_and_410_gone_relist() {
     for node in ["a", "b"] {
         assert!(lab.stop_agent(node), "agent {node} stops cleanly");
     }
+}
+
+/// Issue 17: the real kube-proxy (`--proxy-mode nftables`, the release's
+/// binary) on the lab's kernel node, against the same API server as the
+/// nodeplane nodes, with the `system:node-proxier` role. Connections from the
+/// kernel node's pod to web's ClusterIP go through its rules to backends on every
+/// node (over the flannel-style overlay to nodeplane's nodes); a Pod deleted
+/// with kubectl leaves kube-proxy's set and nodeplane's alike. The figures
+/// printed: kube-proxy's own `network_programming_duration_seconds` for that
+/// change, and the time until neither nodeplane node chose the Pod any more.
+#[test]
+fn lab_real_kube_proxy_beside_nodeplane() {
+    let Some(mut lab) = Lab::up("q") else { return };
+    let cluster = Cluster::up("q");
+    cluster.apply_demo();
+    cluster.start_agents(&mut lab);
+    cluster.kubectl(&[
+        "create",
+        "serviceaccount",
+        "kube-proxy",
+        "-n",
+        "kube-system",
+    ]);
+    cluster.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "lab-kube-proxy",
+        "--clusterrole",
+        "system:node-proxier",
+        "--serviceaccount",
+        "kube-system:kube-proxy",
+    ]);
+    let kubeconfig = PathBuf::from(lab.var("NP_LAB_DIR")).join("kube-proxy.kubeconfig");
+    cluster.token_kubeconfig("kube-proxy", &kubeconfig);
+    let k = lab.ns("k");
+    cluster.bridge(&k);
+    let log = PathBuf::from(lab.var("NP_LAB_DIR")).join("kube-proxy.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut kp = KubeProxy(
+        Command::new("ip")
+            .args(["netns", "exec", &k])
+            .arg(cluster.bin.join("kube-proxy"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "--proxy-mode",
+                "nftables",
+                "--hostname-override",
+                "node-k",
+                "--cluster-cidr",
+                "198.19.0.0/16",
+                "--metrics-bind-address",
+                "127.0.0.1:10249",
+                "--healthz-bind-address",
+                "127.0.0.1:10256",
+                "--conntrack-max-per-core",
+                "0",
+                "--v",
+                "2",
+            ])
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start kube-proxy"),
+    );
+    let kp_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    let dst = SocketAddr::from((web, 80));
+    // Connections from the kernel node's pod through kube-proxy's rules (the
+    // lab's nodes have no default route, so the node's own would not reach
+    // the Service CIDR).
+    let k1 = lab.ns("k1");
+    eventually(30, || match backends(&k1, dst, 30) {
+        Ok(b) if b == set(&["a1", "b1", "k1"]) => Ok(()),
+        Ok(b) => Err(format!("k1 → web reached {b:?}")),
+        Err(e) => Err(e),
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kp_log()));
+    assert!(kp.0.try_wait().unwrap().is_none(), "kube-proxy runs");
+    reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
+    let (before, before_sum) = (programming(&k, "count"), programming(&k, "sum"));
+    // b1's readiness probe fails: the kubelet's status write (Ready False,
+    // its transition time now, which the EndpointSlice controller passes on
+    // as the slice's last-change-trigger-time, kube-proxy's clock start).
+    let stamp = time_rfc3339();
+    let patch = serde_json::json!({"status": {"conditions": [
+        {"type": "Ready", "status": "False", "lastTransitionTime": stamp}
+    ]}})
+    .to_string();
+    let t = Instant::now();
+    cluster.kubectl(&[
+        "patch",
+        "pod",
+        "b1",
+        "-n",
+        "default",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        &patch,
+    ]);
+    let mut nodeplane_s = 0.0;
+    for (node, client) in [("a", "a2"), ("b", "b2")] {
+        reaches(&lab, node, client, dst, &["a1", "k1"], 20);
+        nodeplane_s = t.elapsed().as_secs_f64();
+    }
+    eventually(20, || match backends(&k1, dst, 30) {
+        Ok(b) if b == set(&["a1", "k1"]) => Ok(()),
+        Ok(b) => Err(format!("k1 → web reached {b:?} after b1 became not ready")),
+        Err(e) => Err(e),
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kp_log()));
+    let kube_proxy_s = t.elapsed().as_secs_f64();
+    let (count, sum) = eventually(10, || {
+        let c = programming(&k, "count");
+        if c > before {
+            Ok((c - before, programming(&k, "sum") - before_sum))
+        } else {
+            Err("kube-proxy has not counted the change yet".to_string())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kp_log()));
+    eprintln!(
+        "b1 not ready: polled by new connections, nodeplane (both nodes) by {nodeplane_s:.2} s, kube-proxy by {kube_proxy_s:.2} s (polled after nodeplane); kube-proxy's network_programming_duration_seconds: {count} observation(s), {sum:.3} s in all (its start has 1 s resolution: the transition time's)"
+    );
+    for node in ["a", "b"] {
+        assert!(lab.stop_agent(node), "agent {node} stops cleanly");
+    }
+    drop(kp);
+}
+
+/// Now, RFC 3339 in seconds (as metav1.Time serializes).
+fn time_rfc3339() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// kube-proxy's child process, ended (by pid) on drop.
+struct KubeProxy(std::process::Child);
+
+impl Drop for KubeProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// kube-proxy's `kubeproxy_network_programming_duration_seconds_{what}`
+/// (count or sum), from its metrics endpoint in `ns`.
+fn programming(ns: &str, what: &str) -> f64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "3"])
+        .arg("http://127.0.0.1:10249/metrics")
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = format!("kubeproxy_network_programming_duration_seconds_{what}");
+    text.lines()
+        .filter(|l| l.starts_with(&name))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
 }
