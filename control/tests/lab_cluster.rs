@@ -273,18 +273,7 @@ impl Drop for Cluster {
 
 /// The agent's arguments on `node` with `--kubeconfig FILE` for `--manifests DIR`.
 fn api_args(lab: &Lab, node: &str, kubeconfig: &std::path::Path) -> Vec<String> {
-    let mut args: Vec<String> = lab
-        .var(&format!("NP_AGENT_ARGS_{}", node.to_uppercase()))
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let i = args
-        .iter()
-        .position(|a| a == "--manifests")
-        .expect("--manifests in the agent args");
-    args[i] = "--kubeconfig".into();
-    args[i + 1] = kubeconfig.display().to_string();
-    args
+    lab.agent_args_from(node, "--kubeconfig", &kubeconfig.display().to_string())
 }
 
 /// The backends `n` new TCP connections from `ns` to `dst` reach (podserver

@@ -115,16 +115,7 @@ fn pod_and_client(answer: &str) -> (String, String) {
 
 /// Agent arguments for `node` reading `dir`, plus `extra`.
 fn agent_args(lab: &Lab, node: &str, dir: &std::path::Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = lab
-        .var(&format!("NP_AGENT_ARGS_{}", node.to_uppercase()))
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let i = args
-        .iter()
-        .position(|a| a == "--manifests")
-        .expect("--manifests in the agent args");
-    args[i + 1] = dir.display().to_string();
+    let mut args = lab.agent_args_from(node, "--manifests", &dir.display().to_string());
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }

@@ -152,6 +152,13 @@ impl Lab {
 
     /// `start_agent` reading its manifests from `dir` instead of configs/demo.
     pub fn start_agent_with_manifests(&mut self, node: &str, dir: &std::path::Path) {
+        let args = self.agent_args_from(node, "--manifests", &dir.display().to_string());
+        self.start_agent_args(node, &args);
+    }
+
+    /// The agent's arguments on `node` with its source, `--manifests DIR`,
+    /// replaced by `flag value` (another directory, or `--kubeconfig FILE`).
+    pub fn agent_args_from(&self, node: &str, flag: &str, value: &str) -> Vec<String> {
         let mut args: Vec<String> = self
             .var(&format!("NP_AGENT_ARGS_{}", node.to_uppercase()))
             .split_whitespace()
@@ -161,8 +168,9 @@ impl Lab {
             .iter()
             .position(|a| a == "--manifests")
             .expect("--manifests in the agent args");
-        args[i + 1] = dir.display().to_string();
-        self.start_agent_args(node, &args);
+        args[i] = flag.to_string();
+        args[i + 1] = value.to_string();
+        args
     }
 
     /// Starts `nodeplane ARGS` in the node's namespace; waits (≤ 20 s) for /readyz.
