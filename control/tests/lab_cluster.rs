@@ -251,6 +251,16 @@ impl Cluster {
     }
 }
 
+/// A control plane for `lab` with the demo applied and the agents of node-a
+/// and node-b on it; web's ClusterIP:80.
+fn demo_on_cluster(lab: &mut Lab, tag: &str) -> (Cluster, SocketAddr) {
+    let cluster = Cluster::up(tag);
+    cluster.apply_demo();
+    cluster.start_agents(lab);
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    (cluster, SocketAddr::from((web, 80)))
+}
+
 /// Waits (≤ `secs`) until new connections from `client` to `dst` reach
 /// exactly `want`.
 fn reaches(lab: &Lab, node: &str, client: &str, dst: SocketAddr, want: &[&str], secs: u64) {
@@ -298,13 +308,9 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 #[test]
 fn lab_real_api_server_programs_the_workers() {
     let Some(mut lab) = Lab::up("r") else { return };
-    let cluster = Cluster::up("r");
     // The real EndpointSlice controller's slice for web: the three ready
     // backends the Pods' status names.
-    cluster.apply_demo();
-    cluster.start_agents(&mut lab);
-    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
-    let dst = SocketAddr::from((web, 80));
+    let (cluster, dst) = demo_on_cluster(&mut lab, "r");
     reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
     reaches(&lab, "b", "b2", dst, &["a1", "b1", "k1"], 20);
     // kubectl delete: the controller drops b1 from the slice, and both
@@ -460,11 +466,7 @@ fn lab_real_api_server_every_rbac_permission_is_needed() {
 #[test]
 fn lab_real_api_server_restart_and_410_gone_relist() {
     let Some(mut lab) = Lab::up("w") else { return };
-    let cluster = Cluster::up("w");
-    cluster.apply_demo();
-    cluster.start_agents(&mut lab);
-    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
-    let dst = SocketAddr::from((web, 80));
+    let (cluster, dst) = demo_on_cluster(&mut lab, "w");
     reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
     // (1)
     cluster.restart_apiserver();
@@ -514,9 +516,7 @@ fn lab_real_api_server_restart_and_410_gone_relist() {
 #[test]
 fn lab_real_kube_proxy_beside_nodeplane() {
     let Some(mut lab) = Lab::up("q") else { return };
-    let cluster = Cluster::up("q");
-    cluster.apply_demo();
-    cluster.start_agents(&mut lab);
+    let (cluster, dst) = demo_on_cluster(&mut lab, "q");
     cluster.kubectl(&[
         "create",
         "serviceaccount",
@@ -568,8 +568,6 @@ fn lab_real_kube_proxy_beside_nodeplane() {
             .expect("start kube-proxy"),
     );
     let kp_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
-    let dst = SocketAddr::from((web, 80));
     // Connections from the kernel node's pod through kube-proxy's rules (the
     // lab's nodes have no default route, so the node's own would not reach
     // the Service CIDR).
