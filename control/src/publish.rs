@@ -1,9 +1,12 @@
 //! Publishing tables: `Publisher` builds a `Snapshot` from a `TableSpec` and
 //! swaps it in with the next generation number (only when the spec changed),
-//! and measures programming latency once every worker runs on it.
+//! and measures programming latency once every worker runs on it: from when
+//! the agent saw the change, and (`TriggerTimes`) from when the API server's
+//! EndpointSlice controller says it happened, as kube-proxy measures it.
 //! `run_control` is the control loop: source → store → reducer → publisher.
 //! Nothing here runs on the per-packet path.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,11 +22,13 @@ use crate::apiserver;
 use crate::manifests;
 use crate::reducer::{reduce, synced, LocalConfig, LocalFacts};
 use crate::state::{lock, AgentState, PublishInfo};
-use crate::store::StoreHandle;
+use crate::store::{ObjectKey, ObjectStore, StoreHandle};
 
 /// How often node-local facts are re-read when nothing else happens.
 pub const FACTS_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a burst of changes is collected before one reduce.
+/// The least time between two reduces: a change after a quiet spell is
+/// reduced at once, and the rest of a burst is collected until `DEBOUNCE`
+/// after that reduce (kube-proxy's minimum sync period does the same).
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// How often workers are checked while a generation is not on all of them.
 const OBSERVE_INTERVAL: Duration = Duration::from_millis(2);
@@ -36,6 +41,8 @@ pub struct Publisher {
     /// The generation not yet on every worker, and when the oldest change it
     /// carries was seen.
     awaiting: Option<(u64, Instant)>,
+    /// Trigger times of changes waiting for every worker (`triggered`).
+    triggers: Vec<SystemTime>,
 }
 
 impl Publisher {
@@ -47,6 +54,7 @@ impl Publisher {
             last: None,
             generation,
             awaiting: None,
+            triggers: Vec::new(),
         }
     }
 
@@ -129,7 +137,84 @@ impl Publisher {
         }
         *lock(&self.state.pending_since) = None;
         self.awaiting = None;
+        self.observe_triggers();
     }
+
+    /// Counts each of `triggers` (when changes happened in the API) in
+    /// `programming_duration` once every worker runs the last published
+    /// generation: now, if they already do (the change published nothing, or
+    /// is on them already).
+    pub fn triggered(&mut self, triggers: Vec<SystemTime>) {
+        self.triggers.extend(triggers);
+        if self.awaiting.is_none() {
+            self.observe_triggers();
+        }
+    }
+
+    fn observe_triggers(&mut self) {
+        let now = SystemTime::now();
+        for t in self.triggers.drain(..) {
+            let d = now.duration_since(t).unwrap_or_default();
+            self.state.programming_duration.observe(d.as_secs_f64());
+        }
+    }
+}
+
+/// The annotation the EndpointSlice controller sets on a slice: the time of
+/// the newest change (a Pod's or the Service's) the slice reflects, with the
+/// API's one-second resolution; kube-proxy's clock start for
+/// `network_programming_duration_seconds`.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The trigger times already counted, by slice, so each change counts once.
+#[derive(Debug)]
+pub struct TriggerTimes {
+    known: BTreeMap<ObjectKey, String>,
+    since: SystemTime,
+}
+
+impl TriggerTimes {
+    /// Counts only changes from `since` on (kube-proxy's rule: the first
+    /// list's changes happened before this agent ran).
+    pub fn new(since: SystemTime) -> Self {
+        TriggerTimes {
+            known: BTreeMap::new(),
+            since,
+        }
+    }
+
+    /// The trigger times of `store`'s slices that are new since the last call
+    /// (a slice's annotation appeared or changed) and not before `since`.
+    /// Slices gone from the store are forgotten; an annotation that is not
+    /// RFC 3339 is ignored.
+    pub fn take_new(&mut self, store: &ObjectStore) -> Vec<SystemTime> {
+        let mut now = BTreeMap::new();
+        let mut new = Vec::new();
+        for slice in store.endpoint_slices() {
+            let Some(v) = slice
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
+            else {
+                continue;
+            };
+            let key = ObjectKey::of(&slice.metadata);
+            if self.known.get(&key) != Some(v) {
+                if let Some(t) = parse_time(v).filter(|t| *t >= self.since) {
+                    new.push(t);
+                }
+            }
+            now.insert(key, v.clone());
+        }
+        self.known = now;
+        new
+    }
+}
+
+fn parse_time(v: &str) -> Option<SystemTime> {
+    let ts: k8s_openapi::jiff::Timestamp = v.parse().ok()?;
+    Some(SystemTime::from(ts))
 }
 
 /// Where Kubernetes objects come from.
@@ -199,7 +284,7 @@ enum Wake {
 
 /// The control loop: feeds source events into the store, re-reads node-local
 /// facts every `FACTS_INTERVAL` and before every reduce, reduces when anything
-/// changed (one reduce per `DEBOUNCE` window of events), publishes, marks `first_sync` once the first
+/// changed (at once after a quiet spell, then at most one reduce per `DEBOUNCE`), publishes, marks `first_sync` once the first
 /// full sync is published, and keeps the source statuses current. Runs until
 /// `shutdown` turns true. Errors only if the source cannot start (bad flag,
 /// unreadable kubeconfig) or ends unexpectedly.
@@ -213,12 +298,14 @@ pub async fn run_control(
     let store = StoreHandle::new();
     let mut source_task = start_source(source, &cfg, &store, &shutdown).await?;
     let mut publisher = Publisher::new(state.clone());
+    let mut trigger_times = TriggerTimes::new(state.started);
     let mut current_facts = facts();
     // Reduce once right away: this node and its pods are routable before the
     // first sync of Services (which stay unprogrammed until then).
     let mut dirty: Option<Instant> = Some(Instant::now());
     let mut deadline: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     let mut seen_revisions: Option<(u64, u64)> = None;
+    let mut last_reduce: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(FACTS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -233,7 +320,10 @@ pub async fn run_control(
         };
         let mut mark = |seen: Instant| {
             dirty = Some(dirty.map_or(seen, |d| d.min(seen)));
-            deadline.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
+            deadline.get_or_insert_with(|| {
+                let now = tokio::time::Instant::now();
+                last_reduce.map_or(now, |l| (l + DEBOUNCE).max(now))
+            });
         };
         match wake {
             Wake::Stop => break Ok(()),
@@ -260,17 +350,24 @@ pub async fn run_control(
             }
             Wake::Reduce => {
                 deadline = None;
+                last_reduce = Some(tokio::time::Instant::now());
                 // Facts are read fresh for every reduce, so every object event
                 // is reduced together with the node's current pods/neighbours.
                 current_facts = facts();
                 let seen = dirty.take().unwrap_or_else(Instant::now);
                 let t0 = Instant::now();
-                let (spec, is_synced) =
-                    store.read(|s| (reduce(s, &cfg, &current_facts), synced(s)));
+                let (spec, is_synced, triggers) = store.read(|s| {
+                    (
+                        reduce(s, &cfg, &current_facts),
+                        synced(s),
+                        trigger_times.take_new(s),
+                    )
+                });
                 let reduce_time = t0.elapsed();
                 if let Some(g) = publisher.publish_seen(spec, seen, reduce_time) {
                     tracing::debug!(generation = g, "published tables");
                 }
+                publisher.triggered(triggers);
                 if is_synced && !state.first_sync_done() {
                     state.first_sync.store(true, Ordering::Release);
                     info!(

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use dataplane::report::ReportSlot;
+use prometheus_client::metrics::histogram::Histogram;
 use shared::Snapshot;
 
 /// One source of Kubernetes objects (a manifest directory, an API server watch).
@@ -74,6 +75,22 @@ pub struct AgentState {
     /// The XDP steering program's decision counters by name (refreshed by the
     /// agent every 100 ms; empty when no program is loaded).
     pub steering: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    /// Network programming duration as kube-proxy measures it: from an
+    /// EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time` (the
+    /// change in the API) to every worker on tables that include it, in
+    /// seconds, with kube-proxy's buckets (`Histogram` is shared, not copied,
+    /// by `clone`).
+    pub programming_duration: Histogram,
+}
+
+/// kube-proxy's buckets for `network_programming_duration_seconds`: 0.25 and
+/// 0.5 s, 1–59 s by 1, 60–115 s by 5, 120–300 s by 30.
+pub fn programming_buckets() -> impl Iterator<Item = f64> {
+    [0.25, 0.5]
+        .into_iter()
+        .chain((1..60).map(f64::from))
+        .chain((0..12).map(|i| f64::from(60 + 5 * i)))
+        .chain((0..7).map(|i| f64::from(120 + 30 * i)))
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.
@@ -94,6 +111,7 @@ impl AgentState {
             pending_since: Arc::default(),
             started: SystemTime::now(),
             steering: Arc::default(),
+            programming_duration: Histogram::new(programming_buckets()),
         }
     }
 

@@ -429,6 +429,11 @@ pub fn metrics_text(state: &AgentState) -> String {
         "source",
         errors,
     );
+    reg.register(
+        "network_programming_duration_seconds",
+        "EndpointSlice change in the API (its last-change-trigger-time annotation, one-second resolution) to every worker on tables that include it, as kube-proxy's metric of this name measures it",
+        state.programming_duration.clone(),
+    );
     let mut out = String::new();
     if encode(&mut out, &reg).is_err() {
         out = "# encoding failed\n# EOF\n".into();

@@ -104,6 +104,18 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `bridge`, unless `netns` has one already.
+    fn bridge_once(&self, netns: &str) {
+        let pgid = self
+            .kubeconfig
+            .parent()
+            .expect("state dir")
+            .join(format!("bridge-{netns}.pgid"));
+        if !pgid.exists() {
+            self.bridge(netns);
+        }
+    }
+
     /// 127.0.0.1:6443 inside `netns` reaches the API server.
     fn bridge(&self, netns: &str) {
         let out = Command::new(repo().join("scripts/cluster"))
@@ -203,9 +215,12 @@ impl Cluster {
         self.script(&["compact", &self.name]).trim().to_string()
     }
 
-    /// configs/deploy/rbac.yaml and the demo's objects with their status;
-    /// waits (≤ 20 s) for the EndpointSlice controller's slice of web.
-    fn apply_demo(&self) {
+    /// configs/deploy/rbac.yaml and the demo's objects: the Nodes with their
+    /// status, the Services, and the Pods, whose status each node's
+    /// `scripts/cluster pod-status` writes (as system:node:NODE, from what
+    /// nodeplane-cni set up in `lab`); waits (≤ 20 s) for the EndpointSlice
+    /// controller's slice of web.
+    fn apply_demo(&self, lab: &Lab) {
         self.kubectl(&[
             "apply",
             "-f",
@@ -214,8 +229,16 @@ impl Cluster {
                 .display()
                 .to_string(),
         ]);
-        for f in ["nodes.yaml", "services.yaml", "pods.yaml"] {
+        for f in ["nodes.yaml", "services.yaml"] {
             self.apply_with_status(&repo().join("configs/demo").join(f));
+        }
+        let pods = repo().join("configs/demo/pods.yaml");
+        self.kubectl(&["apply", "-f", &pods.display().to_string()]);
+        let dir = PathBuf::from(lab.var("NP_LAB_DIR"));
+        for n in ["a", "b", "k"] {
+            let node = format!("node-{n}");
+            let state = dir.join(&node).join("pods").display().to_string();
+            self.script(&["pod-status", &self.name, &lab.ns(n), &node, &state]);
         }
         eventually(20, || {
             let ips = self.kubectl(&[
@@ -255,7 +278,7 @@ impl Cluster {
 /// and node-b on it; web's ClusterIP:80.
 fn demo_on_cluster(lab: &mut Lab, tag: &str) -> (Cluster, SocketAddr) {
     let cluster = Cluster::up(tag);
-    cluster.apply_demo();
+    cluster.apply_demo(lab);
     cluster.start_agents(lab);
     let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
     (cluster, SocketAddr::from((web, 80)))
@@ -313,6 +336,19 @@ fn lab_real_api_server_programs_the_workers() {
     let (cluster, dst) = demo_on_cluster(&mut lab, "r");
     reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
     reaches(&lab, "b", "b2", dst, &["a1", "b1", "k1"], 20);
+    // The pod-status helper writes as its node: node-a may not write node-b's
+    // pods (the Node authorizer and NodeRestriction, as for a kubelet).
+    let b_pods = PathBuf::from(lab.var("NP_LAB_DIR")).join("node-b/pods");
+    let out = Command::new(repo().join("scripts/cluster"))
+        .args(["pod-status", &cluster.name, &lab.ns("a"), "node-a"])
+        .arg(&b_pods)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("failed: 403"),
+        "node-a wrote node-b's pods' status: {err}"
+    );
     // kubectl delete: the controller drops b1 from the slice, and both
     // nodes' workers stop choosing it.
     let t = Instant::now();
@@ -373,7 +409,7 @@ fn role_without(resource: &str, verb: &str) -> String {
 fn lab_real_api_server_every_rbac_permission_is_needed() {
     let Some(mut lab) = Lab::up("p") else { return };
     let cluster = Cluster::up("p");
-    cluster.apply_demo();
+    cluster.apply_demo(&lab);
     let kubeconfig = PathBuf::from(lab.var("NP_LAB_DIR")).join("agent.kubeconfig");
     cluster.agent_kubeconfig(&kubeconfig);
     cluster.bridge(&lab.ns("a"));
@@ -517,57 +553,8 @@ fn lab_real_api_server_restart_and_410_gone_relist() {
 fn lab_real_kube_proxy_beside_nodeplane() {
     let Some(mut lab) = Lab::up("q") else { return };
     let (cluster, dst) = demo_on_cluster(&mut lab, "q");
-    cluster.kubectl(&[
-        "create",
-        "serviceaccount",
-        "kube-proxy",
-        "-n",
-        "kube-system",
-    ]);
-    cluster.kubectl(&[
-        "create",
-        "clusterrolebinding",
-        "lab-kube-proxy",
-        "--clusterrole",
-        "system:node-proxier",
-        "--serviceaccount",
-        "kube-system:kube-proxy",
-    ]);
-    let kubeconfig = PathBuf::from(lab.var("NP_LAB_DIR")).join("kube-proxy.kubeconfig");
-    cluster.token_kubeconfig("kube-proxy", &kubeconfig);
     let k = lab.ns("k");
-    cluster.bridge(&k);
-    let log = PathBuf::from(lab.var("NP_LAB_DIR")).join("kube-proxy.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let mut kp = KubeProxy(
-        Command::new("ip")
-            .args(["netns", "exec", &k])
-            .arg(cluster.bin.join("kube-proxy"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "--proxy-mode",
-                "nftables",
-                "--hostname-override",
-                "node-k",
-                "--cluster-cidr",
-                "198.19.0.0/16",
-                "--metrics-bind-address",
-                "127.0.0.1:10249",
-                "--healthz-bind-address",
-                "127.0.0.1:10256",
-                "--conntrack-max-per-core",
-                "0",
-                "--v",
-                "2",
-            ])
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf)
-            .spawn()
-            .expect("start kube-proxy"),
-    );
-    let kp_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut kp = Peer::kube_proxy(&cluster, &lab, "nftables");
     // Connections from the kernel node's pod through kube-proxy's rules (the
     // lab's nodes have no default route, so the node's own would not reach
     // the Service CIDR).
@@ -577,10 +564,14 @@ fn lab_real_kube_proxy_beside_nodeplane() {
         Ok(b) => Err(format!("k1 → web reached {b:?}")),
         Err(e) => Err(e),
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", kp_log()));
-    assert!(kp.0.try_wait().unwrap().is_none(), "kube-proxy runs");
+    .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
+    assert!(kp.runs(), "kube-proxy runs");
     reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
     let (before, before_sum) = (programming(&k, "count"), programming(&k, "sum"));
+    let np_before: Vec<(f64, f64)> = ["a", "b"]
+        .iter()
+        .map(|n| nodeplane_programming(&lab, n))
+        .collect();
     // b1's readiness probe fails: the kubelet's status write (Ready False,
     // its transition time now, which the EndpointSlice controller passes on
     // as the slice's last-change-trigger-time, kube-proxy's clock start).
@@ -613,7 +604,7 @@ fn lab_real_kube_proxy_beside_nodeplane() {
         Ok(b) => Err(format!("k1 → web reached {b:?} after b1 became not ready")),
         Err(e) => Err(e),
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", kp_log()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
     let kube_proxy_s = t.elapsed().as_secs_f64();
     let (count, sum) = eventually(10, || {
         let c = programming(&k, "count");
@@ -623,10 +614,23 @@ fn lab_real_kube_proxy_beside_nodeplane() {
             Err("kube-proxy has not counted the change yet".to_string())
         }
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", kp_log()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
     eprintln!(
         "b1 not ready: polled by new connections, nodeplane (both nodes) by {nodeplane_s:.2} s, kube-proxy by {kube_proxy_s:.2} s (polled after nodeplane); kube-proxy's network_programming_duration_seconds: {count} observation(s), {sum:.3} s in all (its start has 1 s resolution: the transition time's)"
     );
+    // nodeplane's metric of the same name, from the same trigger times.
+    for (node, (c0, s0)) in ["a", "b"].iter().zip(np_before) {
+        let (c, s) = eventually(10, || match nodeplane_programming(&lab, node) {
+            (c, s) if c > c0 => Ok((c - c0, s - s0)),
+            _ => Err(format!("node-{node} has not counted the change")),
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(node)));
+        eprintln!(
+            "node-{node}: nodeplane_network_programming_duration_seconds: {c} observation(s), {s:.3} s in all (mean {:.3} s; kube-proxy's mean {:.3} s)",
+            s / c,
+            sum / count
+        );
+    }
     for node in ["a", "b"] {
         assert!(lab.stop_agent(node), "agent {node} stops cleanly");
     }
@@ -642,14 +646,123 @@ fn time_rfc3339() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// kube-proxy's child process, ended (by pid) on drop.
-struct KubeProxy(std::process::Child);
+/// A real peer's process (kube-proxy, flanneld) on the kernel node, its
+/// output in a log file of the lab's; ended (by pid) on drop.
+struct Peer {
+    child: std::process::Child,
+    log: PathBuf,
+}
 
-impl Drop for KubeProxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl Peer {
+    /// `program ARGS` in `ns` with `env`, logging to the lab's `NAME.log`.
+    fn spawn(
+        lab: &Lab,
+        ns: &str,
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Peer {
+        let name = program.file_name().unwrap().to_string_lossy().to_string();
+        let log = PathBuf::from(lab.var("NP_LAB_DIR")).join(format!("{name}.log"));
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Peer { child, log }
     }
+
+    /// The real kube-proxy (`--proxy-mode MODE`) on the kernel node node-k, as
+    /// the ServiceAccount kube-system/kube-proxy bound to `system:node-proxier`
+    /// (kubeadm's binding), through a bridge to the API server; metrics on
+    /// node-k's 127.0.0.1:10249.
+    fn kube_proxy(cluster: &Cluster, lab: &Lab, mode: &str) -> Peer {
+        cluster.kubectl(&[
+            "create",
+            "serviceaccount",
+            "kube-proxy",
+            "-n",
+            "kube-system",
+        ]);
+        cluster.kubectl(&[
+            "create",
+            "clusterrolebinding",
+            "lab-kube-proxy",
+            "--clusterrole",
+            "system:node-proxier",
+            "--serviceaccount",
+            "kube-system:kube-proxy",
+        ]);
+        let kubeconfig = PathBuf::from(lab.var("NP_LAB_DIR")).join("kube-proxy.kubeconfig");
+        cluster.token_kubeconfig("kube-proxy", &kubeconfig);
+        let k = lab.ns("k");
+        cluster.bridge_once(&k);
+        let kubeconfig = kubeconfig.display().to_string();
+        Peer::spawn(
+            lab,
+            &k,
+            &cluster.bin.join("kube-proxy"),
+            &[
+                "--kubeconfig",
+                &kubeconfig,
+                "--proxy-mode",
+                mode,
+                "--hostname-override",
+                "node-k",
+                "--cluster-cidr",
+                "198.19.0.0/16",
+                "--metrics-bind-address",
+                "127.0.0.1:10249",
+                "--healthz-bind-address",
+                "127.0.0.1:10256",
+                "--conntrack-max-per-core",
+                "0",
+                "--v",
+                "2",
+            ],
+            &[],
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn runs(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nodeplane's `network_programming_duration_seconds` (count, sum) on `node`.
+fn nodeplane_programming(lab: &Lab, node: &str) -> (f64, f64) {
+    let text = lab
+        .http(node, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "nodeplane_network_programming_duration_seconds_{k} "
+                ))
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (get("count"), get("sum"))
 }
 
 /// kube-proxy's `kubeproxy_network_programming_duration_seconds_{what}`
@@ -666,4 +779,177 @@ fn programming(ns: &str, what: &str) -> f64 {
         .filter(|l| l.starts_with(&name))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `cmd ARGS` inside `ns`; its stdout (panics with its stderr on failure).
+fn in_ns(ns: &str, cmd: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .expect("ip netns exec");
+    assert!(
+        out.status.success(),
+        "{cmd:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Issue 17: the real flanneld (`--kube-subnet-mgr`, the VXLAN backend) and
+/// the real kube-proxy (`--proxy-mode iptables`) on the lab's kernel node,
+/// against the same API server as nodeplane's nodes. node-k starts as a fresh
+/// node: no flannel annotations and no flannel.1 (the testbed's static one is
+/// removed). flanneld takes node-k's pod CIDR from its Node, creates flannel.1,
+/// publishes its VTEP MAC on the Node, and programs routes, neighbours and fdb
+/// entries to node-a and node-b from the annotations nodeplane publishes;
+/// nodeplane learns node-k's VTEP from flanneld's annotation. Then: pod to pod
+/// both ways between the flannel node and each nodeplane node, web's backends
+/// on all three nodes from nodeplane's pods through nodeplane and from the
+/// flannel node's pod through kube-proxy's iptables rules.
+#[test]
+fn lab_real_flanneld_and_kube_proxy_iptables_on_the_kernel_node() {
+    let Some(mut lab) = Lab::up("f") else { return };
+    let cluster = Cluster::up("f");
+    cluster.apply_demo(&lab);
+    cluster.kubectl(&[
+        "annotate",
+        "node",
+        "node-k",
+        "flannel.alpha.coreos.com/backend-data-",
+        "flannel.alpha.coreos.com/backend-type-",
+        "flannel.alpha.coreos.com/public-ip-",
+        "flannel.alpha.coreos.com/kube-subnet-manager-",
+    ]);
+    let k = lab.ns("k");
+    in_ns(&k, &["ip", "link", "del", "flannel.1"]);
+    cluster.start_agents(&mut lab);
+    let web: std::net::Ipv4Addr = lab.var("NP_WEB_IP").parse().unwrap();
+    let dst = SocketAddr::from((web, 80));
+    // Without node-k's VTEP, nodeplane has no way to k1.
+    assert!(
+        tcp_line(&lab.ns("a2"), SocketAddr::from((lab.ip("k1"), 8080)), "x").is_err(),
+        "a2 reached k1 before node-k had a VTEP"
+    );
+
+    let rbac = repo().join("configs/cluster/flannel-rbac.yaml");
+    cluster.kubectl(&["apply", "-f", &rbac.display().to_string()]);
+    let dir = PathBuf::from(lab.var("NP_LAB_DIR"));
+    let net_conf = dir.join("flannel-net-conf.json");
+    let conf = cluster.kubectl(&[
+        "get",
+        "configmap",
+        "kube-flannel-cfg",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.data.net-conf\\.json}",
+    ]);
+    std::fs::write(&net_conf, conf).unwrap();
+    let kubeconfig = dir.join("flannel.kubeconfig");
+    cluster.token_kubeconfig("flannel", &kubeconfig);
+    cluster.bridge_once(&k);
+    let subnet_file = dir.join("flannel-subnet.env");
+    let mut flanneld = Peer::spawn(
+        &lab,
+        &k,
+        &cluster.bin.join("flanneld"),
+        &[
+            "--kube-subnet-mgr",
+            "--kubeconfig-file",
+            &kubeconfig.display().to_string(),
+            "--iface",
+            "eth0",
+            "--net-config-path",
+            &net_conf.display().to_string(),
+            "--subnet-file",
+            &subnet_file.display().to_string(),
+        ],
+        &[("NODE_NAME", "node-k")],
+    );
+    // flanneld's VTEP: flannel.1's MAC, published on node-k.
+    let mac = eventually(30, || {
+        let data = cluster.kubectl(&[
+            "get",
+            "node",
+            "node-k",
+            "-o",
+            "jsonpath={.metadata.annotations.flannel\\.alpha\\.coreos\\.com/backend-data}",
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(&data).map_err(|_| format!("no backend-data yet: {data:?}"))?;
+        v["VtepMAC"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("backend-data {data}"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", flanneld.log()));
+    let link: serde_json::Value =
+        serde_json::from_str(&in_ns(&k, &["ip", "-j", "-d", "link", "show", "flannel.1"])).unwrap();
+    assert_eq!(link[0]["address"].as_str(), Some(mac.as_str()), "{link}");
+    assert_eq!(link[0]["linkinfo"]["info_data"]["id"], 1, "VNI 1: {link}");
+    let subnet = std::fs::read_to_string(&subnet_file).unwrap();
+    assert!(
+        subnet.contains("FLANNEL_SUBNET=198.19.2.1/24"),
+        "flanneld took node-k's podCIDR from its Node: {subnet}"
+    );
+    // Its routes, neighbours and fdb entries to nodeplane's nodes, from
+    // nodeplane's annotations.
+    eventually(30, || {
+        let routes = in_ns(&k, &["ip", "route", "show", "dev", "flannel.1"]);
+        let neigh = in_ns(&k, &["ip", "neigh", "show", "dev", "flannel.1"]);
+        let fdb = in_ns(&k, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+        let ok = [
+            ("198.19.1.0/24 via 198.19.1.0", &routes),
+            ("198.19.3.0/24 via 198.19.3.0", &routes),
+            ("198.19.1.0 lladdr 02:00:00:00:01:01", &neigh),
+            ("198.19.3.0 lladdr 02:00:00:00:03:01", &neigh),
+            ("02:00:00:00:01:01 dst 198.18.0.2", &fdb),
+            ("02:00:00:00:03:01 dst 198.18.0.3", &fdb),
+        ]
+        .iter()
+        .all(|(want, have)| have.contains(want));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("flanneld's entries:\n{routes}{neigh}{fdb}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", flanneld.log()));
+    eprintln!(
+        "flanneld on node-k: VTEP {mac}, {}",
+        subnet.replace('\n', " ")
+    );
+    // Pod to pod, both ways, between the flannel node and each nodeplane node.
+    for (from, to) in [("a2", "k1"), ("k1", "a1"), ("b2", "k1"), ("k1", "b1")] {
+        let at = SocketAddr::from((lab.ip(to), 8080));
+        eventually(20, || match tcp_line(&lab.ns(from), at, "hello") {
+            Ok(a) if a.starts_with(&format!("{to} ")) => Ok(()),
+            other => Err(format!("{from} → {to}: {other:?}")),
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", flanneld.log(), lab.agent_log("a")));
+    }
+    // web's backends on every node through nodeplane, the flannel node's
+    // among them.
+    reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
+    reaches(&lab, "b", "b2", dst, &["a1", "b1", "k1"], 20);
+    // And from the flannel node's pod through kube-proxy's iptables rules.
+    let mut kp = Peer::kube_proxy(&cluster, &lab, "iptables");
+    let k1 = lab.ns("k1");
+    eventually(30, || match backends(&k1, dst, 30) {
+        Ok(b) if b == set(&["a1", "b1", "k1"]) => Ok(()),
+        Ok(b) => Err(format!("k1 → web reached {b:?}")),
+        Err(e) => Err(e),
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
+    let nat = in_ns(&k, &["iptables", "-t", "nat", "-S", "KUBE-SERVICES"]);
+    assert!(
+        nat.contains(&format!("-d {web}/32")),
+        "kube-proxy's iptables rules for web: {nat}"
+    );
+    assert!(kp.runs(), "kube-proxy runs:\n{}", kp.log());
+    assert!(flanneld.runs(), "flanneld runs:\n{}", flanneld.log());
+    for node in ["a", "b"] {
+        assert!(lab.stop_agent(node), "agent {node} stops cleanly");
+    }
 }

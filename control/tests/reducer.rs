@@ -1555,3 +1555,91 @@ fn endpoints_follow_pods_added_relabelled_and_removed() {
     .iter()
     .all(|p| p.endpoints.is_empty()));
 }
+
+/// `nodeplane_network_programming_duration_seconds`, as kube-proxy's: the
+/// EndpointSlice controller's `last-change-trigger-time` to every worker on
+/// the tables. A trigger time counts once, only once every worker runs the
+/// generation, and not if it is from before the agent started (the first
+/// list) or is not a time.
+#[test]
+fn programming_duration_counts_each_trigger_time_once_every_worker_runs_it() {
+    use control::publish::{TriggerTimes, LAST_CHANGE_TRIGGER_TIME};
+    use std::time::{Duration, SystemTime};
+    let rfc3339 = |t: SystemTime| {
+        k8s_openapi::jiff::Timestamp::try_from(t)
+            .unwrap()
+            .to_string()
+    };
+    let slice = |name: &str, trigger: &str| {
+        format!(
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+  annotations: {{{LAST_CHANGE_TRIGGER_TIME}: "{trigger}"}}
+addressType: IPv4
+endpoints: [{{addresses: [198.19.1.10], conditions: {{ready: true}}}}]
+ports: [{{port: 8080, protocol: TCP}}]
+"#
+        )
+    };
+    let count = |state: &AgentState| {
+        let text = control::status::metrics_text(state);
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "nodeplane_network_programming_duration_seconds_{k} "
+                    ))
+                })
+                .unwrap_or_else(|| panic!("no _{k} in\n{text}"))
+                .parse::<f64>()
+                .unwrap()
+        };
+        (get("count"), get("sum"))
+    };
+    let now = SystemTime::now();
+    let state = AgentState::new("node-a");
+    let w0 = dataplane::report::new_slot(0);
+    state.workers.lock().unwrap().push(w0.clone());
+    let mut publisher = Publisher::new(state.clone());
+    let mut triggers = TriggerTimes::new(now - Duration::from_secs(10));
+    let mut store = ObjectStore::new();
+    let three_s_ago = rfc3339(now - Duration::from_secs(3));
+    let yaml = [
+        slice("web-1", &three_s_ago),
+        slice("web-2", &rfc3339(now - Duration::from_secs(20))),
+        slice("web-3", "yesterday"),
+    ]
+    .join("---");
+    store.replace_all("test", objects(&format!("{MIXED}---{yaml}")));
+    let new = triggers.take_new(&store);
+    assert_eq!(new.len(), 1, "only web-1's time is new and after the start");
+    let g = publisher
+        .publish(reduce(&store, &cfg(), &LocalFacts::default()))
+        .unwrap();
+    publisher.triggered(new);
+    assert_eq!(count(&state).0, 0.0, "the worker is not on the tables yet");
+    let mut r = (**w0.load()).clone();
+    r.generation = g;
+    w0.store(std::sync::Arc::new(r));
+    publisher.observe_workers();
+    let (c, s) = count(&state);
+    assert_eq!(c, 1.0);
+    assert!((3.0..30.0).contains(&s), "3 s and a little: {s}");
+    // The same slices again: nothing new. web-1 changed: counted at once
+    // (its change published nothing, so every worker already runs it).
+    assert!(triggers.take_new(&store).is_empty());
+    let one_s_ago = rfc3339(now - Duration::from_secs(1));
+    store.replace_all(
+        "test",
+        objects(&format!("{MIXED}---{}", slice("web-1", &one_s_ago))),
+    );
+    let new = triggers.take_new(&store);
+    assert_eq!(new.len(), 1);
+    publisher.triggered(new);
+    assert_eq!(count(&state).0, 2.0);
+}
