@@ -82,6 +82,12 @@ async fn scrape(addr: SocketAddr) -> Vec<Sample> {
                 prometheus_parse::Value::Counter(v)
                 | prometheus_parse::Value::Gauge(v)
                 | prometheus_parse::Value::Untyped(v) => v,
+                // A histogram's value here: its observations (the +Inf bucket).
+                prometheus_parse::Value::Histogram(buckets) => buckets
+                    .iter()
+                    .find(|b| b.less_than.is_infinite())
+                    .map(|b| b.count)
+                    .expect("a histogram has a +Inf bucket"),
                 other => panic!("{}: unexpected {other:?}", s.metric),
             };
             let mut labels: Vec<(String, String)> = s
@@ -195,6 +201,11 @@ async fn every_route_before_and_after_the_first_sync() {
     assert_eq!(v["tables"]["services"], 0);
     let m = scrape(addr).await;
     assert_eq!(sample(&m, "nodeplane_table_generation", None), 0.0);
+    // A manifest directory has no trigger times: nothing observed.
+    assert_eq!(
+        sample(&m, "nodeplane_network_programming_duration_seconds", None),
+        0.0
+    );
 
     // The demo manifests as the source.
     let dir = demo_manifests();

@@ -19,7 +19,7 @@ const COLORS: [RGBColor; 3] = [
 fn color_of(path: &str) -> RGBColor {
     match path {
         "nodeplane" => COLORS[0],
-        "nftables" => COLORS[1],
+        "nftables" | "kube-proxy-nftables" => COLORS[1],
         _ => COLORS[2],
     }
 }

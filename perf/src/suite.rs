@@ -1,6 +1,9 @@
 //! `nodeplane-perf bench`: the end-to-end suite of issue 5 on the namespace lab.
 //! For each path (nodeplane; the kernel with kube-proxy's rules in nftables and
-//! in iptables mode, flannel-style VXLAN, RPS to the other core) and scenario
+//! in iptables mode, flannel-style VXLAN, RPS to the other core; or, as
+//! `kube-proxy-nftables` and `kube-proxy-iptables`, the real kube-proxy and the
+//! real flanneld on every node against a real control plane from
+//! scripts/cluster) and scenario
 //! (S1 overlay in, S2 service out, S3 NodePort in, S4 service local) it finds
 //! the zero-loss throughput (binary search on the offered rate, loss ≤ 0.1%,
 //! bounded trials), the delivered rate at full offered load, latency at half the
@@ -33,11 +36,14 @@ pub struct BenchArgs {
     /// Where results go (JSON, report.md, *.svg).
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
-    /// Paths to measure.
+    /// Paths to measure: nodeplane; nftables and iptables (kube-proxy's rules
+    /// as the lab writes them, the lab's static VXLAN); kube-proxy-nftables and
+    /// kube-proxy-iptables (the real kube-proxy and flanneld, built by
+    /// `scripts/cluster build`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "nodeplane,nftables,iptables"
+        default_value = "nodeplane,nftables,iptables,kube-proxy-nftables,kube-proxy-iptables"
     )]
     pub paths: Vec<String>,
     /// Scenarios to measure.
@@ -168,6 +174,17 @@ struct Lab {
     env: BTreeMap<String, String>,
     agents: Vec<Child>,
     kernel_mode: Option<String>,
+    /// The control plane of a real kernel path (`scripts/cluster up`).
+    cluster: Option<String>,
+}
+
+/// The paths that run the real kube-proxy (in the mode after the prefix) and
+/// flanneld.
+const REAL: &str = "kube-proxy-";
+
+/// `scripts/cluster ARGS`.
+fn cluster(args: &[&str]) -> anyhow::Result<String> {
+    run_ok(Command::new(repo().join("scripts/cluster")).args(args))
 }
 
 impl Lab {
@@ -183,6 +200,7 @@ impl Lab {
             env: BTreeMap::new(),
             agents: Vec::new(),
             kernel_mode: None,
+            cluster: None,
         };
         let out =
             run_ok(Command::new(repo().join("scripts/testbed")).args(["env", "--prefix", prefix]))?;
@@ -306,6 +324,180 @@ impl Lab {
         self.place_work(true)
     }
 
+    /// The real kube-proxy (`mode`) and flanneld on every node, on a control
+    /// plane holding `manifests`' objects (started the first time, with every
+    /// node a fresh flannel node: no flannel annotations, no flannel.1; later
+    /// calls apply the generated Services); waits (bounded) until flanneld has
+    /// routed every node and node-a's kube-proxy has programmed every Service.
+    fn real_kernel_path(&mut self, mode: &str, manifests: &Path) -> anyhow::Result<()> {
+        let nodes = [("a", "node-a"), ("b", "node-b"), ("k", "node-k")];
+        let mut files: Vec<PathBuf> = std::fs::read_dir(manifests)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        let name = match &self.cluster {
+            Some(name) => {
+                let scale = manifests.join("scale.yaml");
+                cluster(&["apply", name, &scale.display().to_string()])?;
+                name.clone()
+            }
+            None => {
+                let name = format!("np-bc{}", std::process::id() % 10_000);
+                cluster(&["up", &name])?;
+                self.cluster = Some(name.clone());
+                let mut args = vec!["apply".to_string(), name.clone()];
+                args.extend(files.iter().map(|f| f.display().to_string()));
+                cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+                let lab_dir = PathBuf::from(self.var("NP_LAB_DIR")?);
+                let state = self.cluster_state()?;
+                for (n, node) in nodes {
+                    let ns = self.ns(n)?;
+                    let pods = lab_dir.join(node).join("pods").display().to_string();
+                    cluster(&["pod-status", &name, &ns, node, &pods])?;
+                    run_ok(
+                        Command::new("ip")
+                            .args(["netns", "exec", &name])
+                            .arg(self.cluster_bin()?.join("kubectl"))
+                            .arg("--kubeconfig")
+                            .arg(state.join("admin.kubeconfig"))
+                            .args([
+                                "annotate",
+                                "node",
+                                node,
+                                "flannel.alpha.coreos.com/backend-data-",
+                                "flannel.alpha.coreos.com/backend-type-",
+                                "flannel.alpha.coreos.com/public-ip-",
+                                "flannel.alpha.coreos.com/kube-subnet-manager-",
+                            ]),
+                    )?;
+                    let _ =
+                        run_ok(Command::new("ip").args(["-n", &ns, "link", "del", "flannel.1"]));
+                    cluster(&["flanneld", &name, &ns, node])?;
+                    cluster(&["kube-proxy", &name, &ns, node, mode])?;
+                }
+                // flanneld's routes to the two other nodes, on every node.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                for (n, node) in nodes {
+                    let ns = self.ns(n)?;
+                    loop {
+                        let routes = run_ok(Command::new("ip").args([
+                            "-n",
+                            &ns,
+                            "route",
+                            "show",
+                            "dev",
+                            "flannel.1",
+                        ]))
+                        .unwrap_or_default();
+                        if routes.lines().filter(|l| l.contains(" via ")).count() == 2 {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            bail!(
+                                "flanneld on {node} did not route the other nodes in 60 s ({routes}): {}",
+                                std::fs::read_to_string(state.join(format!("flanneld-{ns}.log")))
+                                    .unwrap_or_default()
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+                name
+            }
+        };
+        // Every Service in node-a's rules: the last ClusterIP of the files.
+        let last_ip = files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| {
+                        let rest = &l[l.find("clusterIP: ")? + "clusterIP: ".len()..];
+                        rest.split([',', '}', ' ']).next().map(str::to_string)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .last()
+            .context("no clusterIP in the manifests")?;
+        let ns = self.ns("a")?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let rules = match mode {
+                "nftables" => run_ok(
+                    Command::new("ip").args(["netns", "exec", &ns, "nft", "list", "ruleset"]),
+                ),
+                _ => run_ok(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    "iptables-save",
+                    "-t",
+                    "nat",
+                ])),
+            }
+            .unwrap_or_default();
+            if rules.contains(&last_ip) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node-a's kube-proxy ({name}) did not program {last_ip} in 600 s: {}",
+                    std::fs::read_to_string(
+                        self.cluster_state()?.join(format!("kube-proxy-{ns}.log"))
+                    )
+                    .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.place_work(true)
+    }
+
+    fn cluster_state(&self) -> anyhow::Result<PathBuf> {
+        let name = self.cluster.as_deref().context("no control plane")?;
+        let env = cluster(&["env", name])?;
+        let kc = env
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("KUBECONFIG="))
+            .context("KUBECONFIG in scripts/cluster env")?;
+        Ok(PathBuf::from(kc)
+            .parent()
+            .context("state dir")?
+            .to_path_buf())
+    }
+
+    fn cluster_bin(&self) -> anyhow::Result<PathBuf> {
+        let name = self.cluster.as_deref().context("no control plane")?;
+        let env = cluster(&["env", name])?;
+        Ok(PathBuf::from(
+            env.split_whitespace()
+                .find_map(|w| w.strip_prefix("NP_CLUSTER_BIN="))
+                .context("NP_CLUSTER_BIN in scripts/cluster env")?,
+        ))
+    }
+
+    /// Node `n`'s VTEP MAC: flannel.1's (flanneld made it on a real path),
+    /// else the lab's.
+    fn vtep(&self, n: &str) -> anyhow::Result<String> {
+        if self.cluster.is_none() {
+            return self.var(&format!("NP_VTEP_{}", n.to_uppercase()));
+        }
+        let out = run_ok(Command::new("ip").args([
+            "-j",
+            "-n",
+            &self.ns(n)?,
+            "link",
+            "show",
+            "flannel.1",
+        ]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v[0]["address"]
+            .as_str()
+            .map(str::to_string)
+            .context("flannel.1 has no address")
+    }
+
     /// Where the receive work goes, the same for both paths: core 1 is node-a's
     /// (the node under test: its worker, or the kernel's receive work for its
     /// interfaces, steered there with RPS); core 0 is the rest of the world
@@ -340,6 +532,9 @@ impl Drop for Lab {
             }
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(name) = &self.cluster {
+            let _ = cluster(&["down", name]);
         }
         if self.kernel_mode.is_some() {
             for node in ["a", "b", "k"] {
@@ -390,9 +585,9 @@ fn scenario(lab: &Lab, name: &'static str, size: usize) -> anyhow::Result<Scenar
                 s("--outer-dst"),
                 lab.ip("a")?,
                 s("--inner-src-mac"),
-                lab.var("NP_VTEP_B")?,
+                lab.vtep("b")?,
                 s("--inner-dst-mac"),
-                lab.var("NP_VTEP_A")?,
+                lab.vtep("a")?,
                 s("--src"),
                 s("198.19.3.200"),
                 s("--dst"),
@@ -945,7 +1140,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
         let mut lab = Lab::up(&prefix, kernel)?;
         let manifests = PathBuf::from(lab.var("NP_LAB_DIR")?).join("bench-manifests");
         write_manifests(&manifests, 0)?;
-        if kernel {
+        if let Some(mode) = path.strip_prefix(REAL) {
+            lab.real_kernel_path(mode, &manifests)?;
+        } else if kernel {
             lab.kernel_path(path, &manifests)?;
         } else {
             lab.place_work(false)?;
@@ -975,7 +1172,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
         for &n in &a.services {
             pb.set_message(format!("{path}: {n} services"));
             write_manifests(&manifests, n.saturating_sub(BASE_SERVICES))?;
-            if kernel {
+            if let Some(mode) = path.strip_prefix(REAL) {
+                lab.real_kernel_path(mode, &manifests)?;
+            } else if kernel {
                 lab.kernel_path(path, &manifests)?;
             } else {
                 // The agents pick the directory up live; wait for the tables.
