@@ -1065,9 +1065,16 @@ fn sockperf_value(line: &str, key: &str) -> Option<f64> {
     v.trim_end_matches(',').parse().ok()
 }
 
+/// Generated Services a real API server takes: each needs a ClusterIP of its
+/// own, from 198.18.98.0 to the end of the lab's /20 Service CIDR (its last
+/// address is the broadcast address, which the allocator never hands out).
+const MAX_UNIQUE_EXTRA: usize = 14 * 256 - 1;
+
 /// configs/demo + configs/bench, plus `extra` generated ClusterIP services
-/// (each backed by a1:9000) for the scaling measurement.
-fn write_manifests(dir: &Path, extra: usize) -> anyhow::Result<()> {
+/// (each backed by a1:9000) for the scaling measurement: four to a ClusterIP
+/// (ports 9100–9103) for the manifest directory and the lab's own rules, or
+/// (`unique`, for a real API server) each on its own ClusterIP.
+fn write_manifests(dir: &Path, extra: usize, unique: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     for sub in ["configs/demo", "configs/bench"] {
         for e in std::fs::read_dir(repo().join(sub))? {
@@ -1084,10 +1091,13 @@ fn write_manifests(dir: &Path, extra: usize) -> anyhow::Result<()> {
     }
     let mut y = String::new();
     for i in 0..extra {
-        let ip = std::net::Ipv4Addr::from(
-            u32::from(std::net::Ipv4Addr::new(198, 18, 98, 0)) + (i / 4) as u32,
-        );
-        let port = 9100 + (i % 4);
+        let (n, port) = if unique {
+            (i, 9100)
+        } else {
+            (i / 4, 9100 + (i % 4))
+        };
+        let ip =
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 98, 0)) + n as u32);
         y.push_str(&format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: scale-{i}, namespace: default}}\n\
              spec: {{type: ClusterIP, clusterIP: {ip}, clusterIPs: [{ip}], ports: [{{name: udp, protocol: UDP, port: {port}, targetPort: 9000}}]}}\n\
@@ -1139,7 +1149,8 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
         pb.set_message(format!("{path}: lab up"));
         let mut lab = Lab::up(&prefix, kernel)?;
         let manifests = PathBuf::from(lab.var("NP_LAB_DIR")?).join("bench-manifests");
-        write_manifests(&manifests, 0)?;
+        let real = path.starts_with(REAL);
+        write_manifests(&manifests, 0, real)?;
         if let Some(mode) = path.strip_prefix(REAL) {
             lab.real_kernel_path(mode, &manifests)?;
         } else if kernel {
@@ -1171,7 +1182,15 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<BenchResult> {
         }
         for &n in &a.services {
             pb.set_message(format!("{path}: {n} services"));
-            write_manifests(&manifests, n.saturating_sub(BASE_SERVICES))?;
+            let extra = n.saturating_sub(BASE_SERVICES);
+            if real && extra > MAX_UNIQUE_EXTRA {
+                pb.println(format!(
+                    "{path}: {n} Services skipped: a real API server gives each its own ClusterIP, and the lab's /20 Service CIDR holds {} generated ones",
+                    MAX_UNIQUE_EXTRA + BASE_SERVICES
+                ));
+                continue;
+            }
+            write_manifests(&manifests, extra, real)?;
             if let Some(mode) = path.strip_prefix(REAL) {
                 lab.real_kernel_path(mode, &manifests)?;
             } else if kernel {
