@@ -818,3 +818,115 @@ fn lab_real_flanneld_and_kube_proxy_iptables_on_the_kernel_node() {
         assert!(lab.stop_agent(node), "agent {node} stops cleanly");
     }
 }
+
+/// A Deployment of pod servers on node-b and its Service, for
+/// `kubectl scale`.
+const ECHO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      nodeName: node-b
+      containers:
+        - name: server
+          image: registry.k8s.io/e2e-test-images/agnhost:2.52
+          args: ["netexec", "--http-port=8080"]
+          ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#;
+
+/// Issue 17: scale-up and scale-down with `kubectl scale`. The real
+/// Deployment and ReplicaSet controllers create and delete the Pods (bound to
+/// node-b by the template; the lab has no scheduler); `scripts/cluster
+/// kubelet-sync`, the lab's kubelet stand-in, starts a pod for each new one
+/// (nodeplane-cni, an address from node-b's IPAM, a pod server) and writes its
+/// status, and tears terminating ones down and deletes them for good. New
+/// connections from both nodes reach exactly the current replicas: the new
+/// ones once ready, none of those being scaled away once they terminate.
+#[test]
+fn lab_real_api_server_deployment_scale_up_and_down() {
+    let Some(mut lab) = Lab::up("s") else { return };
+    let (cluster, _) = demo_on_cluster(&mut lab, "s");
+    let prefix = lab.var("NP_PREFIX");
+    cluster.kubectl_in(&["apply", "-f", "-"], ECHO);
+    let ip: std::net::Ipv4Addr = cluster
+        .kubectl(&["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"])
+        .trim()
+        .parse()
+        .expect("echo's ClusterIP");
+    let dst = SocketAddr::from((ip, 80));
+    // The Pods of the Deployment: (not terminating, terminating).
+    let pods = || {
+        let out = cluster.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=echo",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ]);
+        let (mut live, mut going) = (Vec::new(), Vec::new());
+        for l in out.lines() {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some(n), None) => live.push(n.to_string()),
+                (Some(n), Some(_)) => going.push(n.to_string()),
+                _ => {}
+            }
+        }
+        live.sort();
+        (live, going)
+    };
+    let mut before: Vec<String> = Vec::new();
+    for replicas in [1usize, 3, 1] {
+        cluster.kubectl(&[
+            "scale",
+            "deployment",
+            "echo",
+            "--replicas",
+            &replicas.to_string(),
+        ]);
+        let live = eventually(30, || match pods() {
+            (live, _) if live.len() == replicas => Ok(live),
+            other => Err(format!("echo's Pods: {other:?}")),
+        })
+        .unwrap();
+        let t = Instant::now();
+        cluster.script(&["kubelet-sync", &cluster.name, &prefix, "node-b"]);
+        let want: Vec<&str> = live.iter().map(String::as_str).collect();
+        reaches(&lab, "a", "a2", dst, &want, 30);
+        reaches(&lab, "b", "b2", dst, &want, 30);
+        eprintln!(
+            "{replicas} replica(s) {live:?}: both nodes reach exactly them {:.2} s after the node's sync (from {} before)",
+            t.elapsed().as_secs_f64(),
+            before.len()
+        );
+        // Scaled away: torn down on node-b and gone from the API.
+        for gone in before.iter().filter(|p| !live.contains(p)) {
+            assert!(
+                !std::path::Path::new(&format!("/var/run/netns/{prefix}-{gone}")).exists(),
+                "{gone}'s pod was not torn down"
+            );
+        }
+        eventually(30, || match pods() {
+            (_, going) if going.is_empty() => Ok(()),
+            (_, going) => Err(format!("terminating Pods left: {going:?}")),
+        })
+        .unwrap();
+        before = live;
+    }
+    for node in ["a", "b"] {
+        assert!(lab.stop_agent(node), "agent {node} stops cleanly");
+    }
+}

@@ -427,14 +427,9 @@ impl Lab {
                 "nftables" => run_ok(
                     Command::new("ip").args(["netns", "exec", &ns, "nft", "list", "ruleset"]),
                 ),
-                _ => run_ok(Command::new("ip").args([
-                    "netns",
-                    "exec",
-                    &ns,
-                    "iptables-save",
-                    "-t",
-                    "nat",
-                ])),
+                // All tables: a Service without endpoints is a reject rule in
+                // the filter table.
+                _ => run_ok(Command::new("ip").args(["netns", "exec", &ns, "iptables-save"])),
             }
             .unwrap_or_default();
             if rules.contains(&last_ip) {
