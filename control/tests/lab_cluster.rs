@@ -4,10 +4,13 @@
 //! `scripts/cluster up` on loopback inside a lab namespace of the test's own;
 //! the agents in node-a's and node-b's namespaces reach the API server through
 //! the script's loopback bridge, with the token of the ServiceAccount
-//! `configs/deploy/rbac.yaml` binds. The lab has no kubelet: the test applies
-//! the demo's Nodes, Services and Pods with kubectl and writes the Pods' and
-//! Nodes' status through the status subresource, as a kubelet would; the real
-//! EndpointSlice controller makes the slices. Every wait is bounded; the
+//! `configs/deploy/rbac.yaml` binds. The lab has no kubelet: `scripts/cluster
+//! apply` applies the demo's Nodes, Services and Pods with kubectl and writes
+//! the Nodes' status; `scripts/cluster pod-status` (and `kubelet-sync`, which
+//! also starts and removes pods) writes the Pods' as each node's kubelet
+//! would, with the node's own identity; the real EndpointSlice controller
+//! makes the slices. The real kube-proxy and flanneld run on the kernel node
+//! (`scripts/cluster kube-proxy`, `flanneld`). Every wait is bounded; the
 //! control plane and the lab are removed on drop.
 
 mod lab_support;
@@ -132,16 +135,7 @@ impl Cluster {
 
 impl Cluster {
     fn script(&self, args: &[&str]) -> String {
-        let out = Command::new(repo().join("scripts/cluster"))
-            .args(args)
-            .output()
-            .expect("scripts/cluster");
-        assert!(
-            out.status.success(),
-            "scripts/cluster {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
+        stdout_of(Command::new(repo().join("scripts/cluster")).args(args))
     }
 
     /// Stops and starts kube-apiserver: every watch on it breaks.
@@ -675,14 +669,17 @@ fn programming(ns: &str, what: &str) -> f64 {
 
 /// `cmd ARGS` inside `ns`; its stdout (panics with its stderr on failure).
 fn in_ns(ns: &str, cmd: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(cmd)
+    stdout_of(Command::new("ip").args(["netns", "exec", ns]).args(cmd))
+}
+
+/// What `cmd` prints; panics with its stderr if it fails.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd
         .output()
-        .expect("ip netns exec");
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} in {ns}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).to_string()
