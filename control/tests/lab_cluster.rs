@@ -292,6 +292,29 @@ fn lab_real_api_server_programs_the_workers() {
         "node-a wrote node-b's pods' status: {err}"
     );
     eprintln!("node-a's helper on node-b's pods: {}", err.trim());
+    // Node IPAM: a Node registered without a pod CIDR gets a /24 from
+    // 198.19.0.0/16 that no other node has.
+    cluster.kubectl_in(
+        &["apply", "-f", "-"],
+        "{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"node-new\"}}",
+    );
+    let cidr = eventually(20, || {
+        let c = cluster.kubectl(&["get", "node", "node-new", "-o", "jsonpath={.spec.podCIDR}"]);
+        if c.is_empty() {
+            Err("node-new has no pod CIDR yet".to_string())
+        } else {
+            Ok(c)
+        }
+    })
+    .unwrap();
+    assert!(
+        cidr.starts_with("198.19.")
+            && cidr.ends_with("/24")
+            && !["198.19.1.0/24", "198.19.2.0/24", "198.19.3.0/24"].contains(&cidr.as_str()),
+        "node IPAM gave node-new {cidr}"
+    );
+    eprintln!("node IPAM gave node-new {cidr}");
+    cluster.kubectl(&["delete", "node", "node-new"]);
     // kubectl delete: the controller drops b1 from the slice, and both
     // nodes' workers stop choosing it.
     let t = Instant::now();
