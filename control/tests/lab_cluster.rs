@@ -225,15 +225,27 @@ fn demo_on_cluster(lab: &mut Lab, tag: &str) -> (Cluster, SocketAddr) {
 }
 
 /// Waits (≤ `secs`) until new connections from `client` to `dst` reach
-/// exactly `want`.
+/// exactly `want`; else panics with `node`'s agent log.
 fn reaches(lab: &Lab, node: &str, client: &str, dst: SocketAddr, want: &[&str], secs: u64) {
+    reaches_or(lab, client, dst, want, secs, || lab.agent_log(node));
+}
+
+/// `reaches`, panicking with `log()` (the path under test's log).
+fn reaches_or(
+    lab: &Lab,
+    client: &str,
+    dst: SocketAddr,
+    want: &[&str],
+    secs: u64,
+    log: impl Fn() -> String,
+) {
     let want = set(want);
     eventually(secs, || match backends(&lab.ns(client), dst, 30) {
         Ok(b) if b == want => Ok(()),
         Ok(b) => Err(format!("{client} → {dst} reached {b:?}, want {want:?}")),
         Err(e) => Err(e),
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(node)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", log()));
 }
 
 impl Drop for Cluster {
@@ -524,13 +536,7 @@ fn lab_real_kube_proxy_beside_nodeplane() {
     // Connections from the kernel node's pod through kube-proxy's rules (the
     // lab's nodes have no default route, so the node's own would not reach
     // the Service CIDR).
-    let k1 = lab.ns("k1");
-    eventually(30, || match backends(&k1, dst, 30) {
-        Ok(b) if b == set(&["a1", "b1", "k1"]) => Ok(()),
-        Ok(b) => Err(format!("k1 → web reached {b:?}")),
-        Err(e) => Err(e),
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
+    reaches_or(&lab, "k1", dst, &["a1", "b1", "k1"], 30, || kp.log());
     assert!(kp.runs(), "kube-proxy runs");
     reaches(&lab, "a", "a2", dst, &["a1", "b1", "k1"], 20);
     let (before, before_sum) = (programming(&k, "count"), programming(&k, "sum"));
@@ -565,12 +571,7 @@ fn lab_real_kube_proxy_beside_nodeplane() {
         reaches(&lab, node, client, dst, &["a1", "k1"], 20);
         nodeplane_s = t.elapsed().as_secs_f64();
     }
-    eventually(20, || match backends(&k1, dst, 30) {
-        Ok(b) if b == set(&["a1", "k1"]) => Ok(()),
-        Ok(b) => Err(format!("k1 → web reached {b:?} after b1 became not ready")),
-        Err(e) => Err(e),
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
+    reaches_or(&lab, "k1", dst, &["a1", "k1"], 20, || kp.log());
     let kube_proxy_s = t.elapsed().as_secs_f64();
     let (count, sum) = eventually(10, || {
         let c = programming(&k, "count");
@@ -820,13 +821,7 @@ fn lab_real_flanneld_and_kube_proxy_iptables_on_the_kernel_node() {
     reaches(&lab, "b", "b2", dst, &["a1", "b1", "k1"], 20);
     // And from the flannel node's pod through kube-proxy's iptables rules.
     let mut kp = Peer::kube_proxy(&cluster, &lab, "iptables");
-    let k1 = lab.ns("k1");
-    eventually(30, || match backends(&k1, dst, 30) {
-        Ok(b) if b == set(&["a1", "b1", "k1"]) => Ok(()),
-        Ok(b) => Err(format!("k1 → web reached {b:?}")),
-        Err(e) => Err(e),
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
+    reaches_or(&lab, "k1", dst, &["a1", "b1", "k1"], 30, || kp.log());
     let nat = in_ns(&k, &["iptables", "-t", "nat", "-S", "KUBE-SERVICES"]);
     assert!(
         nat.contains(&format!("-d {web}/32")),
