@@ -171,6 +171,9 @@ pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-
 pub struct TriggerTimes {
     known: BTreeMap<ObjectKey, String>,
     since: SystemTime,
+    /// The store revision `known` was taken at (a reduce for node-local
+    /// facts alone reads no slice).
+    revision: Option<u64>,
 }
 
 impl TriggerTimes {
@@ -180,6 +183,7 @@ impl TriggerTimes {
         TriggerTimes {
             known: BTreeMap::new(),
             since,
+            revision: None,
         }
     }
 
@@ -188,6 +192,10 @@ impl TriggerTimes {
     /// Slices gone from the store are forgotten; an annotation that is not
     /// RFC 3339 is ignored.
     pub fn take_new(&mut self, store: &ObjectStore) -> Vec<SystemTime> {
+        if self.revision == Some(store.revision()) {
+            return Vec::new();
+        }
+        self.revision = Some(store.revision());
         let mut now = BTreeMap::new();
         let mut new = Vec::new();
         for slice in store.endpoint_slices() {
