@@ -573,25 +573,38 @@ fn lab_real_kube_proxy_beside_nodeplane() {
     }
     reaches_or(&lab, "k1", dst, &["a1", "k1"], 20, || kp.log());
     let kube_proxy_s = t.elapsed().as_secs_f64();
-    let (count, sum) = eventually(10, || {
-        let c = programming(&k, "count");
-        if c > before {
-            Ok((c - before, programming(&k, "sum") - before_sum))
-        } else {
-            Err("kube-proxy has not counted the change yet".to_string())
-        }
+    // nodeplane's metric of the same name, from the same trigger times.
+    let np: Vec<(f64, f64)> = ["a", "b"]
+        .iter()
+        .zip(np_before)
+        .map(|(node, (c0, s0))| {
+            eventually(10, || match nodeplane_programming(&lab, node) {
+                (c, s) if c > c0 => Ok((c - c0, s - s0)),
+                _ => Err(format!("node-{node} has not counted the change")),
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(node)))
+        })
+        .collect();
+    // kube-proxy's, once it has as many observations as nodeplane (it may
+    // observe the second slice update later); at least one.
+    let most = np.iter().map(|(c, _)| *c).fold(0.0, f64::max);
+    let kp_counted = || {
+        let c = programming(&k, "count") - before;
+        (c, programming(&k, "sum") - before_sum)
+    };
+    let (count, sum) = eventually(10, || match kp_counted() {
+        (c, s) if c >= most => Ok((c, s)),
+        (c, _) => Err(format!("kube-proxy has counted {c} of {most} observations")),
+    })
+    .or_else(|_| match kp_counted() {
+        (c, s) if c > 0.0 => Ok((c, s)),
+        _ => Err("kube-proxy has not counted the change".to_string()),
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", kp.log()));
     eprintln!(
         "b1 not ready: polled by new connections, nodeplane (both nodes) by {nodeplane_s:.2} s, kube-proxy by {kube_proxy_s:.2} s (polled after nodeplane); kube-proxy's network_programming_duration_seconds: {count} observation(s), {sum:.3} s in all (its start has 1 s resolution: the transition time's)"
     );
-    // nodeplane's metric of the same name, from the same trigger times.
-    for (node, (c0, s0)) in ["a", "b"].iter().zip(np_before) {
-        let (c, s) = eventually(10, || match nodeplane_programming(&lab, node) {
-            (c, s) if c > c0 => Ok((c - c0, s - s0)),
-            _ => Err(format!("node-{node} has not counted the change")),
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log(node)));
+    for (node, (c, s)) in ["a", "b"].iter().zip(np) {
         eprintln!(
             "node-{node}: nodeplane_network_programming_duration_seconds: {c} observation(s), {s:.3} s in all (mean {:.3} s; kube-proxy's mean {:.3} s)",
             s / c,
