@@ -326,7 +326,7 @@ impl Lab {
 
     /// The real kube-proxy (`mode`) and flanneld on every node, on a control
     /// plane holding `manifests`' objects (started the first time, with every
-    /// node a fresh flannel node: no flannel annotations, no flannel.1; later
+    /// node a fresh flannel node, as `scripts/cluster flanneld` makes it; later
     /// calls apply the generated Services); waits (bounded) until flanneld has
     /// routed every node and node-a's kube-proxy has programmed every Service.
     fn real_kernel_path(&mut self, mode: &str, manifests: &Path) -> anyhow::Result<()> {
@@ -355,24 +355,8 @@ impl Lab {
                     let ns = self.ns(n)?;
                     let pods = lab_dir.join(node).join("pods").display().to_string();
                     cluster(&["pod-status", &name, &ns, node, &pods])?;
-                    run_ok(
-                        Command::new("ip")
-                            .args(["netns", "exec", &name])
-                            .arg(self.cluster_bin()?.join("kubectl"))
-                            .arg("--kubeconfig")
-                            .arg(state.join("admin.kubeconfig"))
-                            .args([
-                                "annotate",
-                                "node",
-                                node,
-                                "flannel.alpha.coreos.com/backend-data-",
-                                "flannel.alpha.coreos.com/backend-type-",
-                                "flannel.alpha.coreos.com/public-ip-",
-                                "flannel.alpha.coreos.com/kube-subnet-manager-",
-                            ]),
-                    )?;
-                    let _ =
-                        run_ok(Command::new("ip").args(["-n", &ns, "link", "del", "flannel.1"]));
+                    // On a fresh node: flanneld's start removes the lab's
+                    // static flannel.1 and the node's flannel annotations.
                     cluster(&["flanneld", &name, &ns, node])?;
                     cluster(&["kube-proxy", &name, &ns, node, mode])?;
                 }
@@ -460,16 +444,6 @@ impl Lab {
             .parent()
             .context("state dir")?
             .to_path_buf())
-    }
-
-    fn cluster_bin(&self) -> anyhow::Result<PathBuf> {
-        let name = self.cluster.as_deref().context("no control plane")?;
-        let env = cluster(&["env", name])?;
-        Ok(PathBuf::from(
-            env.split_whitespace()
-                .find_map(|w| w.strip_prefix("NP_CLUSTER_BIN="))
-                .context("NP_CLUSTER_BIN in scripts/cluster env")?,
-        ))
     }
 
     /// Node `n`'s VTEP MAC: flannel.1's (flanneld made it on a real path),
